@@ -1,0 +1,57 @@
+"""rlctl: run and operate videorl. Subcommands import their heavy modules only when they run, so
+`rlctl --help` never loads torch or vllm."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """videorl: asynchronous GRPO for video LLMs (vLLM rollouts -> gRPC rewards -> DeepSpeed learner)."""
+
+
+@main.command()
+@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config field, e.g. --set learner.steps=5 --set rollout.num_actors=1.")
+def run(config: Path | None, overrides: tuple[str, ...]) -> None:
+    """Run training locally: embedded Redis (unless redis.url is set), Ray, the reward server, rollout
+    actors and the learner, with a live progress view. CONFIG defaults to the shipped tiny-model run
+    (rlctl/configs/default.yaml): a Qwen2-VL built locally, trained on synthetic videos."""
+    import json
+    import time
+
+    from rich.console import Console
+
+    from services.common.config import ConfigError, load_config
+
+    console = Console()
+    try:
+        cfg = load_config(config or DEFAULT_CONFIG, list(overrides))
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    if "run_dir" not in " ".join(overrides) and (config is None or "run_dir" not in config.read_text()):
+        cfg = cfg.model_copy(update={"run_dir": Path("runs") / f"{cfg.run_id}-{time.strftime('%Y%m%d-%H%M%S')}"})
+    console.print(f"[bold]videorl[/] run [cyan]{cfg.run_id}[/] -> {cfg.run_dir}")
+    from rlctl.local import run_local
+
+    try:
+        summary = run_local(cfg, console)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: every process of the run was stopped[/]")
+        sys.exit(130)
+    recs = summary["records"]
+    versions = sorted({r["published"] for r in recs if r.get("published")})
+    console.print(f"done: {len(recs)} learner steps, published versions {versions}, "
+                  f"{summary['seconds']:.0f}s; stats in {cfg.run_dir}/stats.jsonl")
+    (Path(cfg.run_dir) / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

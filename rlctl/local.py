@@ -1,0 +1,197 @@
+"""`rlctl run`: the whole loop on one machine with real parts.
+
+Story: control plane (Redis) -> assets (model, data) -> version 0 -> Ray -> reward server -> rollout
+actors -> learner; then watch until the learner finishes, and stop everything by handle or pid, also
+on Ctrl-C or an error, so no process is left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from services.common.config import RunConfig
+from services.common.control import ControlPlane
+from services.common.dataset import Row, load_rows
+from services.common.redis_server import EmbeddedRedis
+from services.common.weights import manifest_for_dir
+
+log = logging.getLogger("videorl.rlctl")
+CACHE = Path(os.environ.get("VIDEORL_CACHE", Path.home() / ".cache" / "videorl"))
+
+
+@dataclass
+class Assets:
+    model_dir: Path
+    train: list[Row]
+    eval_rows: list[Row]
+
+
+def prepare_assets(cfg: RunConfig, console: Console) -> Assets:
+    """The configured model and data, or the embedded tiny model and synthetic videos (built once, cached)."""
+    d = cfg.data
+    train_path, eval_path = d.train, d.eval
+    if train_path is None or eval_path is None:
+        from services.embedded.synth import make_direction_dataset
+
+        with console.status("generating the synthetic direction videos (once)"):
+            synth_train, synth_eval = make_direction_dataset(
+                CACHE / f"synth-direction-s{d.seed}-{d.synth_train}-{d.synth_eval}", d.synth_train, d.synth_eval,
+                seed=d.seed)
+        train_path, eval_path = train_path or synth_train, eval_path or synth_eval
+    model_dir = cfg.model.path
+    if model_dir is None:
+        from services.embedded.model import build_tiny_qwen2vl
+
+        with console.status("building the tiny Qwen2-VL and its format warm start (once, ~1 min)"):
+            model_dir = build_tiny_qwen2vl(CACHE / f"tiny-qwen2vl-s{cfg.model.seed}", seed=cfg.model.seed,
+                                           videos_jsonl=train_path)
+    return Assets(Path(model_dir), load_rows(train_path), load_rows(eval_path))
+
+
+def _ray_init(cfg: RunConfig) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
+             _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
+             _temp_dir=str(Path("/tmp") / "videorl-ray"))
+
+
+class LocalRun:
+    """Owns every process of a local run; `close()` stops them all."""
+
+    def __init__(self, cfg: RunConfig, console: Console | None = None):
+        self.cfg, self.console = cfg, console or Console()
+        self.redis: EmbeddedRedis | None = None
+        self.reward = None
+        self.actors: dict[str, object] = {}
+        self.actor_runs: dict[str, object] = {}
+        self.learner = None
+        self.ray_started = False
+
+    def start(self) -> ControlPlane:
+        cfg = self.cfg
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        if cfg.redis.url is None:
+            self.redis = EmbeddedRedis(Path(cfg.run_dir) / "redis").start()
+        self.url = cfg.redis.url or self.redis.url
+        self.control = ControlPlane(self.url, cfg.run_id)
+        self.control.ensure_streams()
+        self.assets = prepare_assets(cfg, self.console)
+        if self.control.current_version() is None:
+            self.control.publish_version(manifest_for_dir(self.assets.model_dir, version=0))
+        with self.console.status("starting Ray"):
+            _ray_init(cfg)
+            self.ray_started = True
+        self._start_reward()
+        for i in range(cfg.rollout.num_actors):
+            self.add_actor(f"rollout-{i}")
+        self._start_learner()
+        return self.control
+
+    def _start_reward(self) -> None:
+        import ray
+
+        from services.reward.server import RewardService
+
+        self.reward = ray.remote(num_cpus=0)(RewardService).options(name=f"{self.cfg.run_id}-reward").remote(
+            self.cfg, self.url)
+        port = ray.get(self.reward.start.remote(), timeout=60)
+        self.reward_addr = f"127.0.0.1:{port}"
+
+    def add_actor(self, actor_id: str) -> None:
+        import ray
+
+        from services.rollout.actor import RolloutActor
+
+        handle = ray.remote(num_cpus=0, max_concurrency=64)(RolloutActor).options(
+            name=f"{self.cfg.run_id}-{actor_id}").remote(self.cfg, self.url, self.reward_addr, actor_id,
+                                                          str(self.assets.model_dir))
+        self.actors[actor_id] = handle
+        self.actor_runs[actor_id] = handle.run.remote()
+
+    def _start_learner(self) -> None:
+        import ray
+
+        from services.learner.driver import LearnerDriver
+
+        self.learner = ray.remote(num_cpus=0)(LearnerDriver).options(name=f"{self.cfg.run_id}-learner").remote(
+            self.cfg, self.url, self.assets.model_dir, self.assets.train, self.assets.eval_rows)
+        self.learner_run = self.learner.run.remote()
+
+    def wait(self, on_tick=None, tick_s: float = 0.5) -> list[dict]:
+        """Block until the learner finishes; re-raises its error. `on_tick()` runs between polls."""
+        import ray
+
+        while True:
+            ready, _ = ray.wait([self.learner_run], timeout=tick_s)
+            if on_tick:
+                on_tick()
+            if ready:
+                return ray.get(self.learner_run)
+            failed = [a for a, ref in self.actor_runs.items() if ray.wait([ref], timeout=0)[0]]
+            for a in failed:
+                ray.get(self.actor_runs.pop(a))  # raises the actor's error; a clean return is a bug too
+                raise RuntimeError(f"rollout actor {a} stopped before the learner finished")
+
+    def stop_actors(self, timeout_s: float = 60.0) -> list[dict]:
+        import ray
+
+        for h in self.actors.values():
+            h.stop.remote()
+        results = []
+        for a, ref in self.actor_runs.items():
+            try:
+                results.append(ray.get(ref, timeout=timeout_s))
+            except Exception as e:  # noqa: BLE001 - shutting down: report, then kill below
+                log.warning("actor %s did not stop cleanly: %s", a, e)
+        self.actor_runs.clear()
+        return results
+
+    def close(self) -> None:
+        """Stop everything this run started. Safe to call twice and after a partial start."""
+        try:
+            if self.ray_started:
+                import ray
+
+                if self.actor_runs:
+                    self.stop_actors(timeout_s=30)
+                if self.reward is not None:
+                    try:
+                        ray.get(self.reward.stop.remote(), timeout=10)
+                    except Exception as e:  # noqa: BLE001
+                        log.warning("reward service did not stop cleanly: %s", e)
+                ray.shutdown()
+                self.ray_started = False
+        finally:
+            if self.redis is not None:
+                self.redis.stop()
+                self.redis = None
+
+
+def run_local(cfg: RunConfig, console: Console | None = None) -> dict:
+    from rlctl.progress import Progress
+
+    console = console or Console()
+    run = LocalRun(cfg, console)
+    t0 = time.time()
+    try:
+        control = run.start()
+        progress = Progress(control, cfg, console)
+        with progress:
+            records = run.wait(on_tick=progress.tick)
+            progress.tick()
+        actor_stats = run.stop_actors()
+        counters = control.counters()
+        return {"records": records, "actors": actor_stats, "counters": counters, "seconds": time.time() - t0,
+                "run_dir": str(cfg.run_dir)}
+    finally:
+        run.close()

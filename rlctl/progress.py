@@ -1,0 +1,64 @@
+"""The live view of a run: one line per learner step (printed, so it stays in logs and CI output) and a
+status panel under it (step, version per actor, reward, accuracy, tokens/s, queue depths)."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as Bar
+from rich.table import Table
+
+from services.common.config import RunConfig
+from services.common.control import GROUPS, ControlPlane
+
+
+def step_line(rec: dict) -> str:
+    s = rec.get("seconds", {})
+    ev = rec.get("eval")
+    acc = f" eval_acc {ev['accuracy']:.3f}@v{max(ev['versions'])}" if ev else ""
+    pub = f" -> published v{rec['published']}" if rec.get("published") else ""
+    return (f"step {rec['step']:>3}  v{rec['version']}  reward {rec['reward_mean']:.3f}  loss {rec['loss']:+.4f}  "
+            f"clip {rec.get('clip_frac', 0):.2f}  stale<={rec['staleness_max']}  wait {s.get('wait', 0):.2f}s  "
+            f"train {s.get('train', 0):.2f}s{acc}{pub}")
+
+
+class Progress:
+    def __init__(self, control: ControlPlane, cfg: RunConfig, console: Console):
+        self.control, self.cfg, self.console = control, cfg, console
+        self.seen = 0
+        self.bar = Bar(TextColumn("learner"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       console=console)
+        self.task = self.bar.add_task("steps", total=cfg.learner.steps)
+        self.live = Live(console=console, refresh_per_second=4, transient=True)
+
+    def __enter__(self) -> Progress:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.live.__exit__(*exc)
+
+    def tick(self) -> None:
+        for rec in self.control.step_records(self.seen):
+            self.seen += 1
+            self.console.print(step_line(rec))
+            self.bar.update(self.task, completed=rec["step"])
+        self.live.update(Group(self.bar, self._table()))
+
+    def _table(self) -> Table:
+        t = Table(box=None, show_header=True, header_style="bold")
+        for col in ("actor", "state", "version", "tok/s", "groups"):
+            t.add_column(col)
+        now = time.time()
+        for a in self.control.actors():
+            state = a.state if a.alive(5 * self.cfg.rollout.heartbeat_s, now) else "silent"
+            t.add_row(a.actor_id, state, str(a.loaded_version), a.fields.get("tokens_per_s", "-"),
+                      a.fields.get("groups_sent", "-"))
+        c = self.control.counters()
+        t.caption = (f"policy v{self.control.current_version()}  prompts queued {self.control.prompts_queued()}  "
+                     f"groups written {c.get('groups_written', 0)} (stream {self.control.stream_len(GROUPS)})  "
+                     f"completions {c.get('completions_received', 0)}")
+        return t

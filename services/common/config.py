@@ -1,0 +1,137 @@
+"""The run configuration: one pydantic model per service, composed into `RunConfig`, loaded from YAML.
+
+Every field is typed, bounded or defaulted, and described in one line; unknown fields are errors so a
+typo in a YAML file fails loudly with the field's path instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RedisConfig(_Strict):
+    url: str | None = Field(None, description="redis:// URL of the control plane; None starts an embedded server")
+
+
+class ModelConfig(_Strict):
+    path: Path | None = Field(None, description="HF save_pretrained dir of a Qwen2-VL model; None builds the tiny one")
+    seed: int = Field(0, description="seed of the embedded tiny model's random init")
+
+
+class DataConfig(_Strict):
+    train: Path | None = Field(None, description="train JSONL; None generates the embedded synthetic set")
+    eval: Path | None = Field(None, description="held-out JSONL; None generates the embedded synthetic set")
+    synth_train: int = Field(64, ge=1, le=100_000, description="rows of the embedded synthetic train split")
+    synth_eval: int = Field(16, ge=1, le=100_000, description="rows of the embedded synthetic eval split")
+    seed: int = Field(0, description="seed of the synthetic data and of the prompt order")
+
+
+class MediaConfig(_Strict):
+    """Frame sampling, with qwen-vl-utils' rules (see services/rollout/media.py)."""
+
+    fps: float = Field(2.0, gt=0, description="frames sampled per second of video")
+    min_frames: int = Field(4, ge=2, description="lower bound on sampled frames")
+    max_frames: int = Field(768, ge=2, description="upper bound on sampled frames")
+    min_pixels: int = Field(28 * 28, ge=28 * 28, description="lower bound on pixels per frame after resize")
+    max_pixels: int = Field(64 * 64, ge=28 * 28, description="upper bound on pixels per frame after resize")
+
+
+class RolloutConfig(_Strict):
+    num_actors: int = Field(2, ge=1, le=256, description="rollout actors (one vLLM engine each)")
+    group_size: int = Field(4, ge=2, le=64, description="K: completions sampled per prompt")
+    prompts_per_batch: int = Field(2, ge=1, le=256, description="prompts an actor takes from the stream at once")
+    max_new_tokens: int = Field(24, ge=1, le=32_768, description="generation length bound")
+    temperature: float = Field(1.0, ge=0, le=5, description="sampling temperature")
+    max_model_len: int = Field(512, ge=64, description="vLLM max_model_len")
+    kv_cache_mib: int = Field(64, ge=8, description="KV cache size bound per engine, MiB")
+    heartbeat_s: float = Field(1.0, gt=0, description="seconds between registry heartbeats")
+
+
+class RewardComponentConfig(_Strict):
+    name: str = Field(description="registered reward function name")
+    weight: float = Field(1.0, description="weight in the total reward")
+
+
+class RewardConfig(_Strict):
+    host: str = Field("127.0.0.1", description="address the gRPC server binds (local default: loopback only)")
+    port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    components: list[RewardComponentConfig] = Field(
+        default_factory=lambda: [RewardComponentConfig(name="mcq", weight=1.0),
+                                 RewardComponentConfig(name="answer_format", weight=0.1)],
+        min_length=1,
+        description="weighted reward components summed into each completion's reward",
+    )
+
+
+class LearnerConfig(_Strict):
+    steps: int = Field(20, ge=1, description="learner steps (optimizer updates) of the run")
+    groups_per_step: int = Field(2, ge=1, description="scored groups consumed per step")
+    publish_every: int = Field(4, ge=1, description="publish weights every N steps")
+    lr: float = Field(5e-4, gt=0, description="AdamW learning rate")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO clip range of the ratio")
+    max_staleness: int = Field(4, ge=0, description="drop groups older than this many versions")
+    advantage: Literal["group_std", "no_std"] = Field("group_std", description="advantage normalisation")
+    eval_every: int = Field(5, ge=0, description="feed the held-out split every N steps (0 = never)")
+    prefetch_prompts: int = Field(4, ge=1, description="prompts in flight ahead of the learner (bounds staleness)")
+
+
+class RunConfig(_Strict):
+    run_id: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")] = Field(
+        "local", description="run name; every Redis key lives under videorl:<run_id>:")
+    run_dir: Path = Field(Path("runs/local"), description="where weights, stats and logs of the run are written")
+    seed: int = Field(0, description="global seed")
+    redis: RedisConfig = RedisConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    media: MediaConfig = MediaConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
+    learner: LearnerConfig = LearnerConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if self.media.min_pixels > self.media.max_pixels:
+            raise ValueError("media.min_pixels must not exceed media.max_pixels")
+        if self.media.min_frames > self.media.max_frames:
+            raise ValueError("media.min_frames must not exceed media.max_frames")
+        return self
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the bad fields."""
+
+
+def load_config(path: Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Load a YAML run config (None = all defaults) and apply `a.b.c=value` overrides."""
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: cannot read config: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[a-z_]+(\.[a-z_]+)*", key):
+            raise ConfigError(f"override {item!r}: expected dotted.key=value")
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"{path or 'config'}: invalid:\n  " + "\n  ".join(lines)) from None

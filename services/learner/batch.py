@@ -1,0 +1,94 @@
+"""Turns scored groups into one padded training batch for the HF Qwen2-VL model.
+
+The video is decoded again here from its URI with the same sampling rules the actors use (pixels never
+travel through Redis or gRPC), and the prompt is rendered with the same chat template. The prompt
+token ids the processor produces are checked against the ones vLLM reported; a mismatch means the two
+sides would not score the same sequence, and is counted rather than trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from services.common.config import MediaConfig
+from services.common.pb.videorl.v1 import rollout_pb2 as pb
+from services.common.prompts import chat_text
+from services.rollout.media import FrameCache
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor             # (N, L) prompt + completion, right-padded
+    attention_mask: torch.Tensor        # (N, L)
+    mm_token_type_ids: torch.Tensor     # (N, L) which positions are video tokens (for M-RoPE); 0 on text
+    loss_mask: torch.Tensor             # (N, T) 1 on completion tokens, T = longest completion
+    old_logp: torch.Tensor              # (N, T) behaviour log-probs from vLLM
+    rewards: torch.Tensor               # (N,) NaN = unscorable
+    prompt_lens: list[int]              # per sequence
+    pixel_values_videos: torch.Tensor   # (sum of patches, C*tp*p*p)
+    video_grid_thw: torch.Tensor        # (N, 3)
+    versions: list[int]                 # per sequence
+
+
+class BatchBuilder:
+    def __init__(self, processor, media: MediaConfig, cache_bytes: int = 256 << 20):
+        self.processor, self.media = processor, media
+        self.frames = FrameCache(cache_bytes)
+        self.pad_id = processor.tokenizer.pad_token_id or 0
+
+    def _prompt_inputs(self, prompt: pb.Prompt) -> dict:
+        frames = self.frames.get_or_load(prompt.video_uri, self.media)
+        text = chat_text(self.processor, prompt.question, list(prompt.options))
+        return self.processor(text=[text], videos=[frames], return_tensors="pt", do_resize=False,
+                              do_sample_frames=False)
+
+    def build(self, groups: list[pb.ScoredGroup]) -> tuple[Batch, int]:
+        """Returns the batch and the number of groups dropped for a prompt-token mismatch."""
+        rows, pix, grids, mismatched = [], [], [], 0
+        for g in groups:
+            enc = self._prompt_inputs(g.prompt)
+            prompt_ids = enc["input_ids"][0].tolist()
+            if g.completions and list(g.completions[0].prompt_token_ids) not in ([], prompt_ids):
+                mismatched += 1
+                continue
+            for c, r in zip(g.completions, g.rewards, strict=True):
+                rows.append((prompt_ids, list(c.completion_token_ids), list(c.logprobs), r, g.policy_version,
+                             enc["mm_token_type_ids"][0]))
+                pix.append(enc["pixel_values_videos"])
+                grids.append(enc["video_grid_thw"])
+        if not rows:
+            raise ValueError("no usable group in batch")
+        n, seq_len = len(rows), max(len(p) + len(c) for p, c, *_ in rows)
+        mm_types = torch.zeros((n, seq_len), dtype=torch.long)
+        comp_len = max(1, max(len(c) for _, c, *_ in rows))
+        input_ids = torch.full((n, seq_len), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((n, seq_len), dtype=torch.long)
+        loss_mask = torch.zeros((n, comp_len))
+        old_logp = torch.zeros((n, comp_len))
+        for i, (p, c, lp, _, _, types) in enumerate(rows):
+            input_ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+            mm_types[i, : len(p)] = types
+            attention[i, : len(p) + len(c)] = 1
+            loss_mask[i, : len(c)] = 1
+            old_logp[i, : len(c)] = torch.tensor(lp)
+        batch = Batch(input_ids, attention, mm_types, loss_mask, old_logp,
+                      torch.tensor([row[3] for row in rows], dtype=torch.float32), [len(p) for p, *_ in rows],
+                      torch.cat(pix), torch.cat(grids), [row[4] for row in rows])
+        return batch, mismatched
+
+
+def completion_logp(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Log-prob of each completion token: logits (N, L, V) -> (N, T), zero where loss_mask is 0."""
+    n, t = batch.loss_mask.shape
+    out = torch.zeros((n, t), dtype=logits.dtype, device=logits.device)
+    for i, p in enumerate(batch.prompt_lens):
+        k = int(batch.loss_mask[i].sum())
+        if k == 0:
+            continue
+        # the logit at position j predicts token j+1
+        step_logits = logits[i, p - 1 : p - 1 + k].float()
+        targets = batch.input_ids[i, p : p + k].to(logits.device)
+        out[i, :k] = torch.log_softmax(step_logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    return out

@@ -1,0 +1,45 @@
+"""The prompt feeder, owned by the learner's driver: keeps a bounded number of train prompts queued in
+the Redis stream ahead of the actors, and feeds the held-out split on request.
+
+Each feeding of a row gets a fresh prompt id (`<kind>-<counter>-<row id>`), the unit of exactly-once
+scoring; the order of train rows is a seeded shuffle per epoch, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import random
+
+from services.common.control import ControlPlane
+from services.common.dataset import Row
+
+
+class PromptFeeder:
+    def __init__(self, control: ControlPlane, train: list[Row], eval_rows: list[Row], ahead: int, seed: int):
+        self.control, self.train, self.eval_rows, self.ahead = control, train, eval_rows, ahead
+        self.rng = random.Random(seed)
+        self.order: list[int] = []
+        self.fed = 0
+        self.eval_rounds = 0
+
+    def top_up(self) -> int:
+        """Queue train prompts until `ahead` are in flight (queued, generating, or scored but not yet consumed by
+        the learner); bounding the sum, not just the prompt queue, bounds both memory and staleness."""
+        added = 0
+        while self.control.prompts_queued() + self.control.groups_queued() < self.ahead:
+            if not self.order:
+                self.order = list(range(len(self.train)))
+                self.rng.shuffle(self.order)
+            row = self.train[self.order.pop()]
+            self.control.add_prompt(row.to_prompt(f"train-{self.fed}-{row.id}").SerializeToString())
+            self.fed += 1
+            added += 1
+        return added
+
+    def feed_eval(self) -> int:
+        """Queue the whole held-out split once; returns its size."""
+        for row in self.eval_rows:
+            prompt = row.to_prompt(f"eval-{self.eval_rounds}-{row.id}")
+            prompt.split = "eval"  # whatever the file says: held-out groups must never reach training
+            self.control.add_prompt(prompt.SerializeToString())
+        self.eval_rounds += 1
+        return len(self.eval_rows)

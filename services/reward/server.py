@@ -1,0 +1,151 @@
+"""The reward service: a grpc.aio server that assembles groups of K completions, scores them and
+writes each scored group to Redis exactly once.
+
+Invariants kept here: a group is written only when all K completions of one prompt arrived and all
+carry the same policy version (else it is rejected with a reason); the write is atomic with the
+dedupe check (ControlPlane.write_group), so a prompt resent after a reconnect is acked DUPLICATE and
+never written twice; every completion received is counted before anything else can fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.common.config import RunConfig
+from services.common.control import ControlPlane
+from services.common.metrics import check_name
+from services.common.metrics import serve as serve_metrics
+from services.common.pb.videorl.v1 import rollout_pb2 as pb
+from services.common.pb.videorl.v1 import rollout_pb2_grpc as pb_grpc
+from services.reward.scoring import Scorer
+
+log = logging.getLogger("videorl.reward")
+MAX_GROUP = 1024
+SERVICE_NAME = "videorl.v1.RewardService"
+
+
+class RewardMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.completions = Counter(check_name("videorl_reward_completions_total"), "completions received",
+                                   registry=registry)
+        self.groups = Counter(check_name("videorl_reward_groups_total"), "groups handled", ["status"],
+                              registry=registry)
+        self.score_seconds = Histogram(check_name("videorl_reward_score_seconds"), "time to score and write a group",
+                                       registry=registry)
+        self.unscorable = Counter(check_name("videorl_reward_component_errors_total"),
+                                  "reward components that could not score a group (NaN)", registry=registry)
+        self.reward_mean = Gauge(check_name("videorl_reward_component_mean_value"),
+                                 "mean of each reward component over the last group", ["component"], registry=registry)
+
+
+@dataclass
+class _Pending:
+    completions: dict[int, pb.Completion] = field(default_factory=dict)
+
+
+class RewardServicer(pb_grpc.RewardServiceServicer):
+    def __init__(self, control: ControlPlane, scorer: Scorer, metrics: RewardMetrics):
+        self.control, self.scorer, self.metrics = control, scorer, metrics
+
+    async def StreamCompletions(self, request_iterator, context):  # noqa: N802 - gRPC method name
+        pending: dict[str, _Pending] = {}
+        async for c in request_iterator:
+            self.metrics.completions.inc()
+            await asyncio.to_thread(self.control.incr, "completions_received")
+            problem = _invalid(c)
+            if problem:
+                yield self._ack(c, pb.GroupAck.REJECTED, problem)
+                pending.pop(c.group_id, None)
+                continue
+            group = pending.setdefault(c.group_id, _Pending())
+            group.completions[c.sample_index] = c
+            if len(group.completions) == c.group_size:
+                del pending[c.group_id]
+                yield await self._handle_group([group.completions[i] for i in range(c.group_size)])
+
+    async def _handle_group(self, group: list[pb.Completion]) -> pb.GroupAck:
+        first = group[0]
+        versions = {c.policy_version for c in group}
+        if len(versions) != 1 or {c.prompt_id for c in group} != {first.prompt_id}:
+            return self._ack(first, pb.GroupAck.REJECTED, f"group mixes versions {sorted(versions)} or prompts")
+        t0 = time.perf_counter()
+        score = self.scorer.score(first.prompt, [c.text for c in group])
+        if score.errors:
+            self.metrics.unscorable.inc(len(score.errors))
+            await asyncio.to_thread(self.control.incr, "reward_errors", len(score.errors))
+        weights = self.scorer.weights()
+        scored = pb.ScoredGroup(
+            run_id=first.run_id, group_id=first.group_id, prompt_id=first.prompt_id,
+            policy_version=first.policy_version, prompt=first.prompt, completions=group, rewards=score.totals,
+            components=[pb.RewardComponent(name=n, weight=weights[n], values=v) for n, v in score.components.items()],
+            actor_id=first.actor_id, scored_at=time.time())
+        for c in scored.completions:
+            c.ClearField("prompt")  # the row is stored once per group, not K times
+        written = await asyncio.to_thread(self.control.write_group, first.prompt_id, scored.SerializeToString(),
+                                          len(group), first.prompt.split == "eval")
+        self.metrics.score_seconds.observe(time.perf_counter() - t0)
+        for name, values in score.components.items():
+            self.metrics.reward_mean.labels(name).set(sum(values) / len(values))
+        status = pb.GroupAck.SCORED if written else pb.GroupAck.DUPLICATE
+        return self._ack(first, status, "" if written else "prompt already scored", score.totals)
+
+    def _ack(self, c: pb.Completion, status: int, reason: str, rewards: list[float] = ()) -> pb.GroupAck:
+        self.metrics.groups.labels(pb.GroupAck.Status.Name(status).lower()).inc()
+        if status == pb.GroupAck.REJECTED:
+            log.warning("group %s rejected: %s", c.group_id, reason)
+        return pb.GroupAck(group_id=c.group_id, prompt_id=c.prompt_id, status=status, reason=reason, rewards=rewards)
+
+
+def _invalid(c: pb.Completion) -> str:
+    """Why a completion cannot belong to any group, or '' if it can."""
+    if not c.group_id or not c.prompt_id:
+        return "completion without group_id or prompt_id"
+    if not 1 <= c.group_size <= MAX_GROUP:
+        return f"group_size {c.group_size} outside 1..{MAX_GROUP}"
+    if c.sample_index >= c.group_size:
+        return f"sample_index {c.sample_index} >= group_size {c.group_size}"
+    if len(c.logprobs) != len(c.completion_token_ids):
+        return f"{len(c.logprobs)} logprobs for {len(c.completion_token_ids)} tokens"
+    return ""
+
+
+async def start_server(control: ControlPlane, scorer: Scorer, registry: CollectorRegistry,
+                       host: str = "127.0.0.1", port: int = 0) -> tuple[grpc.aio.Server, int]:
+    """Start the reward gRPC server with the standard health service; returns (server, bound port)."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+    pb_grpc.add_RewardServiceServicer_to_server(RewardServicer(control, scorer, RewardMetrics(registry)), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise RuntimeError(f"reward service cannot bind {host}:{port}")
+    await server.start()
+    for name in (SERVICE_NAME, ""):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, bound
+
+
+class RewardService:
+    """The reward server as a long-lived object (a Ray actor locally; `python -m services.reward` in a pod)."""
+
+    def __init__(self, cfg: RunConfig, redis_url: str):
+        self.cfg, self.control = cfg, ControlPlane(redis_url, cfg.run_id)
+        self.registry = CollectorRegistry()
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        self.server, port = await start_server(self.control, Scorer(self.cfg.reward.components), self.registry,
+                                               self.cfg.reward.host, self.cfg.reward.port)
+        self.control.register_exporter("reward", f"127.0.0.1:{serve_metrics(self.registry)}")
+        return port
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        if self.server is not None:
+            await self.server.stop(grace_s)

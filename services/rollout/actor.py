@@ -1,0 +1,173 @@
+"""A rollout actor: prompts from Redis -> K samples from vLLM -> completions over gRPC to the reward service.
+
+Invariants kept here:
+- a prompt is acked in Redis only after the reward service acked its group (SCORED or DUPLICATE), so a
+  prompt held by an actor that dies stays pending and is reclaimed by another actor;
+- weights change only between batches (no generation in flight), and every completion is stamped with
+  the version that was loaded while it was generated;
+- a video that cannot be read quarantines its prompt (acked, counted, logged with the reason) instead
+  of stopping the actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.common.config import RunConfig
+from services.common.control import ControlPlane
+from services.common.metrics import check_name
+from services.common.metrics import serve as serve_metrics
+from services.common.pb.videorl.v1 import rollout_pb2 as pb
+from services.common.pb.videorl.v1 import rollout_pb2_grpc as pb_grpc
+from services.common.prompts import chat_text
+from services.common.weights import verify
+from services.rollout.engine import VLLMEngine
+from services.rollout.media import FrameCache, MediaError
+
+log = logging.getLogger("videorl.rollout")
+
+
+class RolloutMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.tokens = Counter(check_name("videorl_rollout_generated_tokens_total"), "completion tokens generated",
+                              registry=registry)
+        self.generate = Histogram(check_name("videorl_rollout_generate_seconds"), "time to sample one group",
+                                  registry=registry)
+        self.swap = Histogram(check_name("videorl_rollout_swap_seconds"), "generation paused per weight swap",
+                              registry=registry)
+        self.version = Gauge(check_name("videorl_rollout_loaded_policy_version"), "policy version loaded",
+                             registry=registry)
+        self.quarantined = Counter(check_name("videorl_rollout_prompts_quarantined_total"),
+                                   "prompts whose video could not be read", ["reason"], registry=registry)
+
+
+class RolloutActor:
+    def __init__(self, cfg: RunConfig, redis_url: str, reward_addr: str, actor_id: str, model_dir: str):
+        self.cfg, self.actor_id, self.reward_addr, self.model_dir = cfg, actor_id, reward_addr, model_dir
+        self.control = ControlPlane(redis_url, cfg.run_id)
+        self.frames = FrameCache(max_bytes=256 << 20)
+        self.loaded_version = -1
+        self.inflight: dict[str, str] = {}   # group_id -> prompt stream entry id, until acked
+        self.stats = {"tokens": 0, "gen_seconds": 0.0, "groups_sent": 0, "swaps": 0, "swap_seconds": 0.0}
+        self._stop = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self.engine: VLLMEngine | None = None
+        self.registry = CollectorRegistry()
+        self.metrics = RolloutMetrics(self.registry)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def run(self) -> dict:
+        """Serve until `stop()`; returns this actor's totals."""
+        self.control.register_exporter(f"rollout:{self.actor_id}", f"127.0.0.1:{serve_metrics(self.registry)}")
+        self.control.heartbeat(self.actor_id, self.loaded_version, "loading")
+        self.engine = VLLMEngine.create(Path(self.model_dir), self.cfg.rollout, seed=self.cfg.seed)
+        self.loaded_version = 0
+        await self._maybe_swap()   # an actor that joins late starts from the current version
+        heartbeat = asyncio.create_task(self._heartbeat_loop())
+        async with grpc.aio.insecure_channel(self.reward_addr) as channel:
+            call = pb_grpc.RewardServiceStub(channel).StreamCompletions()
+            acks = asyncio.create_task(self._read_acks(call))
+            try:
+                while not self._stop.is_set():
+                    await self._maybe_swap()
+                    await self._one_batch(call)
+                await self._drain(call, acks)
+            finally:
+                acks.cancel()
+                heartbeat.cancel()
+                self.engine.shutdown()
+                self.control.heartbeat(self.actor_id, self.loaded_version, "stopped", **self._rates())
+        return dict(self.stats, actor_id=self.actor_id, loaded_version=self.loaded_version)
+
+    async def stop(self) -> None:
+        self._stop.set()
+
+    # -- phases ----------------------------------------------------------------------------------
+    async def _one_batch(self, call) -> None:
+        entries = await asyncio.to_thread(self.control.take_prompts, self.actor_id, self.cfg.rollout.prompts_per_batch,
+                                          200, 300_000)
+        if entries:
+            await asyncio.gather(*(self._rollout(eid, payload, call) for eid, payload in entries))
+
+    async def _rollout(self, entry_id: str, payload: bytes, call) -> None:
+        prompt = pb.Prompt.FromString(payload)
+        try:
+            frames = await asyncio.to_thread(self.frames.get_or_load, prompt.video_uri, self.cfg.media)
+        except MediaError as e:
+            log.warning("prompt %s quarantined: %s", prompt.prompt_id, e)
+            self.metrics.quarantined.labels(e.reason).inc()
+            await asyncio.to_thread(self._quarantine, entry_id, e.reason)
+            return
+        r = self.cfg.rollout
+        version = self.loaded_version
+        t0 = time.perf_counter()
+        samples = await self.engine.generate(chat_text(self.engine.tokenizer, prompt.question, list(prompt.options)),
+                                             frames, r.group_size, r.max_new_tokens, r.temperature)
+        self.stats["gen_seconds"] += time.perf_counter() - t0
+        self.stats["tokens"] += sum(len(s.token_ids) for s in samples)
+        self.metrics.generate.observe(time.perf_counter() - t0)
+        self.metrics.tokens.inc(sum(len(s.token_ids) for s in samples))
+        group_id = f"{prompt.prompt_id}/v{version}"
+        self.inflight[group_id] = entry_id
+        async with self._write_lock:
+            for i, s in enumerate(samples):
+                await call.write(pb.Completion(
+                    run_id=self.cfg.run_id, prompt_id=prompt.prompt_id, group_id=group_id, sample_index=i,
+                    group_size=len(samples), policy_version=version, prompt_token_ids=s.prompt_token_ids,
+                    completion_token_ids=s.token_ids, logprobs=s.logprobs, text=s.text,
+                    finish_reason=s.finish_reason, actor_id=self.actor_id, prompt=prompt))
+        self.stats["groups_sent"] += 1
+
+    def _quarantine(self, entry_id: str, reason: str) -> None:
+        self.control.incr(f"prompts_quarantined:{reason}")
+        self.control.ack_prompt(entry_id)
+
+    async def _read_acks(self, call) -> None:
+        async for ack in call:
+            entry_id = self.inflight.pop(ack.group_id, None)
+            if entry_id is None:
+                continue
+            if ack.status == pb.GroupAck.REJECTED:
+                log.warning("group %s rejected by the reward service: %s", ack.group_id, ack.reason)
+                await asyncio.to_thread(self.control.incr, "groups_rejected")
+            await asyncio.to_thread(self.control.ack_prompt, entry_id)
+
+    async def _maybe_swap(self) -> None:
+        current = await asyncio.to_thread(self.control.current_version)
+        if current is None or current <= self.loaded_version:
+            return
+        manifest = await asyncio.to_thread(self.control.manifest, current)
+        await asyncio.to_thread(verify, manifest)
+        paused = await self.engine.load_weights(manifest.uri)
+        self.loaded_version = current
+        self.stats["swaps"] += 1
+        self.stats["swap_seconds"] += paused
+        self.metrics.swap.observe(paused)
+        self.metrics.version.set(current)
+        await asyncio.to_thread(self.control.heartbeat, self.actor_id, current, "running", last_swap_s=round(paused, 4),
+                                **self._rates())
+        log.info("%s loaded version %d in %.3fs", self.actor_id, current, paused)
+
+    async def _drain(self, call, acks: asyncio.Task, timeout_s: float = 30.0) -> None:
+        """Wait for the acks of groups already sent, then close the stream."""
+        deadline = time.monotonic() + timeout_s
+        while self.inflight and time.monotonic() < deadline and not acks.done():
+            await asyncio.sleep(0.05)
+        await call.done_writing()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.to_thread(self.control.heartbeat, self.actor_id, self.loaded_version, "running",
+                                    **self._rates())
+            await asyncio.sleep(self.cfg.rollout.heartbeat_s)
+
+    def _rates(self) -> dict:
+        s = self.stats
+        return {"tokens": s["tokens"], "groups_sent": s["groups_sent"], "swaps": s["swaps"],
+                "tokens_per_s": round(s["tokens"] / s["gen_seconds"], 1) if s["gen_seconds"] else 0.0}

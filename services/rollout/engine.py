@@ -1,0 +1,90 @@
+"""The vLLM engine of one rollout actor: K samples per prompt with logprobs, and weight hot-swap.
+
+Invariants kept here: all K completions of a prompt come from one `generate` request (n=K), and a
+swap waits for in-flight requests before reloading, so every completion is produced by exactly one
+weight version; after a reload both the encoder cache and the prefix cache are reset, because either
+would otherwise serve results computed with the old weights.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from services.common.config import RolloutConfig
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    logprobs: list[float]   # log-prob of each sampled token under the sampling policy
+    text: str
+    finish_reason: str
+
+
+class VLLMEngine:
+    """Thin wrapper over `AsyncLLM`; vllm is imported only when an engine is created."""
+
+    def __init__(self, llm, tokenizer):
+        self.llm = llm
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def create(cls, model_dir: Path, cfg: RolloutConfig, seed: int = 0) -> VLLMEngine:
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+        from transformers import AutoProcessor
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=str(model_dir), dtype="float32", seed=seed, enforce_eager=True,
+            max_model_len=cfg.max_model_len, kv_cache_memory_bytes=cfg.kv_cache_mib << 20,
+            limit_mm_per_prompt={"video": 1, "image": 0}, max_num_seqs=max(cfg.group_size * cfg.prompts_per_batch, 8),
+            disable_log_stats=True,
+        )
+        llm = AsyncLLM.from_engine_args(args)
+        return cls(llm, AutoProcessor.from_pretrained(str(model_dir)))
+
+    async def generate(self, prompt: str, frames: np.ndarray, n: int, max_tokens: int,
+                       temperature: float, seed: int | None = None) -> list[Sample]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        # FINAL_ONLY: one output holding all n samples; streamed outputs of n>1 requests may hold only some.
+        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, logprobs=0, seed=seed,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        final = None
+        async for out in self.llm.generate({"prompt": prompt, "multi_modal_data": {"video": frames}}, params,
+                                           request_id=uuid.uuid4().hex):
+            final = out
+        if final is None or not final.finished or len(final.outputs) != n:
+            got = 0 if final is None else len(final.outputs)
+            raise RuntimeError(f"vLLM returned {got} of {n} samples for one prompt")
+        samples = []
+        for c in sorted(final.outputs, key=lambda c: c.index):
+            # logprobs=0 returns the sampled token's logprob only: one dict per generated token.
+            lps = [float(step[tok].logprob) for tok, step in zip(c.token_ids, c.logprobs or [], strict=True)]
+            samples.append(Sample(list(final.prompt_token_ids or []), list(c.token_ids), lps, c.text,
+                                  c.finish_reason or "stop"))
+        return samples
+
+    async def load_weights(self, weights_dir: str) -> float:
+        """Hot-swap to the safetensors in `weights_dir`; returns the seconds generation was paused."""
+        t0 = time.perf_counter()
+        await self.llm.pause_generation(mode="wait")
+        try:
+            await self.llm.collective_rpc("reload_weights", kwargs={"weights_path": weights_dir})
+            await self.llm.reset_encoder_cache()
+            await self.llm.reset_prefix_cache()
+        finally:
+            await self.llm.resume_generation()
+        return time.perf_counter() - t0
+
+    def shutdown(self) -> None:
+        self.llm.shutdown()

@@ -1,0 +1,424 @@
+"""Video decoding and frame sampling for rollouts, following qwen-vl-utils' rules.
+
+The model was trained on frames chosen and resized by qwen-vl-utils (`vision_process.py`), so we
+reproduce its frame-count, frame-choice and resize rules here without importing torch or torchvision.
+
+Invariants kept by `sample_video`:
+- it returns a C-contiguous uint8 array (T, H, W, 3), T a positive multiple of FRAME_FACTOR,
+  H and W positive multiples of IMAGE_FACTOR;
+- the same file with the same sampling parameters gives the same bytes (see `frames_sha`);
+- every problem with the input (missing, empty, corrupt, truncated, too large, not a video) raises
+  `MediaError` with a short `reason`, never an av/PIL/OS exception;
+- nothing is decoded when the container says the video is larger than MAX_FRAMES frames or
+  MAX_FRAME_AREA pixels per frame, and counting frames stops at MAX_FRAMES + 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Protocol
+
+import av
+import numpy as np
+from PIL import Image
+
+# qwen-vl-utils constants (Qwen2-VL / Qwen2.5-VL: patch 14, 2x2 merge -> 28 px per token side).
+IMAGE_FACTOR = 28
+FRAME_FACTOR = 2  # frames per temporal patch
+FPS = 2.0
+FPS_MIN_FRAMES = 4
+FPS_MAX_FRAMES = 768
+MAX_RATIO = 200
+VIDEO_MIN_PIXELS = 128 * 28 * 28
+VIDEO_MAX_PIXELS = 768 * 28 * 28
+VIDEO_TOTAL_PIXELS = 24576 * 28 * 28
+
+# Our own guards: a dataset row must not be able to make an actor decode for hours or allocate
+# gigabytes. Module-level so tests (and operators) can tighten them.
+MAX_FRAMES = 100_000
+MAX_FRAME_AREA = 8192 * 8192
+
+FOLDER_FPS = 2.0  # a directory of frames is taken to be a video at this rate unless told otherwise
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+
+# What the decoding libraries raise for bad input. PIL's DecompressionBombError is not an OSError.
+_LIB_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError)
+
+
+class MediaConfigLike(Protocol):
+    """What sample_video reads from its `media` argument (services.common.config.MediaConfig)."""
+
+    fps: float
+    min_frames: int
+    max_frames: int
+    min_pixels: int
+    max_pixels: int
+
+
+class MediaError(Exception):
+    """A video (or frame folder) that cannot be sampled. `reason` is one of:
+    missing, unreadable, empty, corrupt, truncated, too_large, no_video_stream, bad_aspect."""
+
+    def __init__(self, path: str | Path, reason: str, detail: str = ""):
+        self.path, self.reason, self.detail = str(path), reason, detail
+        super().__init__(f"cannot sample video {self.path!r}: {reason}" + (f" ({detail})" if detail else ""))
+
+    def __reduce__(self):
+        # Rebuild from our own fields: the default reduce would call MediaError(message) and fail,
+        # and this error crosses process boundaries (Ray actors, multiprocessing pools).
+        return (MediaError, (self.path, self.reason, self.detail))
+
+
+def _round_by(x: float, f: int) -> int:
+    return round(x / f) * f  # Python's round: halves go to even, as in qwen-vl-utils
+
+
+def _ceil_by(x: float, f: int) -> int:
+    return math.ceil(x / f) * f
+
+
+def _floor_by(x: float, f: int) -> int:
+    return math.floor(x / f) * f
+
+
+def smart_nframes(total_frames: int, video_fps: float, *, fps: float, min_frames: int, max_frames: int) -> int:
+    """How many frames to sample from a video of `total_frames` frames at `video_fps`.
+
+    Rule (qwen-vl-utils, current release):
+        n = total_frames / video_fps * fps                      (fps seconds-rate sampling)
+        n = min(max(n, ceil2(min_frames)), floor2(max_frames), total_frames)
+        n = floor2(n)                                           (a multiple of FRAME_FACTOR=2)
+    where ceil2/floor2 round up/down to a multiple of 2. Raises ValueError unless 2 <= n <= total_frames
+    (i.e. for videos of fewer than 2 frames).
+
+    >>> smart_nframes(300, 30.0, fps=2.0, min_frames=4, max_frames=768)  # 10 s at 2 fps
+    20
+    """
+    if video_fps <= 0:
+        raise ValueError(f"video_fps must be positive, got {video_fps}")
+    lo = _ceil_by(min_frames, FRAME_FACTOR)
+    hi = _floor_by(max_frames, FRAME_FACTOR)
+    n = min(max(total_frames / video_fps * fps, lo), hi, total_frames)
+    n = _floor_by(n, FRAME_FACTOR)
+    if not FRAME_FACTOR <= n <= total_frames:
+        raise ValueError(f"nframes should be in [{FRAME_FACTOR}, {total_frames}], got {n}")
+    return int(n)
+
+
+def smart_resize(
+    height: int, width: int, *, factor: int = IMAGE_FACTOR, min_pixels: float, max_pixels: float
+) -> tuple[int, int]:
+    """Target (height, width) for a frame: both multiples of `factor`, area within [min_pixels, max_pixels],
+    aspect ratio kept as closely as possible.
+
+    Rule (qwen-vl-utils):
+        reject max(h, w) / min(h, w) > MAX_RATIO=200 with ValueError;
+        h', w' = max(factor, round_f(h)), max(factor, round_f(w))     (round half to even)
+        if h'w' > max_pixels: beta = sqrt(h*w / max_pixels); h', w' = floor_f(h / beta), floor_f(w / beta)
+        elif h'w' < min_pixels: beta = sqrt(min_pixels / (h*w)); h', w' = ceil_f(h * beta), ceil_f(w * beta)
+    where round_f/floor_f/ceil_f go to a multiple of `factor`.
+
+    >>> smart_resize(60, 100, min_pixels=784, max_pixels=4096)
+    (28, 56)
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"frame size must be positive, got {height}x{width}")
+    if max_pixels < min_pixels:
+        raise ValueError(f"max_pixels {max_pixels} < min_pixels {min_pixels}")
+    if max(height, width) / min(height, width) > MAX_RATIO:
+        raise ValueError(f"aspect ratio must be at most {MAX_RATIO}, got {max(height, width) / min(height, width):.1f}")
+    h = max(factor, _round_by(height, factor))
+    w = max(factor, _round_by(width, factor))
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h, w = _floor_by(height / beta, factor), _floor_by(width / beta, factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h, w = _ceil_by(height * beta, factor), _ceil_by(width * beta, factor)
+    return h, w
+
+
+def video_max_pixels(nframes: int, min_pixels: int, max_pixels: int, total_pixels: float = VIDEO_TOTAL_PIXELS) -> float:
+    """Per-frame pixel cap for a clip of `nframes` frames, so that a long clip stays within a total budget.
+
+    Rule (qwen-vl-utils fetch_video): cap = max(min(VIDEO_MAX_PIXELS, total_pixels / nframes * FRAME_FACTOR),
+    int(min_pixels * 1.05)); a caller's max_pixels may lower the cap but not raise it.
+    """
+    cap = max(min(VIDEO_MAX_PIXELS, total_pixels / nframes * FRAME_FACTOR), int(min_pixels * 1.05))
+    return min(max_pixels, cap)
+
+
+def frame_indices(total_frames: int, nframes: int) -> np.ndarray:
+    """Evenly spaced frame indices, first and last included: round(linspace(0, total - 1, n)), halves to even."""
+    return np.round(np.linspace(0, total_frames - 1, nframes)).astype(np.int64)
+
+
+def frames_sha(frames: np.ndarray) -> str:
+    """sha256 of dtype, shape and bytes: equal iff two samplings produced identical frames."""
+    h = hashlib.sha256(f"{frames.dtype.str}{frames.shape}".encode())
+    h.update(np.ascontiguousarray(frames).tobytes())
+    return h.hexdigest()
+
+
+def sample_video(path: str | Path, media: MediaConfigLike, *, folder_fps: float = FOLDER_FPS) -> np.ndarray:
+    """Decode `path` and return the frames the model sees: uint8 (T, H, W, 3).
+
+    `path` is a video file (mp4/mov, webm/mkv, avi; recognised by content, not name) or a directory of
+    image files, which is taken as a video at `folder_fps` whose frames are the images in natural sort
+    order (frame_2 before frame_10). Frames are chosen by `smart_nframes` + `frame_indices` and resized to
+    `smart_resize` of the first frame's size with the pixel cap from `video_max_pixels` (`media` may carry
+    an optional `total_pixels`; default VIDEO_TOTAL_PIXELS).
+
+    A one-frame source is returned as that frame twice (one temporal patch), as qwen-vl-utils pads frame
+    lists; qwen-vl-utils itself would reject a one-frame video file.
+
+    Resizing uses PIL's BICUBIC, which like torchvision's `resize(..., BICUBIC, antialias=True)` on uint8
+    (what qwen-vl-utils calls) is the antialiased a=-0.5 cubic kernel; they agree within 2 grey levels.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise MediaError(p, "missing")
+    if not (p.is_dir() or p.is_file()):  # a FIFO or device would block or never end
+        raise MediaError(p, "unreadable", "not a regular file or directory")
+    if p.is_dir():
+        files = _list_frames(p)
+        height, width = _image_size(p, files[0])
+        idx, size = _plan(p, len(files), folder_fps, height, width, media)
+        return _load_images(p, files, idx, size)
+    fmt = _sniff(p)
+    total, video_fps, height, width = _probe_video(p, fmt)
+    idx, size = _plan(p, total, video_fps, height, width, media)
+    return _decode_video(p, fmt, idx, size)
+
+
+def _plan(
+    p: Path, total: int, video_fps: float, height: int, width: int, media: MediaConfigLike
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Which frames to keep and the (H, W) to resize them to."""
+    if max(height, width) / min(height, width) > MAX_RATIO:
+        raise MediaError(p, "bad_aspect", f"{width}x{height} is beyond ratio {MAX_RATIO}")
+    if total < FRAME_FACTOR:
+        idx = np.zeros(FRAME_FACTOR, dtype=np.int64)
+    else:
+        n = smart_nframes(total, video_fps, fps=media.fps, min_frames=media.min_frames, max_frames=media.max_frames)
+        idx = frame_indices(total, n)
+    total_pixels = getattr(media, "total_pixels", VIDEO_TOTAL_PIXELS)
+    max_pixels = video_max_pixels(len(idx), media.min_pixels, media.max_pixels, total_pixels)
+    return idx, smart_resize(height, width, min_pixels=media.min_pixels, max_pixels=max_pixels)
+
+
+def _check_area(p: Path, height: int, width: int) -> None:
+    if height <= 0 or width <= 0:
+        raise MediaError(p, "corrupt", f"frame size {width}x{height}")
+    if height * width > MAX_FRAME_AREA:
+        raise MediaError(p, "too_large", f"frame size {width}x{height} exceeds {MAX_FRAME_AREA} pixels")
+
+
+def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    height, width = size
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BICUBIC))
+
+
+def _sniff(p: Path) -> str:
+    """The demuxer for `p`, from its first bytes. FFmpeg would probe anything (a .txt file opens as an
+    ANSI-art 'tty' video; playlist demuxers open other files), so only three known containers get through."""
+    try:
+        with p.open("rb") as f:
+            head = f.read(12)
+    except OSError as e:
+        raise MediaError(p, "unreadable", str(e)) from e
+    if not head:
+        raise MediaError(p, "empty", "zero-length file")
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
+        return "mp4"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    raise MediaError(p, "corrupt", "not an mp4/mov, webm/mkv or avi container")
+
+
+def _open(p: Path, fmt: str):
+    try:
+        container = av.open(str(p), format=fmt)
+    except _LIB_ERRORS as e:
+        raise MediaError(p, "corrupt", str(e)) from e
+    if not container.streams.video:
+        container.close()
+        raise MediaError(p, "no_video_stream")
+    return container, container.streams.video[0]
+
+
+def _probe_video(p: Path, fmt: str) -> tuple[int, float, int, int]:
+    """(total frames, fps, height, width), refusing oversized videos before any frame is decoded."""
+    container, stream = _open(p, fmt)
+    with container:
+        height, width = stream.codec_context.height, stream.codec_context.width
+        _check_area(p, height, width)
+        total = stream.frames
+        if total > MAX_FRAMES:
+            raise MediaError(p, "too_large", f"{total} frames exceeds {MAX_FRAMES}")
+        if total <= 0:  # webm/mkv and some avi carry no count: count packets, which needs no decoding
+            total = _count_packets(p, container, stream)
+        rate = stream.average_rate or stream.guessed_rate
+        if rate:
+            video_fps = float(rate)
+        elif stream.duration and stream.time_base:
+            video_fps = total / float(stream.duration * stream.time_base)
+        else:
+            raise MediaError(p, "corrupt", "no frame rate or duration")
+    if total == 0:
+        raise MediaError(p, "empty", "no video frames")
+    return total, video_fps, height, width
+
+
+def _count_packets(p: Path, container, stream) -> int:
+    n = 0
+    try:
+        for packet in container.demux(stream):
+            if packet.size:  # the demuxer ends with an empty flush packet
+                n += 1
+                if n > MAX_FRAMES:
+                    raise MediaError(p, "too_large", f"more than {MAX_FRAMES} frames")
+    except _LIB_ERRORS as e:
+        raise MediaError(p, "corrupt", f"demuxing failed after {n} packets: {e}") from e
+    return n
+
+
+def _decode_video(p: Path, fmt: str, idx: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Decode in order up to the last wanted frame, converting only the wanted ones. Sequential decoding
+    (no seeking) is what makes the frame index exact: seeking lands on keyframes, not frame numbers."""
+    wanted, last = set(idx.tolist()), int(idx.max())
+    got: dict[int, np.ndarray] = {}
+    container, stream = _open(p, fmt)
+    stream.thread_type = "AUTO"
+    i = -1
+    with container:
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted:
+                    _check_area(p, frame.height, frame.width)
+                    got[i] = _resize(frame.to_ndarray(format="rgb24"), size)
+                if i >= last:
+                    break
+        except _LIB_ERRORS as e:
+            raise MediaError(
+                p, "truncated" if i >= 0 else "corrupt", f"decoding failed after {i + 1} frames: {e}"
+            ) from e
+    if len(got) < len(wanted):
+        raise MediaError(p, "truncated", f"container promised {last + 1}+ frames, decoded {i + 1}")
+    return np.stack([got[j] for j in idx.tolist()])
+
+
+def _natural_key(name: str) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def _list_frames(p: Path) -> list[Path]:
+    try:
+        files = [f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+    except OSError as e:
+        raise MediaError(p, "unreadable", str(e)) from e
+    if not files:
+        raise MediaError(p, "empty", f"no {'/'.join(sorted(IMAGE_SUFFIXES))} files")
+    if len(files) > MAX_FRAMES:
+        raise MediaError(p, "too_large", f"{len(files)} frames exceeds {MAX_FRAMES}")
+    return sorted(files, key=lambda f: _natural_key(f.name))
+
+
+def _image_size(p: Path, f: Path) -> tuple[int, int]:
+    try:
+        with Image.open(f) as im:  # reads the header only
+            width, height = im.size
+    except _LIB_ERRORS as e:
+        raise MediaError(p, "corrupt", f"{f.name}: {e}") from e
+    _check_area(p, height, width)
+    return height, width
+
+
+def _load_images(p: Path, files: list[Path], idx: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Load the chosen images; each is resized to the size planned from the first one."""
+    out = []
+    for j in idx.tolist():
+        try:
+            with Image.open(files[j]) as im:
+                _check_area(p, im.height, im.width)  # before load(): the header is all that is read so far
+                out.append(_resize(_to_rgb(im), size))
+        except _LIB_ERRORS as e:
+            raise MediaError(p, "corrupt", f"{files[j].name}: {e}") from e
+    return np.stack(out)
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # Transparent pixels go on white, as Qwen3-VL's fetch_image does; a bare convert would expose
+        # whatever colour the transparent pixels happen to store.
+        rgba = im.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return np.asarray(background)
+    return np.asarray(im.convert("RGB"))
+
+
+class FrameCache:
+    """A thread-safe LRU of sampled frames bounded by total bytes.
+
+    Keyed by (resolved path, mtime_ns, size, sampling parameters), so an edited file is re-decoded. For a
+    frame folder the mtime is the directory's, which changes when frames are added, removed or renamed but
+    not when one is rewritten in place. Loading happens outside the lock, so two threads missing on the
+    same key both decode and the later insert wins; that is rarer and cheaper than serialising all loads.
+    Returned arrays are shared and read-only: copy before writing.
+    """
+
+    def __init__(self, max_bytes: int):
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.nbytes = self.hits = self.misses = 0
+        self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def get_or_load(self, path: str | Path, media: MediaConfigLike) -> np.ndarray:
+        key = self._key(Path(path), media)
+        with self._lock:
+            if key is not None and key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+            self.misses += 1
+        frames = sample_video(path, media)
+        frames.setflags(write=False)
+        if key is not None:
+            self._put(key, frames)
+        return frames
+
+    def _key(self, p: Path, media: MediaConfigLike) -> tuple | None:
+        try:
+            resolved = p.resolve()
+            st = resolved.stat()
+        except OSError:
+            return None  # sample_video will raise; if the file appeared meanwhile, we have no key to trust
+        params = (media.fps, media.min_frames, media.max_frames, media.min_pixels, media.max_pixels)
+        return (str(resolved), st.st_mtime_ns, st.st_size, *params, getattr(media, "total_pixels", VIDEO_TOTAL_PIXELS))
+
+    def _put(self, key: tuple, frames: np.ndarray) -> None:
+        if frames.nbytes > self.max_bytes:
+            return  # would evict everything and still not fit
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.nbytes -= old.nbytes
+            self._items[key] = frames
+            self.nbytes += frames.nbytes
+            while self.nbytes > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self.nbytes -= evicted.nbytes

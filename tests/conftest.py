@@ -1,0 +1,42 @@
+import os
+import uuid
+
+import pytest
+
+from services.common.redis_server import EmbeddedRedis
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server on a free loopback port for the whole session, stopped by pid."""
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def control(redis_server):
+    from services.common.control import ControlPlane
+
+    cp = ControlPlane(redis_server.url, f"t-{uuid.uuid4().hex[:8]}")
+    cp.ensure_streams()
+    yield cp
+    cp.close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -1,0 +1,122 @@
+"""The Redis control plane against a real redis-server."""
+
+import threading
+import time
+
+import pytest
+import redis
+
+from services.common.control import EVALS, GROUPS, PROMPTS, ControlPlane
+from services.common.redis_server import EmbeddedRedis
+from services.common.weights import Manifest
+
+
+def _manifest(v: int) -> Manifest:
+    return Manifest(version=v, uri=f"/w/v{v}", bytes=10 * v, sha256={"model.safetensors": "ab" * 32}, step=v,
+                    created_at=1.5)
+
+
+def test_embedded_redis_starts_and_stops_by_pid(tmp_path):
+    server = EmbeddedRedis(tmp_path).start()
+    r = redis.Redis.from_url(server.url)
+    assert r.ping()
+    pid = server.proc.pid
+    server.stop()
+    assert server.proc.poll() is not None
+    with pytest.raises(ProcessLookupError):
+        import os
+        os.kill(pid, 0)
+
+
+def test_version_publish_is_atomic_and_monotonic(control):
+    assert control.current_version() is None
+    control.publish_version(_manifest(0))
+    control.publish_version(_manifest(1))
+    assert control.current_version() == 1
+    assert control.manifest(1) == _manifest(1)
+    for stale in (1, 0):
+        with pytest.raises(redis.ResponseError, match="not above current 1"):
+            control.publish_version(_manifest(stale))
+    assert control.current_version() == 1
+    assert control.manifest(1) == _manifest(1)  # a refused publish writes nothing
+
+
+def test_version_monotonic_across_a_new_client(control):
+    """A restarted learner (a new client) continues from Redis, it cannot go back."""
+    control.publish_version(_manifest(3))
+    again = ControlPlane(control.url, control.run_id)
+    assert again.current_version() == 3
+    with pytest.raises(redis.ResponseError):
+        again.publish_version(_manifest(2))
+
+
+def test_publish_sends_event(control):
+    ps = control.subscribe_versions()
+    time.sleep(0.05)
+    control.publish_version(_manifest(7))
+    deadline = time.time() + 2
+    msg = None
+    while msg is None and time.time() < deadline:
+        msg = ps.get_message(timeout=0.1)
+    assert msg is not None and int(msg["data"]) == 7
+
+
+def test_actor_registry_and_heartbeat(control):
+    control.heartbeat("a0", 0, "loading")
+    control.heartbeat("a1", 2, "running", tokens_per_s=12.5)
+    actors = {a.actor_id: a for a in control.actors()}
+    assert set(actors) == {"a0", "a1"}
+    assert actors["a1"].loaded_version == 2 and actors["a1"].fields["tokens_per_s"] == "12.5"
+    assert actors["a0"].alive(5.0) and not actors["a0"].alive(5.0, now=time.time() + 60)
+
+
+def test_prompts_are_delivered_once_and_reclaimed_from_a_dead_consumer(control):
+    ids = [control.add_prompt(f"p{i}".encode()) for i in range(3)]
+    assert control.prompts_queued() == 3
+    got = control.take_prompts("a0", 2, block_ms=10, reclaim_idle_ms=60_000)
+    assert [p for _, p in got] == [b"p0", b"p1"]
+    got2 = control.take_prompts("a1", 5, block_ms=10, reclaim_idle_ms=60_000)
+    assert [p for _, p in got2] == [b"p2"]          # not p0/p1: they are held by a0
+    control.ack_prompt(ids[2])
+    time.sleep(0.03)
+    # a0 died holding p0, p1: with a short idle bound a1 reclaims them
+    got3 = control.take_prompts("a1", 5, block_ms=10, reclaim_idle_ms=10)
+    assert sorted(p for _, p in got3) == [b"p0", b"p1"]
+    for eid, _ in got3:
+        control.ack_prompt(eid)
+    assert control.prompts_queued() == 0
+
+
+def test_write_group_dedupes_by_prompt_id_and_counts(control):
+    assert control.write_group("p1", b"g", 4, held_out=False)
+    assert not control.write_group("p1", b"g-again", 4, held_out=False)
+    assert control.write_group("e1", b"e", 4, held_out=True)
+    assert control.stream_len(GROUPS) == 1 and control.stream_len(EVALS) == 1
+    c = control.counters()
+    assert c["groups_written"] == 1 and c["eval_groups_written"] == 1 and c["groups_duplicate"] == 1
+    assert c["completions_scored"] == 12
+    got = control.read_groups(GROUPS, "learner-0", 10, block_ms=10)
+    assert [p for _, p in got] == [b"g"]
+
+
+def test_write_group_is_exactly_once_under_concurrency(control):
+    """Many writers racing on the same prompt ids: each prompt is written exactly once."""
+    def writer():
+        for i in range(50):
+            control.write_group(f"p{i}", b"x", 2, held_out=False)
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert control.stream_len(GROUPS) == 50
+    assert control.counters()["groups_duplicate"] == 150
+
+
+def test_keys_are_namespaced_by_run(control, redis_server):
+    other = ControlPlane(redis_server.url, control.run_id + "-other")
+    other.ensure_streams()
+    control.add_prompt(b"x")
+    assert other.prompts_queued() == 0
+    assert all(k.decode().startswith("videorl:") for k in control.r.keys("*"))
+    assert control.key(PROMPTS).startswith(f"videorl:{control.run_id}:")
