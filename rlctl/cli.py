@@ -48,8 +48,13 @@ def run(config: Path | None, overrides: tuple[str, ...]) -> None:
         sys.exit(130)
     recs = summary["records"]
     versions = sorted({r["published"] for r in recs if r.get("published")})
-    console.print(f"done: {len(recs)} learner steps, published versions {versions}, "
-                  f"{summary['seconds']:.0f}s; stats in {cfg.run_dir}/stats.jsonl")
+    lags = [x for x in summary["swap_lag"] if x["seconds"] is not None]
+    worst = max(lags, key=lambda x: x["seconds"], default=None)
+    console.print(f"done: {len(recs)} learner steps, published versions {versions}, {summary['seconds']:.0f}s; "
+                  f"stats in {cfg.run_dir}/stats.jsonl", soft_wrap=True)
+    if worst:
+        console.print(f"slowest version pickup: v{worst['version']} by {worst['actor']} after {worst['seconds']:.2f}s "
+                      f"({worst['steps']} learner steps later)", soft_wrap=True)
     (Path(cfg.run_dir) / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
 
 

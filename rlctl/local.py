@@ -142,6 +142,15 @@ class LocalRun:
                 ray.get(self.actor_runs.pop(a))  # raises the actor's error; a clean return is a bug too
                 raise RuntimeError(f"rollout actor {a} stopped before the learner finished")
 
+    def wait_for_actors_at(self, version: int, timeout_s: float = 60.0) -> bool:
+        """Let every live actor load `version` before the run stops, so the final policy is what they serve."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(a.loaded_version >= version for a in self.control.actors() if a.actor_id in self.actors):
+                return True
+            time.sleep(0.1)
+        return False
+
     def stop_actors(self, timeout_s: float = 60.0) -> list[dict]:
         import ray
 
@@ -177,6 +186,27 @@ class LocalRun:
                 self.redis = None
 
 
+def version_lag(control: ControlPlane, records: list[dict], actor_ids: list[str]) -> list[dict]:
+    """For each published version and actor: seconds from publication to the actor serving it, and in learner
+    steps (0 = before the next step's record, 1 = before the one after, ...)."""
+    step_times = [r["time"] for r in records]
+    out = []
+    for rec in records:
+        v = rec.get("published")
+        if not v:
+            continue
+        published_at = control.manifest(v).created_at
+        for a in actor_ids:
+            loaded = control.swaps(a).get(v)
+            later = [t for t in step_times if t > rec["time"]]
+            if loaded is None:
+                out.append({"version": v, "actor": a, "seconds": None, "steps": None})
+                continue
+            out.append({"version": v, "actor": a, "seconds": round(loaded - published_at, 3),
+                        "steps": sum(1 for t in later if t < loaded)})
+    return out
+
+
 def run_local(cfg: RunConfig, console: Console | None = None) -> dict:
     from rlctl.progress import Progress
 
@@ -189,9 +219,10 @@ def run_local(cfg: RunConfig, console: Console | None = None) -> dict:
         with progress:
             records = run.wait(on_tick=progress.tick)
             progress.tick()
+            run.wait_for_actors_at(control.current_version())
+        swap_lag = version_lag(control, records, list(run.actors))
         actor_stats = run.stop_actors()
-        counters = control.counters()
-        return {"records": records, "actors": actor_stats, "counters": counters, "seconds": time.time() - t0,
-                "run_dir": str(cfg.run_dir)}
+        return {"records": records, "actors": actor_stats, "counters": control.counters(),
+                "swap_lag": swap_lag, "seconds": time.time() - t0, "run_dir": str(cfg.run_dir)}
     finally:
         run.close()

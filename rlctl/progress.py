@@ -44,7 +44,7 @@ class Progress:
     def tick(self) -> None:
         for rec in self.control.step_records(self.seen):
             self.seen += 1
-            self.console.print(step_line(rec))
+            self.console.print(step_line(rec), soft_wrap=True)
             self.bar.update(self.task, completed=rec["step"])
         self.live.update(Group(self.bar, self._table()))
 

@@ -5,6 +5,7 @@ Keys:
   manifest:<v>            hash: the Manifest of version v (uri, bytes, sha256, step, created_at)
   events                  pub/sub channel; the new version number is published after each bump
   actors                  set of actor ids; actor:<id> hash {loaded_version, heartbeat, state, pid, ...}
+  swaps:<id>              hash: version -> unix time actor <id> started serving it
   desired:rollout         the number of rollout actors an operator asked for
   stream:prompts          prompts for the actors (consumer group `rollout`)
   stream:groups           scored train groups (consumer group `learner`)
@@ -127,6 +128,13 @@ class ControlPlane:
             if d:
                 out.append(ActorInfo(a, int(d["loaded_version"]), float(d["heartbeat"]), d["state"], d))
         return out
+
+    def record_swap(self, actor_id: str, version: int, at: float) -> None:
+        """When `actor_id` started serving `version` (hash swaps:<actor>: version -> unix time)."""
+        self.r.hset(self.key(f"swaps:{actor_id}"), str(version), at)
+
+    def swaps(self, actor_id: str) -> dict[int, float]:
+        return {int(k): float(v) for k, v in self.r.hgetall(self.key(f"swaps:{actor_id}")).items()}
 
     def set_desired_actors(self, n: int) -> None:
         self.r.set(self.key("desired:rollout"), n)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Protocol
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+ANSWER_INSTRUCTION = "Answer with the option letter inside <answer></answer>."
 
 
 class ChatTemplater(Protocol):
@@ -18,8 +19,7 @@ def user_text(question: str, options: list[str] | tuple[str, ...]) -> str:
     """The user turn's text: the question, lettered options, and the answer convention."""
     if not options:
         return f"{question}\nAnswer inside <answer></answer>."
-    lines = "\n".join(f"{LETTERS[i]}. {opt}" for i, opt in enumerate(options))
-    return f"{question}\nOptions:\n{lines}\nAnswer with the option letter inside <answer></answer>."
+    return "\n".join([question] + [f"{LETTERS[i]}. {opt}" for i, opt in enumerate(options)] + [ANSWER_INSTRUCTION])
 
 
 def chat_text(templater: ChatTemplater, question: str, options: list[str] | tuple[str, ...]) -> str:

@@ -146,6 +146,7 @@ class RolloutActor:
         await asyncio.to_thread(verify, manifest)
         paused = await self.engine.load_weights(manifest.uri)
         self.loaded_version = current
+        await asyncio.to_thread(self.control.record_swap, self.actor_id, current, time.time())
         self.stats["swaps"] += 1
         self.stats["swap_seconds"] += paused
         self.metrics.swap.observe(paused)
