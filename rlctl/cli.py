@@ -52,6 +52,10 @@ def run(config: Path | None, overrides: tuple[str, ...]) -> None:
     worst = max(lags, key=lambda x: x["seconds"], default=None)
     console.print(f"done: {len(recs)} learner steps, published versions {versions}, {summary['seconds']:.0f}s; "
                   f"stats in {cfg.run_dir}/stats.jsonl", soft_wrap=True)
+    from rlctl.summary import actor_table, phase_table
+
+    console.print(phase_table(recs, summary["actors"], summary["reward_metrics"]))
+    console.print(actor_table(summary["actors"]))
     if worst:
         console.print(f"slowest version pickup: v{worst['version']} by {worst['actor']} after {worst['seconds']:.2f}s "
                       f"({worst['steps']} learner steps later)", soft_wrap=True)

@@ -60,6 +60,7 @@ def _ray_init(cfg: RunConfig) -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
              _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
              _temp_dir=str(Path("/tmp") / "videorl-ray"))
@@ -207,6 +208,18 @@ def version_lag(control: ControlPlane, records: list[dict], actor_ids: list[str]
     return out
 
 
+def _reward_metrics(control: ControlPlane) -> dict[str, float]:
+    from rlctl.summary import scrape
+
+    address = control.exporters().get("reward")
+    try:
+        return scrape(address, ("videorl_reward_score_seconds_sum", "videorl_reward_score_seconds_count",
+                                "videorl_reward_completions_total")) if address else {}
+    except OSError as e:
+        log.warning("cannot read the reward service's metrics at %s: %s", address, e)
+        return {}
+
+
 def run_local(cfg: RunConfig, console: Console | None = None) -> dict:
     from rlctl.progress import Progress
 
@@ -221,8 +234,10 @@ def run_local(cfg: RunConfig, console: Console | None = None) -> dict:
             progress.tick()
             run.wait_for_actors_at(control.current_version())
         swap_lag = version_lag(control, records, list(run.actors))
+        reward_metrics = _reward_metrics(control)
         actor_stats = run.stop_actors()
         return {"records": records, "actors": actor_stats, "counters": control.counters(),
+                "reward_metrics": reward_metrics,
                 "swap_lag": swap_lag, "seconds": time.time() - t0, "run_dir": str(cfg.run_dir)}
     finally:
         run.close()

@@ -2,14 +2,17 @@
 # Installs everything videorl needs on a fresh CPU machine. Idempotent and cached:
 # - system packages (redis-server) only when missing;
 # - one virtualenv shared by every clone, under $VIDEORL_CACHE (default ~/.cache/videorl), reinstalled
-#   only when pyproject.toml, the torchvision fix or DEPS_REV changes; ./.venv links to it.
+#   only when the dependency lists in pyproject.toml, the torchvision fix or DEPS_REV change; ./.venv links to it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${VIDEORL_CACHE:-$HOME/.cache/videorl}
 venv=$cache/venv
 # Bump DEPS_REV when the install steps below change; editing anything else here reinstalls nothing.
 DEPS_REV=1
-stamp_want=$( (echo "$DEPS_REV"; cat "$root/pyproject.toml" "$root/scripts/torchvision_cpu_fix.py") | sha256sum | cut -c1-16)
+# Only the dependency lists count: editing tool settings in pyproject.toml must not reinstall vLLM.
+deps=$(python3 -c 'import sys, tomllib, json; p = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print(json.dumps([p["dependencies"], p.get("optional-dependencies", {})], sort_keys=True))' "$root/pyproject.toml")
+stamp_want=$( (echo "$DEPS_REV"; echo "$deps"; cat "$root/scripts/torchvision_cpu_fix.py") | sha256sum | cut -c1-16)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 # pip, quiet: its output goes to a log that is shown only when it fails.

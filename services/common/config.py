@@ -54,6 +54,8 @@ class RolloutConfig(_Strict):
     max_model_len: int = Field(512, ge=64, description="vLLM max_model_len")
     kv_cache_mib: int = Field(64, ge=8, description="KV cache size bound per engine, MiB")
     heartbeat_s: float = Field(1.0, gt=0, description="seconds between registry heartbeats")
+    swap: Literal["abort", "wait"] = Field(
+        "abort", description="on a new version: abort in-flight requests and redo them, or let them finish")
 
 
 class RewardComponentConfig(_Strict):
@@ -111,7 +113,7 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the bad fields."""
 
 
-def load_config(path: Path | None, overrides: list[str] = ()) -> RunConfig:
+def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Load a YAML run config (None = all defaults) and apply `a.b.c=value` overrides."""
     raw: dict = {}
     if path is not None:

@@ -25,6 +25,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -72,7 +73,8 @@ class ControlPlane:
 
     def __init__(self, url: str, run_id: str):
         self.url, self.run_id = url, run_id
-        self.r = redis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
+        # Any: redis-py types every reply as a union of its sync and async forms, which says nothing useful here.
+        self.r: Any = redis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
         self.prefix = f"videorl:{run_id}:"
         self._publish = self.r.register_script(_PUBLISH)
         self._write_group = self.r.register_script(_WRITE_GROUP)

@@ -39,7 +39,9 @@ class LearnerEngine:
     def __init__(self, model_dir: Path, cfg: LearnerConfig, batch_size: int):
         import deepspeed
         from transformers import Qwen2VLForConditionalGeneration
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # the run's own progress view reports publishing
         init_single_process_group()
         self.cfg, self.model_dir = cfg, Path(model_dir)
         model = Qwen2VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32)

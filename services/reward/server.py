@@ -96,7 +96,8 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
         status = pb.GroupAck.SCORED if written else pb.GroupAck.DUPLICATE
         return self._ack(first, status, "" if written else "prompt already scored", score.totals)
 
-    def _ack(self, c: pb.Completion, status: int, reason: str, rewards: list[float] = ()) -> pb.GroupAck:
+    def _ack(self, c: pb.Completion, status: pb.GroupAck.Status, reason: str,
+             rewards: list[float] | tuple[()] = ()) -> pb.GroupAck:
         self.metrics.groups.labels(pb.GroupAck.Status.Name(status).lower()).inc()
         if status == pb.GroupAck.REJECTED:
             log.warning("group %s rejected: %s", c.group_id, reason)

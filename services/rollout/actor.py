@@ -3,8 +3,12 @@
 Invariants kept here:
 - a prompt is acked in Redis only after the reward service acked its group (SCORED or DUPLICATE), so a
   prompt held by an actor that dies stays pending and is reclaimed by another actor;
-- weights change only between batches (no generation in flight), and every completion is stamped with
-  the version that was loaded while it was generated;
+- weights change only while no request is in flight: a published version is picked up at once (pub/sub
+  event, polled as a fallback); the gate stops new requests, in-flight ones are aborted (rollout.swap=abort)
+  or finished (=wait), and aborted prompts are generated again under the new version. So every completion
+  is stamped with the one version whose weights produced all of its tokens;
+- a version whose files do not match their recorded hashes is never loaded: the actor keeps (and reports)
+  the version it has;
 - a video that cannot be read quarantines its prompt (acked, counted, logged with the reason) instead
   of stopping the actor.
 """
@@ -26,7 +30,7 @@ from services.common.metrics import serve as serve_metrics
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.pb.videorl.v1 import rollout_pb2_grpc as pb_grpc
 from services.common.prompts import chat_text
-from services.common.weights import verify
+from services.common.weights import WeightIntegrityError, verify
 from services.rollout.engine import VLLMEngine
 from services.rollout.media import FrameCache, MediaError
 
@@ -54,7 +58,16 @@ class RolloutActor:
         self.frames = FrameCache(max_bytes=256 << 20)
         self.loaded_version = -1
         self.inflight: dict[str, str] = {}   # group_id -> prompt stream entry id, until acked
-        self.stats = {"tokens": 0, "gen_seconds": 0.0, "groups_sent": 0, "swaps": 0, "swap_seconds": 0.0}
+        self.refused: set[int] = set()       # versions whose files failed their hash check
+        # gen_seconds sums each group's own generation latency (groups of a batch overlap); batch_seconds is wall time.
+        self.stats = {"tokens": 0, "gen_seconds": 0.0, "batch_seconds": 0.0, "groups_sent": 0, "swaps": 0,
+                      "swap_seconds": 0.0}
+        self.retry: list[tuple[str, bytes]] = []    # prompts whose generation a swap aborted
+        self._requests: set[str] = set()              # engine request ids in flight
+        self._seq = 0
+        self._swapping = False
+        self._gate = asyncio.Condition()              # guards _requests, _swapping and loaded_version changes
+        self._swap_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._write_lock = asyncio.Lock()
         self.engine: VLLMEngine | None = None
@@ -69,18 +82,21 @@ class RolloutActor:
         self.engine = VLLMEngine.create(Path(self.model_dir), self.cfg.rollout, seed=self.cfg.seed)
         self.loaded_version = 0
         await self._maybe_swap()   # an actor that joins late starts from the current version
-        heartbeat = asyncio.create_task(self._heartbeat_loop())
+        background = [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._watch_versions())]
         async with grpc.aio.insecure_channel(self.reward_addr) as channel:
             call = pb_grpc.RewardServiceStub(channel).StreamCompletions()
             acks = asyncio.create_task(self._read_acks(call))
             try:
                 while not self._stop.is_set():
-                    await self._maybe_swap()
+                    for task in background:
+                        if task.done():
+                            task.result()   # a dead watcher or heartbeat is this actor's failure too
                     await self._one_batch(call)
                 await self._drain(call, acks)
             finally:
                 acks.cancel()
-                heartbeat.cancel()
+                for task in background:
+                    task.cancel()
                 self.engine.shutdown()
                 self.control.heartbeat(self.actor_id, self.loaded_version, "stopped", **self._rates())
         return dict(self.stats, actor_id=self.actor_id, loaded_version=self.loaded_version)
@@ -90,10 +106,14 @@ class RolloutActor:
 
     # -- phases ----------------------------------------------------------------------------------
     async def _one_batch(self, call) -> None:
-        entries = await asyncio.to_thread(self.control.take_prompts, self.actor_id, self.cfg.rollout.prompts_per_batch,
-                                          200, 300_000)
+        entries, self.retry = self.retry, []
+        want = self.cfg.rollout.prompts_per_batch - len(entries)
+        if want > 0:
+            entries += await asyncio.to_thread(self.control.take_prompts, self.actor_id, want, 200, 300_000)
         if entries:
+            t0 = time.perf_counter()
             await asyncio.gather(*(self._rollout(eid, payload, call) for eid, payload in entries))
+            self.stats["batch_seconds"] += time.perf_counter() - t0
 
     async def _rollout(self, entry_id: str, payload: bytes, call) -> None:
         prompt = pb.Prompt.FromString(payload)
@@ -104,11 +124,11 @@ class RolloutActor:
             self.metrics.quarantined.labels(e.reason).inc()
             await asyncio.to_thread(self._quarantine, entry_id, e.reason)
             return
-        r = self.cfg.rollout
-        version = self.loaded_version
         t0 = time.perf_counter()
-        samples = await self.engine.generate(chat_text(self.engine.tokenizer, prompt.question, list(prompt.options)),
-                                             frames, r.group_size, r.max_new_tokens, r.temperature)
+        version, samples = await self._generate(prompt, frames)
+        if samples is None:
+            self.retry.append((entry_id, payload))   # aborted by a swap: again, under the new version
+            return
         self.stats["gen_seconds"] += time.perf_counter() - t0
         self.stats["tokens"] += sum(len(s.token_ids) for s in samples)
         self.metrics.generate.observe(time.perf_counter() - t0)
@@ -124,6 +144,25 @@ class RolloutActor:
                     finish_reason=s.finish_reason, actor_id=self.actor_id, prompt=prompt))
         self.stats["groups_sent"] += 1
 
+    async def _generate(self, prompt: pb.Prompt, frames) -> tuple[int, list | None]:
+        """Sample K completions; returns (the version that produced them, samples or None if aborted)."""
+        r = self.cfg.rollout
+        text = chat_text(self.engine.tokenizer, prompt.question, list(prompt.options))
+        async with self._gate:
+            await self._gate.wait_for(lambda: not self._swapping)
+            self._seq += 1
+            request_id = f"{self.actor_id}-{self._seq}"
+            self._requests.add(request_id)
+            version = self.loaded_version
+        try:
+            samples = await self.engine.generate(request_id, text, frames, r.group_size, r.max_new_tokens,
+                                                 r.temperature)
+        finally:
+            async with self._gate:
+                self._requests.discard(request_id)
+                self._gate.notify_all()
+        return version, samples
+
     def _quarantine(self, entry_id: str, reason: str) -> None:
         self.control.incr(f"prompts_quarantined:{reason}")
         self.control.ack_prompt(entry_id)
@@ -138,14 +177,48 @@ class RolloutActor:
                 await asyncio.to_thread(self.control.incr, "groups_rejected")
             await asyncio.to_thread(self.control.ack_prompt, entry_id)
 
+    async def _watch_versions(self) -> None:
+        """Swap as soon as a version is published: on its pub/sub event, and by polling once a second."""
+        ps = await asyncio.to_thread(self.control.subscribe_versions)
+        try:
+            while True:
+                await asyncio.to_thread(ps.get_message, timeout=1.0)
+                await self._maybe_swap()
+        finally:
+            ps.close()
+
     async def _maybe_swap(self) -> None:
+        async with self._swap_lock:
+            await self._swap_if_newer()
+
+    async def _swap_if_newer(self) -> None:
         current = await asyncio.to_thread(self.control.current_version)
-        if current is None or current <= self.loaded_version:
+        if current is None or current <= self.loaded_version or current in self.refused:
             return
         manifest = await asyncio.to_thread(self.control.manifest, current)
-        await asyncio.to_thread(verify, manifest)
-        paused = await self.engine.load_weights(manifest.uri)
-        self.loaded_version = current
+        try:
+            await asyncio.to_thread(verify, manifest)
+        except WeightIntegrityError as e:
+            # Keep serving the version we have (and keep reporting it) rather than load damaged weights.
+            log.error("%s refuses version %d: %s", self.actor_id, current, e)
+            self.refused.add(current)
+            await asyncio.to_thread(self.control.incr, "versions_refused")
+            return
+        t0 = time.perf_counter()
+        async with self._gate:
+            self._swapping = True
+        try:
+            if self.cfg.rollout.swap == "abort":
+                await self.engine.abort(list(self._requests))
+            async with self._gate:
+                await self._gate.wait_for(lambda: not self._requests)
+            await self.engine.load_weights(manifest.uri)
+            self.loaded_version = current
+        finally:
+            async with self._gate:
+                self._swapping = False
+                self._gate.notify_all()
+        paused = time.perf_counter() - t0
         await asyncio.to_thread(self.control.record_swap, self.actor_id, current, time.time())
         self.stats["swaps"] += 1
         self.stats["swap_seconds"] += paused
@@ -171,4 +244,4 @@ class RolloutActor:
     def _rates(self) -> dict:
         s = self.stats
         return {"tokens": s["tokens"], "groups_sent": s["groups_sent"], "swaps": s["swaps"],
-                "tokens_per_s": round(s["tokens"] / s["gen_seconds"], 1) if s["gen_seconds"] else 0.0}
+                "tokens_per_s": round(s["tokens"] / s["batch_seconds"], 1) if s["batch_seconds"] else 0.0}

@@ -1,7 +1,8 @@
 """The vLLM engine of one rollout actor: K samples per prompt with logprobs, and weight hot-swap.
 
-Invariants kept here: all K completions of a prompt come from one `generate` request (n=K), and a
-swap waits for in-flight requests before reloading, so every completion is produced by exactly one
+Invariants kept here: all K completions of a prompt come from one `generate` request (n=K); a request that
+was aborted returns None, never partial samples; `load_weights` runs with nothing in flight (the actor's
+gate guarantees it, and pause(mode="wait") backs it up), so every completion is produced by exactly one
 weight version; after a reload both the encoder cache and the prefix cache are reset, because either
 would otherwise serve results computed with the old weights.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,13 +47,14 @@ class VLLMEngine:
             model=str(model_dir), dtype="float32", seed=seed, enforce_eager=True,
             max_model_len=cfg.max_model_len, kv_cache_memory_bytes=cfg.kv_cache_mib << 20,
             limit_mm_per_prompt={"video": 1, "image": 0}, max_num_seqs=max(cfg.group_size * cfg.prompts_per_batch, 8),
-            disable_log_stats=True,
+            disable_log_stats=True, distributed_executor_backend="uni",  # one worker: no extra process per actor
         )
         llm = AsyncLLM.from_engine_args(args)
         return cls(llm, AutoProcessor.from_pretrained(str(model_dir)))
 
-    async def generate(self, prompt: str, frames: np.ndarray, n: int, max_tokens: int,
-                       temperature: float, seed: int | None = None) -> list[Sample]:
+    async def generate(self, request_id: str, prompt: str, frames: np.ndarray, n: int, max_tokens: int,
+                       temperature: float, seed: int | None = None) -> list[Sample] | None:
+        """K=n samples for one prompt, or None if the request was aborted (see `abort`)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -61,8 +63,10 @@ class VLLMEngine:
                                 output_kind=RequestOutputKind.FINAL_ONLY)
         final = None
         async for out in self.llm.generate({"prompt": prompt, "multi_modal_data": {"video": frames}}, params,
-                                           request_id=uuid.uuid4().hex):
+                                           request_id=request_id):
             final = out
+        if final is not None and any(c.finish_reason == "abort" for c in final.outputs):
+            return None
         if final is None or not final.finished or len(final.outputs) != n:
             got = 0 if final is None else len(final.outputs)
             raise RuntimeError(f"vLLM returned {got} of {n} samples for one prompt")
@@ -73,6 +77,10 @@ class VLLMEngine:
             samples.append(Sample(list(final.prompt_token_ids or []), list(c.token_ids), lps, c.text,
                                   c.finish_reason or "stop"))
         return samples
+
+    async def abort(self, request_ids: Iterable[str]) -> None:
+        """Abort requests by id; their `generate` calls return None. Unknown or finished ids are ignored."""
+        await self.llm.abort(list(request_ids))
 
     async def load_weights(self, weights_dir: str) -> float:
         """Hot-swap to the safetensors in `weights_dir`; returns the seconds generation was paused."""

@@ -1,0 +1,123 @@
+"""The rollout actor's protocol, with real Redis and a real reward gRPC server; only the engine is a double
+(vLLM itself is exercised in tests/integration)."""
+
+import asyncio
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.common.config import RunConfig
+from services.common.control import GROUPS
+from services.common.dataset import Row
+from services.common.pb.videorl.v1 import rollout_pb2 as pb
+from services.common.weights import write_version
+from services.embedded.synth import encode_mp4
+from services.reward.scoring import Scorer
+from services.reward.server import start_server
+from services.rollout import actor as actor_mod
+from services.rollout.engine import Sample
+
+
+class FakeEngine:
+    """Answers "<answer>B</answer>" K times; records swaps and refuses to swap while generating."""
+
+    def __init__(self):
+        self.tokenizer = self
+        self.generating = 0
+        self.loaded = []
+        self.aborted = set()
+
+    def apply_chat_template(self, conversation, **kw):
+        return conversation[0]["content"][1]["text"]
+
+    async def generate(self, request_id, prompt, frames, n, max_tokens, temperature, seed=None):
+        assert frames.dtype == np.uint8 and frames.ndim == 4
+        self.generating += 1
+        try:
+            for _ in range(5):
+                await asyncio.sleep(0.01)
+                if request_id in self.aborted:
+                    return None
+        finally:
+            self.generating -= 1
+        return [Sample([1, 2, 3], [5, 6], [-0.5, -0.25], "<answer>B</answer>", "stop") for _ in range(n)]
+
+    async def abort(self, request_ids):
+        self.aborted.update(request_ids)
+
+    async def load_weights(self, path):
+        assert self.generating == 0, "weights must never change while a request is in flight"
+        self.loaded.append(path)
+        return 0.001
+
+    def shutdown(self):
+        pass
+
+
+def _video(tmp_path, name="ok.mp4"):
+    frames = np.zeros((16, 64, 64, 3), np.uint8)
+    frames[:, 20:30, 20:30] = 255
+    path = tmp_path / name
+    encode_mp4(frames, path)
+    return path
+
+
+def test_actor_streams_groups_quarantines_bad_videos_and_swaps(control, redis_server, tmp_path, monkeypatch):
+    fake = FakeEngine()
+    monkeypatch.setattr(actor_mod.VLLMEngine, "create", classmethod(lambda cls, *a, **k: fake))
+    cfg = RunConfig(run_id=control.run_id, rollout={"group_size": 3, "prompts_per_batch": 2})
+    good = _video(tmp_path)
+    (tmp_path / "corrupt.mp4").write_bytes(b"\x00\x01not a video" * 100)
+    rows = [Row(f"r{i}", str(good), "mcq", "Which way?", "B", ("up", "down", "left", "right")) for i in range(4)]
+    rows.append(Row("bad", str(tmp_path / "corrupt.mp4"), "mcq", "Which way?", "B", ("up", "down")))
+    for i, row in enumerate(rows):
+        control.add_prompt(row.to_prompt(f"p{i}").SerializeToString())
+    v1 = write_version(tmp_path / "w", 1, 1, lambda d: (d / "model.safetensors").write_bytes(b"w1"))
+
+    async def scenario():
+        server, port = await start_server(control, Scorer(cfg.reward.components), CollectorRegistry())
+        a = actor_mod.RolloutActor(cfg, redis_server.url, f"127.0.0.1:{port}", "a0", "/unused")
+        task = asyncio.create_task(a.run())
+        for _ in range(200):                           # wait until the first 2 groups were written
+            await asyncio.sleep(0.02)
+            if control.stream_len(GROUPS) >= 2:
+                break
+        control.publish_version(v1)                    # a new version mid-run
+        for _ in range(300):
+            await asyncio.sleep(0.02)
+            if control.prompts_queued() == 0 and a.loaded_version == 1:
+                break
+        await a.stop()
+        stats = await task
+        await server.stop(1)
+        return stats
+
+    stats = asyncio.run(scenario())
+    groups = [pb.ScoredGroup.FromString(f[b"group"]) for _, f in control.r.xrange(control.key(GROUPS))]
+    assert sorted(g.prompt_id for g in groups) == ["p0", "p1", "p2", "p3"]      # the corrupt one is not there
+    assert all(len(g.completions) == 3 and list(g.rewards) == pytest.approx([1.1] * 3) for g in groups)
+    assert {g.policy_version for g in groups} <= {0, 1}
+    assert fake.loaded == [v1.uri] and stats["loaded_version"] == 1
+    c = control.counters()
+    assert c["prompts_quarantined:corrupt"] == 1                              # counted with its reason
+    assert control.prompts_queued() == 0                                      # every prompt acked, none lost
+    (actor,) = control.actors()
+    assert actor.loaded_version == 1 and actor.state == "stopped"
+    assert set(control.swaps("a0")) == {1}
+
+
+def test_actor_keeps_its_version_when_new_files_fail_their_hash(control, redis_server, tmp_path, monkeypatch):
+    fake = FakeEngine()
+    monkeypatch.setattr(actor_mod.VLLMEngine, "create", classmethod(lambda cls, *a, **k: fake))
+    cfg = RunConfig(run_id=control.run_id)
+    v1 = write_version(tmp_path / "w", 1, 1, lambda d: (d / "model.safetensors").write_bytes(b"w1"))
+    (tmp_path / "w" / "v000001" / "model.safetensors").write_bytes(b"tampered")
+    control.publish_version(v1)
+    a = actor_mod.RolloutActor(cfg, redis_server.url, "127.0.0.1:1", "a0", "/unused")
+    a.engine = fake
+    a.loaded_version = 0
+    asyncio.run(a._maybe_swap())
+    asyncio.run(a._maybe_swap())                      # refused once, not retried on every batch
+    assert fake.loaded == [] and a.loaded_version == 0
+    assert control.counters()["versions_refused"] == 1
