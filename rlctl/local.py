@@ -46,12 +46,19 @@ def prepare_assets(cfg: RunConfig, console: Console) -> Assets:
         train_path, eval_path = train_path or synth_train, eval_path or synth_eval
     model_dir = cfg.model.path
     if model_dir is None:
-        from services.embedded.model import build_tiny_qwen2vl
-
-        with console.status("building the tiny Qwen2-VL and its format warm start (once, ~1 min)"):
-            model_dir = build_tiny_qwen2vl(CACHE / f"tiny-qwen2vl-s{cfg.model.seed}", seed=cfg.model.seed,
-                                           videos_jsonl=train_path)
+        model_dir = embedded_model(cfg.model.seed, console)
     return Assets(Path(model_dir), load_rows(train_path), load_rows(eval_path))
+
+
+def embedded_model(seed: int, console: Console) -> Path:
+    """The tiny Qwen2-VL, warm-started on its own fixed synthetic set: one recipe per seed, whatever data a run
+    uses, so runs and tests share one cached build instead of rebuilding it for each other."""
+    from services.embedded.model import build_tiny_qwen2vl
+    from services.embedded.synth import make_direction_dataset
+
+    with console.status("building the tiny Qwen2-VL and its format warm start (once, ~1 min)"):
+        warm_train, _ = make_direction_dataset(CACHE / f"synth-direction-s{seed}-64-16", 64, 16, seed=seed)
+        return build_tiny_qwen2vl(CACHE / f"tiny-qwen2vl-s{seed}", seed=seed, videos_jsonl=warm_train)
 
 
 def _ray_init(cfg: RunConfig) -> None:
