@@ -2,6 +2,7 @@
 that of a fresh engine started from v's files, and differs from the previous version's."""
 
 import asyncio
+import uuid
 
 import pytest
 import torch
@@ -36,7 +37,7 @@ def _perturbed_version(model_dir, root):
 
 
 async def _greedy(engine, prompt, frames):
-    (sample,) = await engine.generate(prompt, frames, n=1, max_tokens=16, temperature=0.0)
+    (sample,) = await engine.generate(uuid.uuid4().hex, prompt, frames, n=1, max_tokens=16, temperature=0.0)
     return sample.token_ids
 
 

@@ -54,6 +54,9 @@ def test_two_actors_full_loop(tiny_assets, tmp_path, monkeypatch):
     written = c.get("groups_written", 0) + c.get("eval_groups_written", 0) + c.get("groups_duplicate", 0)
     assert c["completions_received"] == c["completions_scored"] == written * k
     assert len(seen["groups"]) == c["groups_written"] and len(seen["evals"]) == c.get("eval_groups_written", 0)
+    # the learner recomputes the sampled tokens' log-probs as vLLM reported them: a misaligned batch
+    # (off-by-one, wrong prompt tokens, missing M-RoPE types) would differ by nats, not hundredths
+    assert all(r["logp_diff_vs_behaviour"] < 0.1 for r in recs)
     # no group older than max_staleness was trained on
     assert all(r["staleness_max"] <= cfg.learner.max_staleness for r in recs)
     # every actor reached the last version before being stopped

@@ -1,0 +1,25 @@
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from rlctl.cli import main
+
+
+def test_help_does_not_import_torch_or_vllm():
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom rlctl.cli import main\n"
+            "r = CliRunner().invoke(main, ['--help'])\nassert r.exit_code == 0, r.output\n"
+            "r = CliRunner().invoke(main, ['run', '--help'])\nassert r.exit_code == 0, r.output\n"
+            "heavy = sorted(m for m in ('torch', 'vllm', 'ray', 'deepspeed', 'transformers') if m in sys.modules)\n"
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "", f"--help imported {out.stdout.strip()}"
+
+
+def test_run_rejects_a_bad_config_with_the_field_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rollout:\n  group_size: 1\n")
+    r = CliRunner().invoke(main, ["run", str(bad)])
+    assert r.exit_code != 0 and "rollout.group_size" in r.output
+    r = CliRunner().invoke(main, ["run", "--set", "learner.stepz=3"])
+    assert r.exit_code != 0 and "learner.stepz" in r.output

@@ -1,0 +1,47 @@
+"""The learner driver's collection phase against a real Redis: staleness drops, acks, feeder bounds."""
+
+from services.common.config import RunConfig
+from services.common.control import GROUPS
+from services.common.dataset import Row
+from services.common.pb.videorl.v1 import rollout_pb2 as pb
+from services.learner.driver import LearnerDriver
+
+
+def _driver(control, redis_server, tmp_path, **learner):
+    cfg = RunConfig(run_id=control.run_id, run_dir=tmp_path, learner={"max_staleness": 2, "prefetch_prompts": 3,
+                                                                     **learner})
+    rows = [Row(f"r{i}", "/v.mp4", "mcq", "q", "A", ("x", "y")) for i in range(5)]
+    return LearnerDriver(cfg, redis_server.url, tmp_path, rows, rows[:2])
+
+
+def _write(control, prompt_id, version):
+    g = pb.ScoredGroup(prompt_id=prompt_id, group_id=f"{prompt_id}/v{version}", policy_version=version)
+    control.write_group(prompt_id, g.SerializeToString(), 2, held_out=False)
+
+
+def test_groups_older_than_max_staleness_are_dropped_counted_and_acked(control, redis_server, tmp_path):
+    d = _driver(control, redis_server, tmp_path)
+    d.version = 5
+    for pid, v in (("old", 2), ("edge", 3), ("new", 5)):
+        _write(control, pid, v)
+    got = d._collect(2)
+    assert [g.prompt_id for _, g in got] == ["edge", "new"]         # 5 - 3 = 2 is allowed, 5 - 2 = 3 is not
+    assert control.counters()["groups_dropped:stale"] == 1
+    pending = control.r.xpending(control.key(GROUPS), "learner")["pending"]
+    assert pending == 2            # the dropped one is acked; the two taken stay pending until trained on
+    for entry_id, _ in got:
+        control.ack_group(GROUPS, entry_id)
+    assert control.r.xpending(control.key(GROUPS), "learner")["pending"] == 0
+
+
+def test_feeder_bounds_prompts_plus_unconsumed_groups(control, redis_server, tmp_path):
+    d = _driver(control, redis_server, tmp_path)
+    assert d.feeder.top_up() == 3
+    assert d.feeder.top_up() == 0                     # 3 in flight already
+    _write(control, "scored-but-unconsumed", 0)
+    for entry_id, _ in control.take_prompts("a0", 3, 10, 60_000):
+        control.ack_prompt(entry_id)                  # actors finished all three...
+    assert d.feeder.top_up() == 2                     # ...but one group still waits for the learner
+    assert d.feeder.feed_eval() == 2
+    evals = [pb.Prompt.FromString(p) for _, p in control.take_prompts("a0", 10, 10, 60_000)]
+    assert {p.split for p in evals if p.prompt_id.startswith("eval-")} == {"eval"}
