@@ -24,6 +24,14 @@ from services.common.weights import manifest_for_dir
 log = logging.getLogger("videorl.rlctl")
 CACHE = Path(os.environ.get("VIDEORL_CACHE", Path.home() / ".cache" / "videorl"))
 
+# Ray reads these when it is first imported (and its agents inherit them), so they are set here, before
+# anything can import ray. The first keeps every Ray process on 127.0.0.1: without it Ray replaces a loopback
+# node address with the machine's routable one.
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+                 "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+for _k, _v in LOCAL_RAY_ENV.items():
+    os.environ.setdefault(_k, _v)
+
 
 @dataclass
 class Assets:
@@ -63,11 +71,11 @@ def embedded_model(seed: int, console: Console) -> Path:
 
 def _ray_init(cfg: RunConfig) -> None:
     import ray
+    from ray._private import ray_constants
 
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if ray_constants.ENABLE_RAY_CLUSTER:
+        raise RuntimeError("ray was imported before rlctl.local set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; "
+                           "it would listen on non-loopback addresses")
     ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
              _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
              _temp_dir=str(Path("/tmp") / "videorl-ray"))

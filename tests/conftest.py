@@ -3,6 +3,7 @@ import uuid
 
 import pytest
 
+import rlctl.local  # noqa: F401  - sets Ray's environment before any test module can import ray
 from services.common.redis_server import EmbeddedRedis
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,16 +24,25 @@ from services.learner.grpo import compute_advantages, policy_loss
 _NON_WEIGHT_FILES = ("*.json", "*.jinja", "*.txt", "*.model")
 
 
-def init_single_process_group() -> None:
-    """World size 1 unless launched by torchrun/deepspeed (which set these variables)."""
+def init_process_group() -> None:
+    """Join the launcher's process group (torchrun/deepspeed set RANK, WORLD_SIZE, ...), or make a one-rank group.
+
+    A one-rank group rendezvous through a file, not a TCPStore: the store's server would listen on every
+    interface whatever MASTER_ADDR says, and a local run keeps every socket on loopback.
+    """
     import deepspeed
 
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
-    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
-        os.environ.setdefault(k, v)
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+    if torch.distributed.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if "WORLD_SIZE" in os.environ:
+        deepspeed.init_distributed(dist_backend=backend)
+        return
+    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ[k] = v
+    os.environ.setdefault("MASTER_PORT", str(free_port()))  # read by some DeepSpeed code paths; nothing binds it
+    rendezvous = Path(tempfile.mkdtemp(prefix="videorl-pg-")) / "store"
+    deepspeed.init_distributed(dist_backend=backend, init_method=f"file://{rendezvous}", rank=0, world_size=1)
 
 
 class LearnerEngine:
@@ -42,7 +52,7 @@ class LearnerEngine:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # the run's own progress view reports publishing
-        init_single_process_group()
+        init_process_group()
         self.cfg, self.model_dir = cfg, Path(model_dir)
         model = Qwen2VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32)
         ds_config = {

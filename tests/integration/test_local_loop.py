@@ -17,6 +17,23 @@ from services.common.pb.videorl.v1 import rollout_pb2 as pb
 pytestmark = pytest.mark.integration
 
 
+def _listening_addresses():
+    """(ip, port, process name) of every TCP listener owned by this process or its descendants."""
+    import psutil
+
+    me = psutil.Process()
+    procs = [me, *me.children(recursive=True)]
+    out = []
+    for p in procs:
+        try:
+            for c in p.net_connections(kind="tcp"):
+                if c.status == psutil.CONN_LISTEN:
+                    out.append((c.laddr.ip, c.laddr.port, p.name()))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out
+
+
 def test_two_actors_full_loop(tiny_assets, tmp_path, monkeypatch):
     cfg = load_config(None, ["learner.steps=6", "learner.publish_every=2", "learner.eval_every=3",
                              "rollout.num_actors=2", f"run_dir={tmp_path / 'run'}", "data.synth_eval=4"])
@@ -27,6 +44,7 @@ def test_two_actors_full_loop(tiny_assets, tmp_path, monkeypatch):
     real_stop = local.LocalRun.stop_actors
 
     def stop_and_inspect(self, timeout_s=60.0):
+        seen["listening"] = _listening_addresses()
         out = real_stop(self, timeout_s)
         cp = ControlPlane(self.url, cfg.run_id)
         seen["groups"] = [pb.ScoredGroup.FromString(f[b"group"]) for _, f in cp.r.xrange(cp.key(GROUPS))]
@@ -39,6 +57,9 @@ def test_two_actors_full_loop(tiny_assets, tmp_path, monkeypatch):
     monkeypatch.setattr(local.LocalRun, "stop_actors", stop_and_inspect)
     summary = run_local(cfg, Console(quiet=True))
 
+    loopback = ("127.", "::ffff:127.", "::1")
+    off_loopback = [a for a in seen["listening"] if not a[0].startswith(loopback)]
+    assert not off_loopback, f"processes of the run listen beyond loopback: {off_loopback}"
     recs = summary["records"]
     assert [r["step"] for r in recs] == list(range(1, 7))
     assert [r["published"] for r in recs if r["published"]] == [1, 2, 3]
