@@ -31,6 +31,7 @@ def run(config: Path | None, overrides: tuple[str, ...]) -> None:
 
     from services.common.config import ConfigError, load_config
 
+    sys.stdout.reconfigure(line_buffering=True)  # step lines reach a log file or pipe as they happen
     console = Console()
     try:
         cfg = load_config(config or DEFAULT_CONFIG, list(overrides))

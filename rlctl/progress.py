@@ -32,21 +32,25 @@ class Progress:
         self.bar = Bar(TextColumn("learner"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                        console=console)
         self.task = self.bar.add_task("steps", total=cfg.learner.steps)
-        self.live = Live(console=console, refresh_per_second=4, transient=True)
+        # A live panel only on a terminal: elsewhere (CI logs, pipes) rich would hold every line until the end.
+        self.live = Live(console=console, refresh_per_second=4, transient=True) if console.is_terminal else None
 
     def __enter__(self) -> Progress:
-        self.live.__enter__()
+        if self.live:
+            self.live.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.live.__exit__(*exc)
+        if self.live:
+            self.live.__exit__(*exc)
 
     def tick(self) -> None:
         for rec in self.control.step_records(self.seen):
             self.seen += 1
             self.console.print(step_line(rec), soft_wrap=True)
             self.bar.update(self.task, completed=rec["step"])
-        self.live.update(Group(self.bar, self._table()))
+        if self.live:
+            self.live.update(Group(self.bar, self._table()))
 
     def _table(self) -> Table:
         t = Table(box=None, show_header=True, header_style="bold")
