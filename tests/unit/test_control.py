@@ -28,6 +28,11 @@ def test_embedded_redis_starts_and_stops_by_pid(tmp_path):
         os.kill(pid, 0)
 
 
+def test_embedded_redis_is_version_7_or_newer(redis_server):
+    info = redis.Redis.from_url(redis_server.url).info("server")
+    assert tuple(int(x) for x in info["redis_version"].split(".")[:2]) >= (7, 0)
+
+
 def test_version_publish_is_atomic_and_monotonic(control):
     assert control.current_version() is None
     control.publish_version(_manifest(0))
