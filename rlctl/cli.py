@@ -37,7 +37,7 @@ def run(config: Path | None, overrides: tuple[str, ...]) -> None:
         cfg = load_config(config or DEFAULT_CONFIG, list(overrides))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    if "run_dir" not in " ".join(overrides) and (config is None or "run_dir" not in config.read_text()):
+    if "run_dir" not in cfg.model_fields_set:  # each run gets its own folder unless one was asked for
         cfg = cfg.model_copy(update={"run_dir": Path("runs") / f"{cfg.run_id}-{time.strftime('%Y%m%d-%H%M%S')}"})
     console.print(f"[bold]videorl[/] run [cyan]{cfg.run_id}[/] -> {cfg.run_dir}")
     from rlctl.local import run_local
@@ -50,16 +50,18 @@ def run(config: Path | None, overrides: tuple[str, ...]) -> None:
     recs = summary["records"]
     versions = sorted({r["published"] for r in recs if r.get("published")})
     lags = [x for x in summary["swap_lag"] if x["seconds"] is not None]
-    worst = max(lags, key=lambda x: x["seconds"], default=None)
     console.print(f"done: {len(recs)} learner steps, published versions {versions}, {summary['seconds']:.0f}s; "
                   f"stats in {cfg.run_dir}/stats.jsonl", soft_wrap=True)
     from rlctl.summary import actor_table, phase_table
 
     console.print(phase_table(recs, summary["actors"], summary["reward_metrics"]))
     console.print(actor_table(summary["actors"]))
-    if worst:
-        console.print(f"slowest version pickup: v{worst['version']} by {worst['actor']} after {worst['seconds']:.2f}s "
-                      f"({worst['steps']} learner steps later)", soft_wrap=True)
+    if lags:
+        secs = [x["seconds"] for x in lags]
+        next_step = sum(1 for x in lags if x["steps"] == 0)
+        rest = "" if next_step == len(lags) else f", all within {max(x['steps'] for x in lags) + 1} steps"
+        console.print(f"version pickup by the actors: {min(secs):.2f}-{max(secs):.2f}s after publication; "
+                      f"{next_step}/{len(lags)} within the next learner step{rest}", soft_wrap=True)
     (Path(cfg.run_dir) / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
 
 
