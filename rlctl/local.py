@@ -69,7 +69,7 @@ def embedded_model(seed: int, console: Console) -> Path:
         return build_tiny_qwen2vl(CACHE / f"tiny-qwen2vl-s{seed}", seed=seed, videos_jsonl=warm_train)
 
 
-def _ray_init(cfg: RunConfig) -> None:
+def _ray_init() -> None:
     import ray
     from ray._private import ray_constants
 
@@ -105,7 +105,7 @@ class LocalRun:
         if self.control.current_version() is None:
             self.control.publish_version(manifest_for_dir(self.assets.model_dir, version=0))
         with self.console.status("starting Ray"):
-            _ray_init(cfg)
+            _ray_init()
             self.ray_started = True
         self._start_reward()
         for i in range(cfg.rollout.num_actors):
@@ -247,7 +247,9 @@ def run_local(cfg: RunConfig, console: Console | None = None) -> dict:
         with progress:
             records = run.wait(on_tick=progress.tick)
             progress.tick()
-            run.wait_for_actors_at(control.current_version())
+            final = control.current_version()
+            if not run.wait_for_actors_at(final):
+                log.warning("not every actor loaded the final version %d before the run stopped", final)
         swap_lag = version_lag(control, records, list(run.actors))
         reward_metrics = _reward_metrics(control)
         actor_stats = run.stop_actors()
