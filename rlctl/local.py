@@ -17,7 +17,7 @@ from rich.console import Console
 
 from services.common.config import RunConfig
 from services.common.control import ControlPlane
-from services.common.dataset import Row, load_rows
+from services.common.dataset import Row, load_rows, rows_with_reverse
 from services.common.redis_server import EmbeddedRedis
 from services.common.weights import manifest_for_dir
 
@@ -55,7 +55,7 @@ def prepare_assets(cfg: RunConfig, console: Console) -> Assets:
     model_dir = cfg.model.path
     if model_dir is None:
         model_dir = embedded_model(cfg.model.seed, console)
-    return Assets(Path(model_dir), load_rows(train_path), load_rows(eval_path))
+    return Assets(Path(model_dir), rows_with_reverse(load_rows(train_path)), rows_with_reverse(load_rows(eval_path)))
 
 
 def embedded_model(seed: int, console: Console) -> Path:

@@ -1,26 +1,73 @@
-"""Dataset rows (JSONL) and their validation. One row per line:
+"""Dataset rows (JSONL) and their validation. One JSON object per line, e.g.
 
   {"id": "dir-0001", "video": "videos/0001.mp4", "task": "mcq", "question": "Which way ...?",
    "options": ["up", "down", "left", "right"], "answer": "B", "split": "train"}
 
-Required: id, video, task, question, answer. Optional: options (list of str), split, extra (object of
-task-specific ground truth). A relative `video` path is resolved against the JSONL file's folder.
-Errors name the file, the line and the field.
+Fields (all strings non-empty unless said otherwise):
+  id        required; unique within a file
+  video     required; a file path (mp4/webm/avi...), a folder of frames (jpg/png, sorted by name), or a URI.
+            A relative path is resolved against the JSONL file's folder.
+  task      required; one of mcq, numeric, temporal, bbox, open, route
+  question  required
+  answer    required; a string (a JSON number is accepted and kept as its text)
+  options   list of str, the bare option texts in letter order A, B, ... (default [])
+  split     str (default "train")
+  extra     object, passed to rewards as is (default {})
+Optional ground truth (top level; for backward compatibility also read from `extra` when absent at top level):
+  segment   [s, e] seconds, finite, 0 <= s <= e (<= duration when duration is given)
+  segments  [[s, e], ...], each as `segment`
+  duration  seconds > 0
+  box       [x1, y1, x2, y2], finite, x1 <= x2, y1 <= y2 (pixel or normalised coordinates: rewards decide)
+  boxes     [[x1, y1, x2, y2] or null, ...], one per frame, at least one box
+  graph     {"nodes": [{"id", "name", "pos": [x, y]}], "edges": [{"src", "dst", "rel"}]}: node ids (str or int)
+            unique, names str, pos 2 or 3 finite numbers (optional), every edge names declared ids, rel a str
+  reference str, a reference answer for the LLM judge
+  reverse   {"question": str, "answer": str, "options": [str] (optional, default: the row's options)}: the
+            ST-R1 reverse-time variant, expanded into its own row by `rows_with_reverse`
+Per task: mcq needs 2..26 options and an answer letter among them (also the reverse variant's);
+numeric needs an answer that parses as a finite float; temporal needs segment or segments, and duration;
+bbox needs box or boxes. Scene-layout rows are mcq or open rows carrying a graph.
+
+Invariants: every error is a DatasetError naming the file, the line and the field
+("data.jsonl:12: field 'segment': ..."); a Row's ground truth reaches rewards through `Row.to_prompt`'s
+extra_json, under exactly the keys segment, segments, duration, box, boxes, graph, reference, num_options
+(mcq only), merged over the row's own `extra`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+import string
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, TypeGuard
 
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 
+TASKS = ("mcq", "numeric", "temporal", "bbox", "open", "route")
+GROUND_TRUTH_KEYS = ("segment", "segments", "duration", "box", "boxes", "graph", "reference")
+LETTERS = string.ascii_uppercase
+MAX_OPTIONS = len(LETTERS)
+REVERSE_SUFFIX = "-rev"
 _REQUIRED = ("id", "video", "task", "question", "answer")
+
+Segment = tuple[float, float]
+Box = tuple[float, float, float, float]
 
 
 class DatasetError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class Reverse:
+    """The reverse-time variant of a row (ST-R1): the same video played backwards, its own question."""
+
+    question: str
+    answer: str
+    options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -33,48 +80,266 @@ class Row:
     options: tuple[str, ...] = ()
     split: str = "train"
     extra: dict = field(default_factory=dict)
+    segment: Segment | None = None
+    segments: tuple[Segment, ...] = ()
+    duration: float | None = None
+    box: Box | None = None
+    boxes: tuple[Box | None, ...] = ()
+    graph: dict | None = None
+    reference: str = ""
+    reverse: Reverse | None = None
+
+    def ground_truth(self) -> dict[str, Any]:
+        """What rewards see in Sample.extra besides the row's own `extra`; absent fields are left out."""
+        gt: dict[str, Any] = {}
+        if self.segment is not None:
+            gt["segment"] = list(self.segment)
+        if self.segments:
+            gt["segments"] = [list(s) for s in self.segments]
+        if self.duration is not None:
+            gt["duration"] = self.duration
+        if self.box is not None:
+            gt["box"] = list(self.box)
+        if self.boxes:
+            gt["boxes"] = [None if b is None else list(b) for b in self.boxes]
+        if self.graph is not None:
+            gt["graph"] = self.graph
+        if self.reference:
+            gt["reference"] = self.reference
+        if self.task == "mcq" and self.options:
+            gt["num_options"] = len(self.options)
+        return gt
 
     def to_prompt(self, prompt_id: str) -> pb.Prompt:
+        extra = {**self.extra, **self.ground_truth()}
         return pb.Prompt(prompt_id=prompt_id, sample_id=self.id, task=self.task, video_uri=self.video,
                          question=self.question, options=list(self.options), answer=self.answer, split=self.split,
-                         extra_json=json.dumps(self.extra) if self.extra else "")
+                         extra_json=json.dumps(extra) if extra else "")
+
+
+def rows_with_reverse(rows: Iterable[Row]) -> Iterator[Row]:
+    """Each row, followed by its reverse-time variant when it has one: id + "-rev", the same video (the media
+    pipeline plays it backwards because extra["reverse_time"] is true), the reverse question, answer and
+    options. Time-indexed ground truth is mirrored to match: a segment [s, e] becomes [d - e, d - s] when the
+    duration d is known (else it is dropped), and per-frame boxes are listed in reverse order."""
+    for row in rows:
+        yield row
+        if row.reverse is None:
+            continue
+        d = row.duration
+        yield replace(
+            row, id=row.id + REVERSE_SUFFIX, question=row.reverse.question, answer=row.reverse.answer,
+            options=row.reverse.options or row.options, extra={**row.extra, "reverse_time": True}, reverse=None,
+            segment=_mirror(row.segment, d) if row.segment is not None and d else None,
+            segments=tuple(_mirror(s, d) for s in row.segments) if d else (),
+            boxes=tuple(reversed(row.boxes)))
+
+
+def _mirror(s: Segment, duration: float) -> Segment:
+    return (duration - s[1], duration - s[0])
+
+
+# ---- parsing -----------------------------------------------------------------------------------------
+
+
+def _finite(v: object) -> TypeGuard[int | float]:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _segment(v: object, where: str, name: str) -> Segment:
+    if not (isinstance(v, list) and len(v) == 2 and all(_finite(x) for x in v)):
+        raise DatasetError(f"{where}: field {name!r} must be [start, end], two finite numbers of seconds")
+    s, e = float(v[0]), float(v[1])
+    if not 0 <= s <= e:
+        raise DatasetError(f"{where}: field {name!r} must have 0 <= start <= end, got [{s}, {e}]")
+    return s, e
+
+
+def _box(v: object, where: str, name: str) -> Box:
+    if not (isinstance(v, list) and len(v) == 4 and all(_finite(x) for x in v)):
+        raise DatasetError(f"{where}: field {name!r} must be [x1, y1, x2, y2], four finite numbers")
+    x1, y1, x2, y2 = (float(x) for x in v)
+    if x1 > x2 or y1 > y2:
+        raise DatasetError(f"{where}: field {name!r} must have x1 <= x2 and y1 <= y2, got {v}")
+    return x1, y1, x2, y2
+
+
+def _graph(v: object, where: str) -> dict:
+    if not isinstance(v, dict) or not isinstance(v.get("nodes"), list) or not isinstance(v.get("edges", []), list):
+        raise DatasetError(f"{where}: field 'graph' must be an object with lists 'nodes' and 'edges'")
+    ids: set = set()
+    for i, n in enumerate(v["nodes"]):
+        f = f"graph.nodes[{i}]"
+        if not isinstance(n, dict) or not isinstance(n.get("id"), (str, int)) or isinstance(n.get("id"), bool):
+            raise DatasetError(f"{where}: field {f!r} must be an object with an 'id' (string or integer)")
+        if n["id"] in ids:
+            raise DatasetError(f"{where}: field {f + '.id'!r}: duplicate node id {n['id']!r}")
+        ids.add(n["id"])
+        if "name" in n and not isinstance(n["name"], str):
+            raise DatasetError(f"{where}: field {f + '.name'!r} must be a string")
+        pos = n.get("pos")
+        if pos is not None and not (isinstance(pos, list) and len(pos) in (2, 3) and all(_finite(x) for x in pos)):
+            raise DatasetError(f"{where}: field {f + '.pos'!r} must be [x, y] or [x, y, z], finite numbers")
+    for i, e in enumerate(v.get("edges", [])):
+        f = f"graph.edges[{i}]"
+        if not isinstance(e, dict):
+            raise DatasetError(f"{where}: field {f!r} must be an object with 'src', 'dst', 'rel'")
+        for k in ("src", "dst"):
+            if k not in e or e[k] not in ids:
+                raise DatasetError(f"{where}: field {f + '.' + k!r}: {e.get(k)!r} is not a declared node id")
+        if not isinstance(e.get("rel"), str):
+            raise DatasetError(f"{where}: field {f + '.rel'!r} must be a string")
+    return v
+
+
+def _string(obj: dict, k: str, where: str, default: str = "") -> str:
+    v = obj.get(k, default)
+    if not isinstance(v, str):
+        raise DatasetError(f"{where}: field {k!r} must be a string")
+    return v
+
+
+def _options(v: object, where: str, name: str) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(o, str) for o in v):
+        raise DatasetError(f"{where}: field {name!r} must be a list of strings")
+    return tuple(v)
+
+
+def _check_letter(answer: str, options: tuple[str, ...], where: str, prefix: str) -> None:
+    if not 2 <= len(options) <= MAX_OPTIONS:
+        raise DatasetError(f"{where}: field {prefix + 'options'!r}: task mcq needs 2..{MAX_OPTIONS} options, "
+                           f"got {len(options)}")
+    if len(answer) != 1 or answer not in LETTERS[: len(options)]:
+        raise DatasetError(f"{where}: field {prefix + 'answer'!r}: {answer!r} is not an option letter "
+                           f"A..{LETTERS[len(options) - 1]}")
+
+
+def _ground_truth(obj: dict, extra: dict, where: str) -> dict[str, Any]:
+    """The optional ground-truth fields, typed; a key missing at top level is looked up in `extra`."""
+    def get(k: str) -> tuple[object, str] | None:
+        if k in obj:
+            return obj[k], k
+        if k in extra:
+            return extra[k], f"extra.{k}"
+        return None
+
+    gt: dict[str, Any] = {}
+    if (g := get("segment")) is not None:
+        gt["segment"] = _segment(g[0], where, g[1])
+    if (g := get("segments")) is not None:
+        if not isinstance(g[0], list) or not g[0]:
+            raise DatasetError(f"{where}: field {g[1]!r} must be a non-empty list of [start, end]")
+        gt["segments"] = tuple(_segment(s, where, f"{g[1]}[{i}]") for i, s in enumerate(g[0]))
+    if (g := get("duration")) is not None:
+        value, name = g
+        if not _finite(value) or value <= 0:
+            raise DatasetError(f"{where}: field {name!r} must be a finite number of seconds > 0")
+        gt["duration"] = float(value)
+        for s in ([gt["segment"]] if "segment" in gt else []) + list(gt.get("segments", ())):
+            if s[1] > gt["duration"]:
+                raise DatasetError(f"{where}: field 'segment(s)': end {s[1]} is past duration {gt['duration']}")
+    if (g := get("box")) is not None:
+        gt["box"] = _box(g[0], where, g[1])
+    if (g := get("boxes")) is not None:
+        if not isinstance(g[0], list) or not any(b is not None for b in g[0]):
+            raise DatasetError(f"{where}: field {g[1]!r} must be a list of boxes or nulls with at least one box")
+        gt["boxes"] = tuple(None if b is None else _box(b, where, f"{g[1]}[{i}]") for i, b in enumerate(g[0]))
+    if (g := get("graph")) is not None:
+        gt["graph"] = _graph(g[0], where)
+    if (g := get("reference")) is not None:
+        if not isinstance(g[0], str):
+            raise DatasetError(f"{where}: field {g[1]!r} must be a string")
+        gt["reference"] = g[0]
+    return gt
+
+
+def _reverse(v: object, where: str, task: str, options: tuple[str, ...]) -> Reverse:
+    if not isinstance(v, dict):
+        raise DatasetError(f"{where}: field 'reverse' must be an object with 'question' and 'answer'")
+    for k in ("question", "answer"):
+        if not isinstance(v.get(k), str) or not v[k].strip():
+            raise DatasetError(f"{where}: field 'reverse.{k}' must be a non-empty string")
+    rev = Reverse(v["question"], v["answer"], _options(v.get("options", []), where, "reverse.options"))
+    if task == "mcq":
+        _check_letter(rev.answer, rev.options or options, where, "reverse.")
+    return rev
+
+
+def _check_task(row: Row, where: str) -> None:
+    if row.task == "mcq":
+        _check_letter(row.answer, row.options, where, "")
+    elif row.task == "numeric":
+        try:
+            ok = math.isfinite(float(row.answer))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise DatasetError(f"{where}: field 'answer': task numeric needs a finite number, got {row.answer!r}")
+    elif row.task == "temporal":
+        if row.segment is None and not row.segments:
+            raise DatasetError(f"{where}: field 'segment': task temporal needs 'segment' or 'segments'")
+        if row.duration is None:
+            raise DatasetError(f"{where}: field 'duration': task temporal needs the video's duration")
+    elif row.task == "bbox" and row.box is None and not row.boxes:
+        raise DatasetError(f"{where}: field 'box': task bbox needs 'box' or 'boxes'")
 
 
 def parse_row(obj: object, where: str, base: Path) -> Row:
     if not isinstance(obj, dict):
         raise DatasetError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    obj = dict(obj)
+    if _finite(obj.get("answer")):
+        obj["answer"] = str(obj["answer"])
     for k in _REQUIRED:
         if k not in obj:
             raise DatasetError(f"{where}: missing field {k!r}")
         if not isinstance(obj[k], str) or not obj[k].strip():
             raise DatasetError(f"{where}: field {k!r} must be a non-empty string")
-    options = obj.get("options", [])
-    if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
-        raise DatasetError(f"{where}: field 'options' must be a list of strings")
+    if obj["task"] not in TASKS:
+        raise DatasetError(f"{where}: field 'task': {obj['task']!r} is not one of {', '.join(TASKS)}")
+    options = _options(obj.get("options", []), where, "options")
     extra = obj.get("extra", {})
     if not isinstance(extra, dict):
         raise DatasetError(f"{where}: field 'extra' must be an object")
-    video = Path(obj["video"])
-    video = video if video.is_absolute() or "://" in obj["video"] else (base / video)
-    return Row(id=obj["id"], video=str(video), task=obj["task"], question=obj["question"], answer=obj["answer"],
-               options=tuple(options), split=str(obj.get("split", "train")), extra=extra)
+    gt = _ground_truth(obj, extra, where)
+    reverse = _reverse(obj["reverse"], where, obj["task"], options) if obj.get("reverse") is not None else None
+    raw = obj["video"]
+    video = Path(raw)
+    video = video if video.is_absolute() or "://" in raw else (base / video)
+    row = Row(id=obj["id"], video=raw if "://" in raw else str(video), task=obj["task"], question=obj["question"],
+              answer=obj["answer"], options=options, split=_string(obj, "split", where, "train"), extra=extra,
+              reverse=reverse, **gt)
+    _check_task(row, where)
+    return row
+
+
+def iter_rows(path: Path) -> Iterator[Row]:
+    """Rows of a JSONL file, read one line at a time; ids must be unique within the file."""
+    path = Path(path)
+    seen: dict[str, int] = {}
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read dataset: {e}") from e
+    with f:
+        for i, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise DatasetError(f"{path}:{i}: not UTF-8 text: {e.reason}") from None
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}:{i}: not valid JSON: {e.msg}") from None
+            row = parse_row(obj, f"{path}:{i}", path.parent)
+            if row.id in seen:
+                raise DatasetError(f"{path}:{i}: field 'id': duplicate id {row.id!r} (first on line {seen[row.id]})")
+            seen[row.id] = i
+            yield row
 
 
 def load_rows(path: Path) -> list[Row]:
-    path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read dataset: {e}") from e
-    rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{path}:{i}: not valid JSON: {e.msg}") from None
-        rows.append(parse_row(obj, f"{path}:{i}", path.parent))
+    rows = list(iter_rows(path))
     if not rows:
         raise DatasetError(f"{path}: no rows")
     return rows

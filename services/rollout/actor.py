@@ -118,7 +118,7 @@ class RolloutActor:
     async def _rollout(self, entry_id: str, payload: bytes, call) -> None:
         prompt = pb.Prompt.FromString(payload)
         try:
-            frames = await asyncio.to_thread(self.frames.get_or_load, prompt.video_uri, self.cfg.media)
+            frames = await asyncio.to_thread(self.frames.get_for_prompt, prompt, self.cfg.media)
         except MediaError as e:
             log.warning("prompt %s quarantined: %s", prompt.prompt_id, e)
             self.metrics.quarantined.labels(e.reason).inc()

@@ -9,19 +9,28 @@ Invariants kept by `sample_video`:
 - the same file with the same sampling parameters gives the same bytes (see `frames_sha`);
 - every problem with the input (missing, empty, corrupt, truncated, too large, not a video) raises
   `MediaError` with a short `reason`, never an av/PIL/OS exception;
-- nothing is decoded when the container says the video is larger than MAX_FRAMES frames or
-  MAX_FRAME_AREA pixels per frame, and counting frames stops at MAX_FRAMES + 1.
+- nothing is decoded by us when the container says the video is larger than MAX_FRAMES frames or
+  MAX_FRAME_AREA pixels per frame, and counting frames stops at MAX_FRAMES + 1 (FFmpeg's own stream
+  probing inside av.open may still decode a first frame; image headers are read without decoding);
+- `reverse=True` returns exactly the forward frames in reverse order (reverse-time rows, see
+  services/common/dataset.py), and the FrameCache stores only forward samplings.
+
+Inputs: mp4/mov, webm/mkv (VP8, VP9, H.264...), avi (MPEG-4 part 2, MJPEG...), a `file://` URI of one,
+or a folder of jpg/png/bmp/webp frames in natural name order, played at the config's optional
+`folder_fps` (default FOLDER_FPS = 2 frames per second).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import unquote, urlparse
 
 import av
 import numpy as np
@@ -60,9 +69,16 @@ class MediaConfigLike(Protocol):
     max_pixels: int
 
 
+class PromptLike(Protocol):
+    """What FrameCache.get_for_prompt reads from a videorl.v1.Prompt."""
+
+    video_uri: str
+    extra_json: str
+
+
 class MediaError(Exception):
     """A video (or frame folder) that cannot be sampled. `reason` is one of:
-    missing, unreadable, empty, corrupt, truncated, too_large, no_video_stream, bad_aspect."""
+    missing, unreadable, unsupported, empty, corrupt, truncated, too_large, no_video_stream, bad_aspect."""
 
     def __init__(self, path: str | Path, reason: str, detail: str = ""):
         self.path, self.reason, self.detail = str(path), reason, detail
@@ -165,14 +181,20 @@ def frames_sha(frames: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def sample_video(path: str | Path, media: MediaConfigLike, *, folder_fps: float = FOLDER_FPS) -> np.ndarray:
+def sample_video(
+    path: str | Path, media: MediaConfigLike, *, folder_fps: float | None = None, reverse: bool = False
+) -> np.ndarray:
     """Decode `path` and return the frames the model sees: uint8 (T, H, W, 3).
 
-    `path` is a video file (mp4/mov, webm/mkv, avi; recognised by content, not name) or a directory of
-    image files, which is taken as a video at `folder_fps` whose frames are the images in natural sort
-    order (frame_2 before frame_10). Frames are chosen by `smart_nframes` + `frame_indices` and resized to
+    `path` is a video file (mp4/mov, webm/mkv, avi; recognised by content, not name), a `file://` URI of
+    one, or a directory of image files. A directory is taken as a video at `folder_fps` (default: the
+    config's optional `folder_fps`, else FOLDER_FPS = 2) whose frames are the images in natural sort order
+    (frame_2 before frame_10). Frames are chosen by `smart_nframes` + `frame_indices` and resized to
     `smart_resize` of the first frame's size with the pixel cap from `video_max_pixels` (`media` may carry
     an optional `total_pixels`; default VIDEO_TOTAL_PIXELS).
+
+    `reverse=True` plays the video backwards (ST-R1 reverse-time rows): the same frames are chosen, and
+    returned last first.
 
     A one-frame source is returned as that frame twice (one temporal patch), as qwen-vl-utils pads frame
     lists; qwen-vl-utils itself would reject a one-frame video file.
@@ -180,7 +202,22 @@ def sample_video(path: str | Path, media: MediaConfigLike, *, folder_fps: float 
     Resizing uses PIL's BICUBIC, which like torchvision's `resize(..., BICUBIC, antialias=True)` on uint8
     (what qwen-vl-utils calls) is the antialiased a=-0.5 cubic kernel; they agree within 2 grey levels.
     """
-    p = Path(path)
+    frames = _sample_forward(_local_path(path), media, folder_fps)
+    return np.ascontiguousarray(frames[::-1]) if reverse else frames
+
+
+def _local_path(path: str | Path) -> Path:
+    """A local path from a path or URI: file:// URIs are read locally, other schemes are refused."""
+    s = str(path)
+    if "://" not in s:
+        return Path(path)
+    uri = urlparse(s)
+    if uri.scheme.lower() != "file":
+        raise MediaError(s, "unsupported", f"no reader for {uri.scheme}:// URIs; stage videos on a local path")
+    return Path(unquote(uri.path))
+
+
+def _sample_forward(p: Path, media: MediaConfigLike, folder_fps: float | None) -> np.ndarray:
     if not p.exists():
         raise MediaError(p, "missing")
     if not (p.is_dir() or p.is_file()):  # a FIFO or device would block or never end
@@ -188,12 +225,24 @@ def sample_video(path: str | Path, media: MediaConfigLike, *, folder_fps: float 
     if p.is_dir():
         files = _list_frames(p)
         height, width = _image_size(p, files[0])
-        idx, size = _plan(p, len(files), folder_fps, height, width, media)
+        fps = folder_fps or getattr(media, "folder_fps", None) or FOLDER_FPS
+        idx, size = _plan(p, len(files), fps, height, width, media)
         return _load_images(p, files, idx, size)
     fmt = _sniff(p)
     total, video_fps, height, width = _probe_video(p, fmt)
     idx, size = _plan(p, total, video_fps, height, width, media)
     return _decode_video(p, fmt, idx, size)
+
+
+def reverse_time(extra_json: str) -> bool:
+    """Whether a Prompt's extra_json asks for the video to be played backwards ({"reverse_time": true})."""
+    if not extra_json:
+        return False
+    try:
+        extra = json.loads(extra_json)
+    except json.JSONDecodeError:
+        return False  # malformed extras are the reward service's to report; frames are still well defined
+    return isinstance(extra, dict) and extra.get("reverse_time") is True
 
 
 def _plan(
@@ -263,7 +312,8 @@ def _probe_video(p: Path, fmt: str) -> tuple[int, float, int, int]:
         total = stream.frames
         if total > MAX_FRAMES:
             raise MediaError(p, "too_large", f"{total} frames exceeds {MAX_FRAMES}")
-        if total <= 0:  # webm/mkv and some avi carry no count: count packets, which needs no decoding
+        counted = total <= 0
+        if counted:  # webm/mkv and some avi carry no count: count packets, which needs no decoding
             total = _count_packets(p, container, stream)
         rate = stream.average_rate or stream.guessed_rate
         if rate:
@@ -272,6 +322,11 @@ def _probe_video(p: Path, fmt: str) -> tuple[int, float, int, int]:
             video_fps = total / float(stream.duration * stream.time_base)
         else:
             raise MediaError(p, "corrupt", "no frame rate or duration")
+        if counted and container.duration and total:
+            # A cut-off webm still demuxes cleanly, just shorter; its header still states the full duration.
+            promised = container.duration / av.time_base * video_fps
+            if total < 0.9 * promised - 2:
+                raise MediaError(p, "truncated", f"header says {promised:.0f} frames, found {total}")
     if total == 0:
         raise MediaError(p, "empty", "no video frames")
     return total, video_fps, height, width
@@ -335,6 +390,8 @@ def _image_size(p: Path, f: Path) -> tuple[int, int]:
     try:
         with Image.open(f) as im:  # reads the header only
             width, height = im.size
+    except Image.DecompressionBombError as e:  # PIL refuses a header of more than 2x its pixel limit
+        raise MediaError(p, "too_large", f"{f.name}: {e}") from e
     except _LIB_ERRORS as e:
         raise MediaError(p, "corrupt", f"{f.name}: {e}") from e
     _check_area(p, height, width)
@@ -372,7 +429,8 @@ class FrameCache:
     frame folder the mtime is the directory's, which changes when frames are added, removed or renamed but
     not when one is rewritten in place. Loading happens outside the lock, so two threads missing on the
     same key both decode and the later insert wins; that is rarer and cheaper than serialising all loads.
-    Returned arrays are shared and read-only: copy before writing.
+    Returned arrays are shared and read-only: copy before writing. Reverse-time requests share the entry
+    of their forward sampling and get a reversed copy.
     """
 
     def __init__(self, max_bytes: int):
@@ -387,8 +445,19 @@ class FrameCache:
         with self._lock:
             return len(self._items)
 
-    def get_or_load(self, path: str | Path, media: MediaConfigLike) -> np.ndarray:
-        key = self._key(Path(path), media)
+    def get_for_prompt(self, prompt: PromptLike, media: MediaConfigLike) -> np.ndarray:
+        """The frames for a videorl.v1.Prompt: its video_uri, backwards when its extra_json says reverse_time."""
+        return self.get_or_load(prompt.video_uri, media, reverse=reverse_time(prompt.extra_json))
+
+    def get_or_load(self, path: str | Path, media: MediaConfigLike, *, reverse: bool = False) -> np.ndarray:
+        frames = self._forward(path, media)
+        if reverse:
+            frames = np.ascontiguousarray(frames[::-1])
+            frames.setflags(write=False)
+        return frames
+
+    def _forward(self, path: str | Path, media: MediaConfigLike) -> np.ndarray:
+        key = self._key(path, media)
         with self._lock:
             if key is not None and key in self._items:
                 self._items.move_to_end(key)
@@ -401,14 +470,15 @@ class FrameCache:
             self._put(key, frames)
         return frames
 
-    def _key(self, p: Path, media: MediaConfigLike) -> tuple | None:
+    def _key(self, path: str | Path, media: MediaConfigLike) -> tuple | None:
         try:
-            resolved = p.resolve()
+            resolved = _local_path(path).resolve()
             st = resolved.stat()
-        except OSError:
+        except (OSError, MediaError):
             return None  # sample_video will raise; if the file appeared meanwhile, we have no key to trust
-        params = (media.fps, media.min_frames, media.max_frames, media.min_pixels, media.max_pixels)
-        return (str(resolved), st.st_mtime_ns, st.st_size, *params, getattr(media, "total_pixels", VIDEO_TOTAL_PIXELS))
+        params = (media.fps, media.min_frames, media.max_frames, media.min_pixels, media.max_pixels,
+                  getattr(media, "total_pixels", VIDEO_TOTAL_PIXELS), getattr(media, "folder_fps", None))
+        return (str(resolved), st.st_mtime_ns, st.st_size, *params)
 
     def _put(self, key: tuple, frames: np.ndarray) -> None:
         if frames.nbytes > self.max_bytes:

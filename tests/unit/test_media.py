@@ -7,11 +7,14 @@ so a test can read back which source frames were picked.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import struct
 import subprocess
 import sys
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from services.rollout.media import (
     MediaError,
     frame_indices,
     frames_sha,
+    reverse_time,
     sample_video,
     smart_nframes,
     smart_resize,
@@ -73,7 +77,8 @@ def write_video(
 ) -> Path:
     with av.open(str(path), "w", options=container_options or {}) as out:
         stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"  # mjpeg wants full-range YUV
         if codec == "libx264":
             stream.options = {"crf": "12"}
         for i in range(n):
@@ -182,9 +187,68 @@ def test_webm_without_frame_count_is_counted(tmp_path):
     assert picked(sample_video(path, Media())) == [0, 5, 10, 15]
 
 
-def test_avi(tmp_path):
-    path = write_video(tmp_path / "a.avi", 16, codec="mpeg4")
+@pytest.mark.parametrize("name, codec", [("a.avi", "mpeg4"), ("m.avi", "mjpeg"), ("v8.webm", "libvpx"),
+                                         ("v9.webm", "libvpx-vp9"), ("a.mkv", "libx264"), ("a.mov", "libx264")])
+def test_containers_and_codecs(tmp_path, name, codec):
+    path = write_video(tmp_path / name, 16, codec=codec)
     assert picked(sample_video(path, Media())) == [0, 5, 10, 15]
+    # the container is recognised by content, not by name
+    assert picked(sample_video(path.rename(tmp_path / "renamed.bin"), Media())) == [0, 5, 10, 15]
+
+
+def test_reverse_plays_the_same_frames_backwards(tmp_path):
+    path = write_video(tmp_path / "a.mp4", 16)
+    backwards = sample_video(path, Media(), reverse=True)
+    assert picked(backwards) == [15, 10, 5, 0] and backwards.flags.c_contiguous
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(8):
+        Image.fromarray(index_image(i, 64, 64)).save(folder / f"{i}.jpg")
+    # 8 frames at the default folder rate of 2 fps = 4 s -> 4 picks at 1 fps: round(linspace(0, 7, 4)), reversed
+    assert picked(sample_video(folder, Media(fps=1.0), reverse=True)) == [7, 5, 2, 0]
+
+
+def test_cache_serves_reverse_from_the_forward_entry(tmp_path):
+    from services.common.pb.videorl.v1 import rollout_pb2 as pb
+
+    path = write_video(tmp_path / "a.mp4", 16)
+    cache = FrameCache(max_bytes=10**8)
+    forward = cache.get_for_prompt(pb.Prompt(video_uri=str(path)), Media())
+    backward = cache.get_for_prompt(pb.Prompt(video_uri=str(path), extra_json=json.dumps({"reverse_time": True})),
+                                    Media())
+    assert picked(forward) == [0, 5, 10, 15] and picked(backward) == [15, 10, 5, 0]
+    assert (cache.misses, cache.hits, len(cache)) == (1, 1, 1) and not backward.flags.writeable
+    assert picked(cache.get_or_load(path, Media())) == [0, 5, 10, 15]  # the cached entry was not reversed in place
+
+
+def test_reverse_time_flag():
+    assert reverse_time(json.dumps({"reverse_time": True, "segment": [1, 2]}))
+    for extra in ("", "{}", json.dumps({"reverse_time": "yes"}), "[1]", "{broken"):
+        assert not reverse_time(extra)
+
+
+def test_frame_folder_fps_from_config(tmp_path):
+    @dataclass
+    class FolderMedia(Media):
+        folder_fps: float = 4.0
+
+    for i in range(12):
+        Image.fromarray(index_image(i, 64, 64)).save(tmp_path / f"{i:03d}.png")
+    # 12 frames at the config's 4 fps = 3 s -> 3 picks at 1 fps, raised to min_frames 4
+    assert picked(sample_video(tmp_path, FolderMedia(fps=1.0))) == [0, 4, 7, 11]
+    assert picked(sample_video(tmp_path, FolderMedia(fps=1.0), folder_fps=2.0)) == [0, 2, 4, 7, 9, 11]  # call wins
+    cache = FrameCache(max_bytes=10**8)
+    assert cache.get_or_load(tmp_path, FolderMedia(fps=1.0)).shape[0] == 4
+    assert cache.get_or_load(tmp_path, FolderMedia(fps=1.0, folder_fps=2.0)).shape[0] == 6  # part of the key
+
+
+def test_file_uri(tmp_path):
+    path = write_video(tmp_path / "a b.mp4", 16)
+    assert picked(sample_video(path.as_uri(), Media())) == [0, 5, 10, 15]  # percent-encoded space
+    cache = FrameCache(max_bytes=10**8)
+    cache.get_or_load(path.as_uri(), Media())
+    cache.get_or_load(path.as_uri(), Media())
+    assert cache.hits == 1
 
 
 def test_frame_folder_natural_order_and_fps(tmp_path):
@@ -276,6 +340,46 @@ def _tall_folder(path: Path) -> Path:
     return path
 
 
+def _folder_of(path: Path, *names: str) -> Path:
+    _mkdir(path)
+    for name in names:
+        (path / name).write_text("not an image")
+    return path
+
+
+def _huge_png_folder(path: Path) -> Path:
+    """A real 9000x9000 PNG (81 M pixels > MAX_FRAME_AREA); one bit per pixel keeps making it cheap."""
+    _mkdir(path)
+    Image.new("1", (9000, 9000)).save(path / "0.png")
+    return path
+
+
+def _png_claiming(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height; the pixel data never follows."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    _mkdir(path)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    (path / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0"))
+                                 + chunk(b"IEND", b""))
+    return path
+
+
+def _cut(path: Path, keep: float) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def _scramble_middle(path: Path) -> Path:
+    data = bytearray(path.read_bytes())
+    third = len(data) // 3
+    data[third : 2 * third] = np.random.default_rng(0).integers(0, 256, third, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
@@ -303,6 +407,23 @@ BAD_INPUTS = {
     "corrupt_png_folder": (lambda d: _corrupt_png_folder(d / "bad"), "corrupt"),
     "bad_aspect": (lambda d: _tall_folder(d / "tall"), "bad_aspect"),
     "fifo": (lambda d: os.mkfifo(d / "pipe.mp4") or d / "pipe.mp4", "unreadable"),  # reading it would block
+    "zero_length_webm": (lambda d: _write(d / "z.webm", b""), "empty"),
+    "missing_folder": (lambda d: d / "frames_nope", "missing"),
+    "folder_without_images": (lambda d: _folder_of(d / "txt", "a.txt", "b.json", "c.mp4"), "empty"),
+    "zero_length_png_folder": (lambda d: _folder_of(d / "zpng", "0.png", "1.png"), "corrupt"),
+    "unsupported_uri": (lambda d: "s3://bucket/v.mp4", "unsupported"),
+    # a cut-off webm demuxes cleanly, only shorter; its header still states the full duration
+    "truncated_webm": (lambda d: _cut(write_video(d / "t.webm", 64, codec="libvpx-vp9"), 0.5), "truncated"),
+    "truncated_avi": (lambda d: _cut(write_video(d / "t.avi", 64, codec="mpeg4"), 0.5), "truncated"),
+    "webm_header_only": (lambda d: _cut(write_video(d / "h.webm", 64, codec="libvpx-vp9"), 0.02), "corrupt"),
+    "avi_header_only": (lambda d: _cut(write_video(d / "h.avi", 64, codec="mpeg4"), 0.02), "corrupt"),
+    "scrambled_mp4": (lambda d: _scramble_middle(write_video(d / "s.mp4", 64, container_options={
+        "movflags": "faststart"})), "corrupt"),
+    "scrambled_webm": (lambda d: _scramble_middle(write_video(d / "s.webm", 64, codec="libvpx-vp9")), "truncated"),
+    "scrambled_avi": (lambda d: _scramble_middle(write_video(d / "s.avi", 64, codec="mpeg4")), "truncated"),
+    # enormous resolution, refused from the header with the default bounds
+    "huge_png": (lambda d: _huge_png_folder(d / "huge"), "too_large"),
+    "png_header_claims_40000x40000": (lambda d: _png_claiming(d / "bomb", 40000, 40000), "too_large"),
 }
 
 

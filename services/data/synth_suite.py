@@ -1,0 +1,509 @@
+"""Synthetic spatio-temporal task suite: coloured shapes on a dark plane, rendered to real mp4 files, with exact
+ground truth for eight tasks (direction, order, count, distance, when, where, layout, route).
+
+Invariants this module keeps:
+- Determinism: the same (task, split, index, seed, pan) gives the same row and the same decoded pixels, whatever
+  other tasks or sizes are asked for: each clip draws from its own generator seeded by (seed, task code, split
+  code, index), and each (task, split) shuffles its balanced labels with its own generator.
+- Balance: each (task, split) cycles through its label list (MCQ answer letters cycle fastest, then the
+  question variant), then shuffles; so answer letters, counts, distances and variants differ by at most one.
+- Every shape stays wholly inside the 64x64 frame while visible (render refuses otherwise) and contrasts with the
+  background: background channels <= 40, grid lines <= 60, every palette colour has a channel >= 200.
+- Time: 8 fps, clips of 16 or 32 frames. The default media config samples 2 fps, which takes exactly one frame
+  from every block of 4 frames (0.5 s); so every event (appearing, starting or stopping, turning, a named time)
+  happens on a 0.5 s block boundary. A "visible" segment [s, e] means frames s*8 .. e*8-1 show the shape; a
+  "moves" segment means its position changes from frame s*8 to frame e*8 and nowhere else.
+- Space: boxes and positions are fractions of the frame width and height, origin at the top-left corner;
+  a box [x1, y1, x2, y2] runs from the left/top edge of the shape's first pixel column/row to the right/bottom edge
+  of its last (so x2 - x1 = size / 64). A layout node's pos is the centre of that box.
+- Distance is measured in grid cells (8 px, the spacing of the grid lines drawn on the ground plane): the grid
+  moves with the ground when the camera pans, so distances are world distances, not screen distances.
+- Rows: id, video (relative to the JSONL's folder), task, question, options (MCQ only), answer, split, optional
+  ground truth (segment, duration, box, graph, reference, reverse) and extra.synth_task. A route row's reverse
+  variant is meant for the same video played backwards (services/common/dataset.rows_with_reverse and the media
+  pipeline do that): same question, legs reversed and flipped as the answer. An output dir is
+  complete only with its build_once marker (the build parameters).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from services.embedded import synth
+
+SIZE, FPS = synth.SIZE, synth.FPS  # 64 px, 8 fps
+BLOCK = 4  # frames per 0.5 s: one sampled frame per block at the default 2 fps
+BLOCK_S = BLOCK / FPS
+CELL = 8  # px: one distance unit, the spacing of the grid lines
+MARGIN = 8  # px: centres this far apart along an axis make a spatial relation ("left of", "above")
+GRID_LIFT = 20
+LETTERS = "ABCD"
+PALETTE = {
+    "red": (230, 50, 50), "green": (50, 205, 80), "blue": (70, 110, 255), "yellow": (240, 220, 50),
+    "cyan": (50, 220, 230), "magenta": (230, 60, 220), "white": (235, 235, 235),
+}
+KINDS = ("square", "disc", "triangle")
+# Append only: a task's index is part of every clip's seed.
+TASKS = ("direction", "order", "count", "distance", "when", "where", "layout", "route")
+_SPLIT_CODES = {"train": 0, "eval": 1}
+_STEP = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}  # (dx, dy); image y points down
+_FLIP = {"up": "down", "down": "up", "left": "right", "right": "left"}
+_ORDINALS = ("first", "second", "last")
+_RELATIONS = ("left of", "right of", "above", "below")
+_ROUTE_FORMAT = "using up, down, left and right, like: moves up, then left."
+# Bump when rendering or row content changes, so markers written by older code no longer match.
+_VERSION = 1
+
+
+@dataclass
+class Sprite:
+    kind: str
+    color: str
+    size: int
+    xy: np.ndarray  # (T, 2) int: world position of the top-left pixel in each frame
+    visible: np.ndarray  # (T,) bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.color} {self.kind}"
+
+
+@dataclass
+class Scene:
+    background: tuple[int, int, int]
+    sprites: list[Sprite]  # drawn in this order: later ones on top
+    camera: np.ndarray  # (T, 2) int: world position of the frame's top-left pixel
+    grid: bool = False
+
+    def image_xy(self, sprite: Sprite) -> np.ndarray:
+        return sprite.xy - self.camera
+
+
+@dataclass
+class Item:
+    frames: np.ndarray  # (T, SIZE, SIZE, 3) uint8
+    row: dict[str, Any] = field(default_factory=dict)  # task, question, [options], answer, [ground truth]
+
+
+class Suite(NamedTuple):
+    train: Path
+    eval: Path
+    built: bool  # False when the output dir already held this build
+
+
+def parse_tasks(tasks: str | Sequence[str]) -> list[str]:
+    """Task names from "a,b,c" or a list ("all" = every task), in the given order without repeats."""
+    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    if names == ["all"]:
+        return list(TASKS)
+    unknown = [t for t in names if t not in TASKS]
+    if unknown or not names:
+        raise ValueError(f"unknown synthetic task(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+                         f"known: {', '.join(TASKS)} (or 'all')")
+    return list(dict.fromkeys(names))
+
+
+def make_suite(out_dir: Path, tasks: str | Sequence[str], n_train: int, n_eval: int, seed: int = 0,
+               pan: bool = True, progress: bool = True) -> Suite:
+    """Render `n_train` train and `n_eval` eval clips per task into `out_dir` (train.jsonl, eval.jsonl, videos/),
+    unless it already holds this build. `pan` lets the camera pan in half of the distance and where clips."""
+    names = parse_tasks(tasks)
+    if n_train < 0 or n_eval < 0:
+        raise ValueError(f"clip counts must be >= 0, got n_train={n_train}, n_eval={n_eval}")
+    out_dir = Path(out_dir).resolve()
+    params = {"suite": names, "n_train": n_train, "n_eval": n_eval, "seed": seed, "pan": pan,
+              "version": _VERSION, "size": SIZE, "fps": FPS}
+
+    def build(tmp: Path) -> None:
+        (tmp / "videos").mkdir()
+        with _progress((n_train + n_eval) * len(names), progress) as advance:
+            for split, n in (("train", n_train), ("eval", n_eval)):
+                rows = [row for task in names for row in _render_split(tmp, task, split, n, seed, pan, advance)]
+                with open(tmp / f"{split}.jsonl", "w") as f:
+                    f.writelines(json.dumps(row) + "\n" for row in rows)
+
+    built = synth.build_once(out_dir, params, build)
+    return Suite(out_dir / "train.jsonl", out_dir / "eval.jsonl", built)
+
+
+def make_item(task: str, split: str, index: int, n: int, seed: int, pan: bool = True) -> Item:
+    """Clip `index` of the (task, split) of `n` clips: its frames and its row fields."""
+    sampler, labels = _TASK_SPECS[task]
+    code = [seed, TASKS.index(task), _SPLIT_CODES[split]]
+    order = np.random.default_rng(code).permutation(n)
+    return sampler(np.random.default_rng([*code, index]), labels[int(order[index]) % len(labels)], pan)
+
+
+def _render_split(tmp: Path, task: str, split: str, n: int, seed: int, pan: bool,
+                  advance: Callable[[], None]) -> list[dict[str, Any]]:
+    rows = []
+    for i in range(n):
+        item = make_item(task, split, i, n, seed, pan)
+        clip_id = f"{task}-{split}-{i:05d}"
+        synth.encode_mp4(item.frames, tmp / "videos" / f"{clip_id}.mp4", fps=FPS)
+        rows.append({"id": clip_id, "video": f"videos/{clip_id}.mp4", **item.row, "split": split,
+                     "extra": {"synth_task": task}})
+        advance()
+    return rows
+
+
+@contextmanager
+def _progress(total: int, enabled: bool) -> Iterator[Callable[[], None]]:
+    if not enabled or total <= 8:
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("rendering synthetic videos"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        job = bar.add_task("render", total=total)
+        yield lambda: bar.advance(job)
+
+
+# ---- rendering -------------------------------------------------------------------------------------------------
+
+
+def render(scene: Scene) -> np.ndarray:
+    """(T, SIZE, SIZE, 3) uint8 frames. Raises ValueError if a visible shape leaves the frame."""
+    n_frames = len(scene.camera)
+    frames = np.empty((n_frames, SIZE, SIZE, 3), np.uint8)
+    line = tuple(c + GRID_LIFT for c in scene.background)
+    masks = [_mask(s.kind, s.size) for s in scene.sprites]
+    ramp = np.arange(SIZE)
+    for t in range(n_frames):
+        frame = frames[t]
+        frame[:] = scene.background
+        if scene.grid:
+            cx, cy = scene.camera[t]
+            frame[:, (ramp + cx) % CELL == 0] = line
+            frame[(ramp + cy) % CELL == 0, :] = line
+        for sprite, mask in zip(scene.sprites, masks, strict=True):
+            if not sprite.visible[t]:
+                continue
+            x, y = (int(v) for v in sprite.xy[t] - scene.camera[t])
+            if not (0 <= x <= SIZE - sprite.size and 0 <= y <= SIZE - sprite.size):
+                raise ValueError(f"{sprite.name} leaves the frame at frame {t}: top-left ({x}, {y})")
+            frame[y : y + sprite.size, x : x + sprite.size][mask] = PALETTE[sprite.color]
+    return frames
+
+
+def _mask(kind: str, size: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5  # pixel centres
+    r = size / 2
+    if kind == "disc":
+        return (yy - r) ** 2 + (xx - r) ** 2 <= r * r
+    if kind == "triangle":  # apex up: one or two pixels wide on the top row, full width on the bottom row
+        return np.abs(xx - r) <= (yy + 0.5) / 2
+    return np.ones((size, size), bool)
+
+
+def _background(rng: np.random.Generator) -> tuple[int, int, int]:
+    r, g, b = (int(c) for c in rng.integers(0, 41, 3))
+    return r, g, b
+
+
+def _still(xy: tuple[int, int], n_frames: int) -> np.ndarray:
+    return np.tile(np.array(xy, np.int64), (n_frames, 1))
+
+
+def _sprite(kind: str, color: str, size: int, xy: np.ndarray, visible: np.ndarray | None = None) -> Sprite:
+    return Sprite(kind, color, size, xy, np.ones(len(xy), bool) if visible is None else visible)
+
+
+def _looks(rng: np.random.Generator, k: int, lo: int = 8, hi: int = 12) -> list[tuple[str, str, int]]:
+    """k (kind, colour, size) with distinct colours, so "colour kind" names one shape."""
+    colors = rng.choice(list(PALETTE), size=k, replace=False)
+    return [(KINDS[int(rng.integers(len(KINDS)))], str(c), int(rng.integers(lo, hi + 1))) for c in colors]
+
+
+def _place(rng: np.random.Generator, sizes: Sequence[int], bounds: Sequence[tuple[int, int, int, int]] | None = None,
+           gap: int = 2) -> list[tuple[int, int]]:
+    """Top-left corners for shapes of `sizes`, at least `gap` px apart; bounds[i] = (xlo, xhi, ylo, yhi)."""
+    placed: list[tuple[int, int, int]] = []
+    for i, s in enumerate(sizes):
+        xlo, xhi, ylo, yhi = bounds[i] if bounds else (0, SIZE - s, 0, SIZE - s)
+        for _ in range(2000):
+            x, y = int(rng.integers(xlo, xhi + 1)), int(rng.integers(ylo, yhi + 1))
+            if all(x + s + gap <= px or px + ps + gap <= x or y + s + gap <= py or py + ps + gap <= y
+                   for px, py, ps in placed):
+                placed.append((x, y, s))
+                break
+        else:
+            raise RuntimeError(f"no room for {len(sizes)} shapes of sizes {list(sizes)}")
+    return [(x, y) for x, y, _ in placed]
+
+
+def _fit_start(rng: np.random.Generator, rel: np.ndarray, size: int) -> np.ndarray | None:
+    """A start point p with p + rel[t] inside the frame for all t, drawn uniformly; None if there is none."""
+    lo, hi = -rel.min(axis=0), SIZE - size - rel.max(axis=0)
+    if (lo > hi).any():
+        return None
+    return np.array([int(rng.integers(lo[0], hi[0] + 1)), int(rng.integers(lo[1], hi[1] + 1))])
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _box(scene: Scene, sprite: Sprite, t: int) -> list[float]:
+    x, y = (int(v) for v in scene.image_xy(sprite)[t])
+    return [x / SIZE, y / SIZE, (x + sprite.size) / SIZE, (y + sprite.size) / SIZE]
+
+
+def _mcq(rng: np.random.Generator, target: str, others: Sequence[str], letter: int) -> tuple[list[str], str]:
+    """Options with `target` at `letter` and the others shuffled around it."""
+    options = [others[i] for i in rng.permutation(len(others))]
+    options.insert(letter, target)
+    return options, LETTERS[letter]
+
+
+# ---- tasks: each sampler maps (rng, balanced label, pan) to an Item ---------------------------------------------
+
+
+def _direction(rng: np.random.Generator, direction: str, pan: bool) -> Item:
+    clip = synth.sample_clip(rng, direction)
+    return Item(synth.render_frames(clip), {"task": "mcq", "question": synth.QUESTION,
+                                            "options": list(synth.DIRECTIONS),
+                                            "answer": LETTERS[synth.DIRECTIONS.index(direction)]})
+
+
+_ORDER_STARTS = [c for c in itertools.combinations(range(7), 3) if c[1] - c[0] >= 2 and c[2] - c[1] >= 2]
+
+
+def _order(rng: np.random.Generator, label: tuple[str, int], pan: bool) -> Item:
+    ordinal, letter = label
+    n_frames = 32
+    starts = _ORDER_STARTS[int(rng.integers(len(_ORDER_STARTS)))]  # blocks; two apart, last visible for 1 s
+    looks = _looks(rng, 3)
+    corners = _place(rng, [s for _, _, s in looks])
+    ts = np.arange(n_frames)
+    sprites = [_sprite(k, c, s, _still(xy, n_frames), ts >= BLOCK * b)
+               for (k, c, s), xy, b in zip(looks, corners, starts, strict=True)]
+    target = sprites[_ORDINALS.index(ordinal)]
+    options, answer = _mcq(rng, target.name, [s.name for s in sprites if s is not target], letter)
+    frames = render(Scene(_background(rng), sprites, _still((0, 0), n_frames)))
+    question = f"Three shapes appear one after another. Which shape appears {ordinal}?"
+    return Item(frames, {"task": "mcq", "question": question, "options": options, "answer": answer})
+
+
+def _count(rng: np.random.Generator, label: tuple[int, str], pan: bool) -> Item:
+    k, by = label
+    n_frames, distractors = 16, int(rng.integers(1, 7 - k))
+    colors = list(PALETTE)
+    if by == "color":
+        want = colors[int(rng.integers(len(colors)))]
+        rest = [c for c in colors if c != want]
+        looks = [(str(rng.choice(KINDS)), want) for _ in range(k)]
+        looks += [(str(rng.choice(KINDS)), str(rng.choice(rest))) for _ in range(distractors)]
+        question = f"How many {want} shapes are in the video? Answer with a number."
+    else:
+        want = KINDS[int(rng.integers(len(KINDS)))]
+        rest = [kind for kind in KINDS if kind != want]
+        looks = [(want, str(rng.choice(colors))) for _ in range(k)]
+        looks += [(str(rng.choice(rest)), str(rng.choice(colors))) for _ in range(distractors)]
+        question = f"How many {want}s are in the video? Answer with a number."
+    sizes = [int(rng.integers(8, 11)) for _ in looks]
+    corners = _place(rng, sizes)
+    sprites = [_sprite(kind, c, s, _still(xy, n_frames))
+               for (kind, c), s, xy in zip(looks, sizes, corners, strict=True)]
+    frames = render(Scene(_background(rng), sprites, _still((0, 0), n_frames)))
+    return Item(frames, {"task": "numeric", "question": question, "answer": str(k)})
+
+
+def _distance(rng: np.random.Generator, label: tuple[int, bool], pan: bool) -> Item:
+    cells, panning = label
+    n_frames = 16
+    (kind, color, size), = _looks(rng, 1, 8, 10)
+    direction = synth.DIRECTIONS[int(rng.integers(4))]
+    frac = np.arange(n_frames)[:, None] / (n_frames - 1)
+    move = np.rint(frac * np.array(_STEP[direction]) * cells * CELL).astype(np.int64)  # world, from the start
+    start = None
+    while start is None:  # a pan that the shape can stay in frame under; no pan always fits (40 + 10 < 64)
+        shift = np.zeros(2, np.int64)
+        if pan and panning:
+            axis_step = np.array(_STEP[synth.DIRECTIONS[int(rng.integers(4))]])
+            shift = axis_step * int(rng.choice([8, 12, 16]))
+        cam = np.rint(frac * shift).astype(np.int64)
+        start = _fit_start(rng, move - cam, size)
+    origin = rng.integers(0, CELL, 2)  # grid phase
+    xy = start + origin + move
+    scene = Scene(_background(rng), [_sprite(kind, color, size, xy)], origin + cam, grid=True)
+    question = (f"The background grid is fixed to the ground. How many grid cells does the {color} {kind} move? "
+                "Answer with a number.")
+    return Item(render(scene), {"task": "numeric", "question": question, "answer": str(cells)})
+
+
+def _segments() -> list[tuple[float, float]]:
+    blocks = 32 // BLOCK
+    return [(a * BLOCK_S, b * BLOCK_S) for a in range(blocks) for b in range(a + 2, min(a + 6, blocks) + 1)
+            if (a, b) != (0, blocks)]
+
+
+_SEGMENTS = _segments()  # 32-frame clips: 1 to 3 s long, never the whole 4 s
+
+
+def _when(rng: np.random.Generator, variant: str, pan: bool) -> Item:
+    n_frames = 32
+    s, e = _SEGMENTS[int(rng.integers(len(_SEGMENTS)))]
+    f0, f1 = int(s * FPS), int(e * FPS)
+    looks = _looks(rng, 1 + int(rng.integers(1, 3)), 8, 10)
+    ts = np.arange(n_frames)
+    (kind, color, size), others = looks[0], looks[1:]
+    if variant == "visible":
+        target_rel = np.zeros((n_frames, 2), np.int64)
+        visible = (ts >= f0) & (ts < f1)
+        question = (f"When is the {color} {kind} visible? Answer with the start and end time in seconds, "
+                    "as two numbers: start end.")
+    else:  # moves between frames f0 and f1 (2 px per frame, 1 if that took it over 24 px), still before and after
+        step = np.array(_STEP[synth.DIRECTIONS[int(rng.integers(4))]]) * (2 if f1 - f0 <= 12 else 1)
+        target_rel = np.clip(ts - f0, 0, f1 - f0)[:, None] * step
+        visible = np.ones(n_frames, bool)
+        question = (f"When does the {color} {kind} move? Answer with the start and end time of its motion in "
+                    "seconds, as two numbers: start end.")
+    span = target_rel.max(axis=0) - target_rel.min(axis=0)  # the target's path is placed as one big box
+    corners = _place(rng, [size + int(span.max())] + [sz for _, _, sz in others])
+    start = np.array(corners[0]) - target_rel.min(axis=0)
+    # Centre the path's box on the placed square along the shorter side.
+    start += (int(span.max()) - span) // 2
+    sprites = [_sprite(k, c, sz, _still(xy, n_frames)) for (k, c, sz), xy in zip(others, corners[1:], strict=True)]
+    sprites.append(_sprite(kind, color, size, start + target_rel, visible))
+    frames = render(Scene(_background(rng), sprites, _still((0, 0), n_frames)))
+    return Item(frames, {"task": "temporal", "question": question, "answer": f"{_fmt(s)} {_fmt(e)}",
+                         "segment": [s, e], "duration": n_frames / FPS})
+
+
+def _where(rng: np.random.Generator, label: tuple[int, bool], pan: bool) -> Item:
+    block, panning = label
+    n_frames = 16
+    looks = _looks(rng, 1 + int(rng.integers(1, 3)), 8, 12)
+    held = np.arange(n_frames)[:, None] // BLOCK  # positions change only at block boundaries
+    step = np.zeros(2, np.int64)
+    while not step.any():
+        step = rng.choice([-8, -4, 0, 4, 8], size=2)
+    cam_step = np.array(_STEP[synth.DIRECTIONS[int(rng.integers(4))]]) * 4 if pan and panning else np.zeros(2, int)
+    cam = held * cam_step
+    (kind, color, size), others = looks[0], looks[1:]
+    start = _fit_start(rng, held * step - cam, size)
+    assert start is not None  # at most 3 * (8 + 4) = 36 px of travel, 36 + 12 < 64
+    # Distractors stand still on the ground, so they slide with the pan; keep their whole slide in frame.
+    bounds = [(int(cam[:, 0].max()), SIZE - s + int(cam[:, 0].min()), int(cam[:, 1].max()),
+               SIZE - s + int(cam[:, 1].min())) for _, _, s in others]
+    corners = _place(rng, [s for _, _, s in others], bounds)
+    sprites = [_sprite(k, c, s, _still(xy, n_frames)) for (k, c, s), xy in zip(others, corners, strict=True)]
+    target = _sprite(kind, color, size, start + held * step)
+    sprites.append(target)  # drawn last: never hidden by a distractor
+    scene = Scene(_background(rng), sprites, cam, grid=bool(cam_step.any()))
+    box = _box(scene, target, block * BLOCK)
+    question = (f"Where is the {color} {kind} at {_fmt(block * BLOCK_S)} s? Answer with its bounding box "
+                "x1 y1 x2 y2 as fractions of the frame width and height (0 0 is the top-left corner, 1 1 the "
+                "bottom-right).")
+    return Item(render(scene), {"task": "bbox", "question": question, "answer": " ".join(map(_fmt, box)),
+                                "box": box})
+
+
+def _layout(rng: np.random.Generator, label: tuple[str, int], pan: bool) -> Item:
+    relation, letter = label
+    n_frames = 16
+    looks = _looks(rng, 4, 8, 10)
+    # Build it as "target left of anchor, the other two right of it", then mirror/transpose for the relation asked.
+    sizes = [s for _, _, s in looks]
+    ax = int(rng.integers(16, SIZE - 16 - sizes[0] + 1))
+    cxa = ax + sizes[0] / 2
+    free = [(0, SIZE - s) for s in sizes]
+    bounds = [(ax, ax, *free[0]), (0, int(np.floor(cxa - MARGIN - sizes[1] / 2)), *free[1])]
+    bounds += [(int(np.ceil(cxa + MARGIN - s / 2)), SIZE - s, *f) for s, f in zip(sizes[2:], free[2:], strict=True)]
+    corners = np.array(_place(rng, sizes, bounds))
+    if relation in ("above", "below"):
+        corners = corners[:, ::-1]
+    if relation in ("right of", "below"):
+        axis = 0 if relation == "right of" else 1
+        corners[:, axis] = SIZE - np.array(sizes) - corners[:, axis]
+    sprites = [_sprite(k, c, s, _still(tuple(xy), n_frames)) for (k, c, s), xy in zip(looks, corners, strict=True)]
+    anchor, target, others = sprites[0], sprites[1], sprites[2:]
+    options, answer = _mcq(rng, target.name, [s.name for s in others], letter)
+    frames = render(Scene(_background(rng), sprites, _still((0, 0), n_frames)))
+    phrase = {"left of": "to the left of", "right of": "to the right of"}.get(relation, relation)
+    return Item(frames, {"task": "mcq", "question": f"Which shape is {phrase} the {anchor.name}?",
+                         "options": options, "answer": answer, "graph": _graph(sprites, rng)})
+
+
+def _graph(sprites: Sequence[Sprite], rng: np.random.Generator) -> dict[str, Any]:
+    """Nodes (centre positions in frame fractions) and canonical edges: "left of" and "above" only, each between
+    centres at least MARGIN px apart along its axis."""
+    order = [sprites[i] for i in rng.permutation(len(sprites))]
+    centres = [s.xy[0] + s.size / 2 for s in order]
+    nodes = [{"id": f"n{i + 1}", "name": s.name, "pos": [float(c[0]) / SIZE, float(c[1]) / SIZE]}
+             for i, (s, c) in enumerate(zip(order, centres, strict=True))]
+    edges = []
+    for i, j in itertools.permutations(range(len(order)), 2):
+        for axis, rel in ((0, "left of"), (1, "above")):
+            if centres[j][axis] - centres[i][axis] >= MARGIN:
+                edges.append({"src": f"n{i + 1}", "dst": f"n{j + 1}", "rel": rel})
+    return {"nodes": nodes, "edges": edges}
+
+
+_LEG_BLOCKS: dict[int, list[tuple[int, ...]]] = {
+    2: [(4, 4)], 3: [c for c in itertools.product((2, 3, 4), repeat=3) if sum(c) == 8], 4: [(2, 2, 2, 2)],
+}
+
+
+def route_text(legs: Sequence[str]) -> str:
+    """The route answer text.
+
+    >>> route_text(["right", "up"])
+    'moves right, then up'
+    """
+    return "moves " + ", then ".join(legs)
+
+
+def reverse_route(legs: Sequence[str]) -> list[str]:
+    """The legs seen when the video plays backwards: last leg first, each direction flipped.
+
+    >>> reverse_route(["right", "up", "left"])
+    ['right', 'down', 'left']
+    """
+    return [_FLIP[d] for d in reversed(legs)]
+
+
+def _route(rng: np.random.Generator, n_legs: int, pan: bool) -> Item:
+    n_frames = 32
+    splits = _LEG_BLOCKS[n_legs]  # blocks per leg: each leg spans >= 2 sampled frames
+    blocks = splits[int(rng.integers(len(splits)))]
+    legs = [synth.DIRECTIONS[int(rng.integers(4))]]
+    while len(legs) < n_legs:  # every turn is a right angle
+        legs.append(str(rng.choice([d for d in synth.DIRECTIONS if d not in (legs[-1], _FLIP[legs[-1]])])))
+    block_leg = np.repeat(np.arange(n_legs), blocks)  # (8,) leg index of each block
+    steps = np.array([_STEP[legs[block_leg[t // BLOCK]]] for t in range(n_frames - 1)]) * 2  # 2 px per frame
+    rel = np.vstack([np.zeros((1, 2), np.int64), np.cumsum(steps, axis=0)])
+    (kind, color, size), = _looks(rng, 1, 8, 10)
+    start = _fit_start(rng, rel, size)
+    assert start is not None  # at most 48 px along an axis, 48 + 10 < 64
+    frames = render(Scene(_background(rng), [_sprite(kind, color, size, start + rel)], _still((0, 0), n_frames)))
+    forward, backward = route_text(legs), route_text(reverse_route(legs))
+    question = f"Describe the route of the {color} {kind}. Answer with its moves in order, {_ROUTE_FORMAT}"
+    # The reverse-time row shows this video played backwards (the media pipeline reverses the frames), so it asks
+    # the same question; only the answer changes.
+    return Item(frames, {"task": "route", "question": question, "answer": forward, "reference": forward,
+                         "reverse": {"question": question, "answer": backward}})
+
+
+# Labels: MCQ answer letters cycle fastest, so every prefix of the cycle is balanced in letters.
+_TASK_SPECS: dict[str, tuple[Callable[[np.random.Generator, Any, bool], Item], list[Any]]] = {
+    "direction": (_direction, list(synth.DIRECTIONS)),
+    "order": (_order, [(o, letter) for o in _ORDINALS for letter in range(3)]),
+    "count": (_count, [(k, by) for by in ("color", "kind") for k in range(1, 5)]),
+    "distance": (_distance, [(d, p) for p in (False, True) for d in range(1, 6)]),
+    "when": (_when, ["visible", "moves"]),
+    "where": (_where, [(b, p) for p in (False, True) for b in range(4)]),
+    "layout": (_layout, [(r, letter) for r in _RELATIONS for letter in range(3)]),
+    "route": (_route, [2, 3, 4]),
+}

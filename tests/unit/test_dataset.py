@@ -1,0 +1,206 @@
+"""services/common/dataset.py: the JSONL schema, its errors (file:line: field), ground truth into extra_json,
+and reverse-time expansion."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from services.common.dataset import DatasetError, Reverse, Row, load_rows, parse_row, rows_with_reverse
+
+BASE = {"id": "a", "video": "v.mp4", "task": "mcq", "question": "Which way?", "options": ["left", "right"],
+        "answer": "B"}
+
+
+def write(tmp_path: Path, *rows: dict | str) -> Path:
+    f = tmp_path / "d.jsonl"
+    f.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return f
+
+
+def one(tmp_path: Path, **fields) -> Row:
+    (row,) = load_rows(write(tmp_path, {**BASE, **fields}))
+    return row
+
+
+def fails(tmp_path: Path, pattern: str, line: int = 1, **fields) -> None:
+    rows = [BASE | {"id": f"ok{i}"} for i in range(line - 1)] + [{**BASE, **fields}]
+    with pytest.raises(DatasetError, match=rf"d\.jsonl:{line}: .*{pattern}"):
+        load_rows(write(tmp_path, *rows))
+
+
+def extra_of(row: Row) -> dict:
+    p = row.to_prompt("p1")
+    return json.loads(p.extra_json) if p.extra_json else {}
+
+
+# ---- backward compatibility -------------------------------------------------------------------------
+
+
+def test_existing_rows_and_constructors_still_work(tmp_path):
+    row = one(tmp_path, split="eval", extra={"k": 1})
+    assert (row.id, row.task, row.options, row.answer, row.split) == ("a", "mcq", ("left", "right"), "B", "eval")
+    assert row.video == str(tmp_path / "v.mp4")  # relative to the JSONL's folder
+    assert extra_of(row) == {"k": 1, "num_options": 2}
+    positional = Row("r", "/v.mp4", "mcq", "q", "A", ("x", "y"))  # as tests/unit/test_learner_driver.py builds it
+    assert positional.segment is None and positional.reverse is None and extra_of(positional) == {"num_options": 2}
+    assert Row("r", "/v.mp4", "open", "q", "a").to_prompt("p").extra_json == ""
+
+
+def test_answer_given_as_number_is_kept_as_text(tmp_path):
+    assert one(tmp_path, task="numeric", options=[], answer=2.5).answer == "2.5"
+
+
+def test_video_forms(tmp_path):
+    assert one(tmp_path, video="/abs/v.webm").video == "/abs/v.webm"
+    assert one(tmp_path, video="s3://bucket/v.mp4").video == "s3://bucket/v.mp4"  # a URI is kept verbatim
+    assert one(tmp_path, video="frames/clip1").video == str(tmp_path / "frames/clip1")  # a folder of frames
+
+
+# ---- errors name line and field ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields, pattern",
+    [
+        ({"task": "graph"}, "field 'task': 'graph' is not one of mcq, numeric, temporal, bbox, open, route"),
+        ({"id": ""}, "field 'id' must be a non-empty string"),
+        ({"options": "x"}, "'options' must be a list"),
+        ({"options": ["only"]}, "field 'options': task mcq needs 2..26 options, got 1"),
+        ({"options": [str(i) for i in range(27)]}, "needs 2..26 options, got 27"),
+        ({"answer": "C"}, r"field 'answer': 'C' is not an option letter A..B"),
+        ({"answer": "left"}, "field 'answer'"),
+        ({"task": "numeric", "answer": "two"}, "field 'answer': task numeric needs a finite number"),
+        ({"task": "numeric", "answer": "nan"}, "task numeric needs a finite number"),
+        ({"task": "temporal", "duration": 10}, "field 'segment': task temporal needs"),
+        ({"task": "temporal", "segment": [1, 2]}, "field 'duration': task temporal needs"),
+        ({"task": "bbox"}, "field 'box': task bbox needs"),
+        ({"segment": [3, 1]}, r"field 'segment' must have 0 <= start <= end"),
+        ({"segment": [-1, 1]}, "0 <= start"),
+        ({"segment": [0, float("inf")]}, "field 'segment' must be \\[start, end\\]"),
+        ({"segment": [0, 1, 2]}, "field 'segment' must be"),
+        ({"segments": []}, "field 'segments' must be a non-empty list"),
+        ({"segments": [[0, 1], [2, "x"]]}, r"field 'segments\[1\]'"),
+        ({"segment": [0, 11], "duration": 10}, "end 11.0 is past duration 10.0"),
+        ({"duration": 0}, "field 'duration' must be a finite number of seconds > 0"),
+        ({"box": [0, 0, 1]}, "field 'box' must be \\[x1, y1, x2, y2\\]"),
+        ({"box": [5, 0, 1, 1]}, "x1 <= x2"),
+        ({"boxes": [None, None]}, "at least one box"),
+        ({"boxes": [[0, 0, 1, 1], [0, 0, True, 1]]}, r"field 'boxes\[1\]'"),
+        ({"reference": 3}, "field 'reference' must be a string"),
+        ({"extra": []}, "field 'extra' must be an object"),
+        ({"extra": {"segment": [2, 1]}}, "field 'extra.segment'"),  # ground truth inside extra is checked too
+        ({"split": 3}, "field 'split' must be a string"),
+        ({"reverse": "x"}, "field 'reverse' must be an object"),
+        ({"reverse": {"question": "q"}}, "field 'reverse.answer' must be a non-empty string"),
+        ({"reverse": {"question": "q", "answer": "C"}}, "field 'reverse.answer': 'C' is not an option letter"),
+        ({"reverse": {"question": "q", "answer": "A", "options": ["x"]}}, "field 'reverse.options'"),
+    ],
+)
+def test_field_errors(tmp_path, fields, pattern):
+    fails(tmp_path, pattern, line=2, **fields)
+
+
+@pytest.mark.parametrize(
+    "graph, pattern",
+    [
+        ([], "field 'graph' must be an object"),
+        ({"edges": []}, "field 'graph' must be an object"),
+        ({"nodes": [{"name": "a"}]}, r"field 'graph.nodes\[0\]' must be an object with an 'id'"),
+        ({"nodes": [{"id": 1}, {"id": 1}]}, r"field 'graph.nodes\[1\].id': duplicate node id 1"),
+        ({"nodes": [{"id": "a", "pos": [0]}]}, r"graph.nodes\[0\].pos"),
+        ({"nodes": [{"id": "a", "name": 5}]}, r"graph.nodes\[0\].name"),
+        ({"nodes": [{"id": "a"}], "edges": [{"src": "a", "dst": "b", "rel": "left_of"}]},
+         r"field 'graph.edges\[0\].dst': 'b' is not a declared node id"),
+        ({"nodes": [{"id": "a"}], "edges": [{"src": "a", "dst": "a"}]}, r"graph.edges\[0\].rel"),
+    ],
+)
+def test_graph_errors(tmp_path, graph, pattern):
+    fails(tmp_path, pattern, graph=graph)
+
+
+def test_file_level_errors(tmp_path):
+    with pytest.raises(DatasetError, match=r"d\.jsonl:2: not valid JSON"):
+        load_rows(write(tmp_path, BASE, "{nope"))
+    with pytest.raises(DatasetError, match=r"d\.jsonl:2: field 'id': duplicate id 'a' \(first on line 1\)"):
+        load_rows(write(tmp_path, BASE, BASE))
+    with pytest.raises(DatasetError, match=r"d\.jsonl:1: expected a JSON object"):
+        load_rows(write(tmp_path, "[1, 2]"))
+    with pytest.raises(DatasetError, match="no rows"):
+        load_rows(write(tmp_path, ""))
+    with pytest.raises(DatasetError, match="cannot read"):
+        load_rows(tmp_path / "absent.jsonl")
+    (tmp_path / "bin.jsonl").write_bytes(b'{"id": "\xff"}\n')
+    with pytest.raises(DatasetError, match=r"bin\.jsonl:1: not UTF-8"):
+        load_rows(tmp_path / "bin.jsonl")
+
+
+# ---- ground truth reaches rewards -------------------------------------------------------------------
+
+GRAPH = {"nodes": [{"id": "n1", "name": "red cube", "pos": [0.1, 0.2]},
+                   {"id": "n2", "name": "blue ball", "pos": [1, 2]}],
+         "edges": [{"src": "n1", "dst": "n2", "rel": "left_of"}]}
+
+
+def test_ground_truth_goes_to_extra_json_under_fixed_keys(tmp_path):
+    temporal = one(tmp_path, task="temporal", options=[], answer="2-4", segment=[2, 4], segments=[[2, 4], [6, 7.5]],
+                   duration=8, extra={"fps": 2})
+    assert extra_of(temporal) == {"fps": 2, "segment": [2.0, 4.0], "segments": [[2.0, 4.0], [6.0, 7.5]],
+                                  "duration": 8.0}
+    bbox = one(tmp_path, task="bbox", options=[], answer="box", box=[1, 2, 3, 4], boxes=[None, [0, 0, 1, 1]])
+    assert extra_of(bbox) == {"box": [1.0, 2.0, 3.0, 4.0], "boxes": [None, [0.0, 0.0, 1.0, 1.0]]}
+    layout = one(tmp_path, graph=GRAPH, reference="the cube is left of the ball")
+    assert extra_of(layout) == {"graph": GRAPH, "reference": "the cube is left of the ball", "num_options": 2}
+    assert one(tmp_path, task="open", options=[], answer="x", graph=GRAPH).graph == GRAPH
+    route = one(tmp_path, task="route", options=[], answer="left, then right", reference="left, then right")
+    assert extra_of(route) == {"reference": "left, then right"}
+
+
+def test_ground_truth_in_extra_is_accepted_and_normalised(tmp_path):
+    row = one(tmp_path, task="temporal", options=[], answer="1-2", extra={"segment": [1, 2], "duration": 5})
+    assert row.segment == (1.0, 2.0) and row.duration == 5.0
+    assert extra_of(row) == {"segment": [1.0, 2.0], "duration": 5.0}
+
+
+def test_prompt_fields(tmp_path):
+    p = one(tmp_path, split="eval").to_prompt("p7")
+    assert (p.prompt_id, p.sample_id, p.task, p.answer, list(p.options), p.split) == (
+        "p7", "a", "mcq", "B", ["left", "right"], "eval")
+
+
+# ---- reverse-time variants --------------------------------------------------------------------------
+
+
+def test_rows_with_reverse_expands_and_mirrors_time(tmp_path):
+    rows = load_rows(write(
+        tmp_path,
+        {**BASE, "id": "plain"},
+        {**BASE, "id": "mcq", "reverse": {"question": "Backwards, which way?", "answer": "A"}},
+        {"id": "seg", "video": "v.mp4", "task": "temporal", "question": "When?", "answer": "1-3", "segment": [1, 3],
+         "segments": [[1, 3]], "duration": 10, "boxes": [[0, 0, 1, 1], None], "extra": {"k": "v"},
+         "reverse": {"question": "When, backwards?", "answer": "7-9"}},
+        {**BASE, "id": "opts", "reverse": {"question": "q", "answer": "C", "options": ["a", "b", "c"]}},
+    ))
+    out = list(rows_with_reverse(rows))
+    assert [r.id for r in out] == ["plain", "mcq", "mcq-rev", "seg", "seg-rev", "opts", "opts-rev"]
+    mcq_rev = out[2]
+    assert (mcq_rev.question, mcq_rev.answer, mcq_rev.options, mcq_rev.video) == (
+        "Backwards, which way?", "A", ("left", "right"), rows[1].video)
+    assert mcq_rev.reverse is None and extra_of(mcq_rev) == {"reverse_time": True, "num_options": 2}
+    seg_rev = out[4]
+    assert seg_rev.segment == (7.0, 9.0) and seg_rev.segments == ((7.0, 9.0),) and seg_rev.duration == 10.0
+    assert seg_rev.boxes == (None, (0.0, 0.0, 1.0, 1.0))
+    assert extra_of(seg_rev)["reverse_time"] is True and extra_of(seg_rev)["k"] == "v"
+    assert "reverse_time" not in extra_of(out[3])  # the forward row is untouched
+    assert out[6].options == ("a", "b", "c") and out[6].answer == "C"
+    assert out[1].reverse == Reverse("Backwards, which way?", "A")
+
+
+def test_parse_row_is_usable_directly():
+    row = parse_row({**BASE, "video": "x.mp4"}, "mem:1", Path("/data"))
+    assert row.video == "/data/x.mp4"
+    with pytest.raises(DatasetError, match=re.escape("mem:1: missing field 'question'")):
+        parse_row({k: v for k, v in BASE.items() if k != "question"}, "mem:1", Path("/data"))
