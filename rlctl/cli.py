@@ -65,5 +65,22 @@ def run(config: Path | None, overrides: tuple[str, ...]) -> None:
     (Path(cfg.run_dir) / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
 
 
+@main.group()
+def data() -> None:
+    """Prepare datasets: convert published annotation formats, render the synthetic task suite."""
+
+
+def _register_subcommands() -> None:
+    from rlctl.data_convert import convert
+    from rlctl.data_synth import synth
+    from rlctl.rewards_cmd import rewards
+
+    data.add_command(convert)
+    data.add_command(synth)
+    main.add_command(rewards)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":
     main()

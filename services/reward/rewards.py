@@ -10,7 +10,10 @@ Invariants this module keeps:
   its group's statistics). ``format``, ``answer_format`` and ``mcq`` always score.
 - Work is bounded on huge completions. Every scan is either a C-level ``str`` method over the whole text
   (linear, no backtracking) or a regular expression over at most ``TAIL_CHARS`` characters, so a 1 MB
-  completion costs about what a 4 KiB one does.
+  completion costs about what a 4 KiB one does. Families that need a longer window (tracking boxes, scene
+  graphs) state its size in their module and keep their patterns linear.
+- The reward families live in their own modules (``numeric``, ``temporal``, ``bbox``, ``graph``), which
+  register on import; importing this module imports them (see its last line), so ``REGISTRY`` is complete.
 
 Completions follow ``<think>…</think><answer>…</answer>`` unless a task says otherwise; ``answer_format``
 is the rule for tasks (and small models) that answer without thinking.
@@ -154,11 +157,15 @@ _HEDGE = re.compile(r"(?:or|and|/|,|&)\s*\(?([A-Z])\b")
 _OPTION_LABEL = re.compile(r"\(?([A-Za-z])[.):]\s+")
 
 
-def _region(completion: str) -> tuple[str, bool]:
-    """The text the answer is read from, and whether it was cut to its last ``TAIL_CHARS`` characters.
+def answer_region(completion: str, limit: int = TAIL_CHARS) -> tuple[str, bool]:
+    """The raw text an answer is read from, and whether it was cut to its last ``limit`` characters.
 
     That is the content of the last ``<answer>`` tag (to the end of the text when unclosed, since stop
     strings usually swallow the ``</answer>``), else whatever follows the last ``</think>``, else everything.
+    A cut text starts at a word boundary (its first, possibly partial, word is dropped).
+
+    >>> answer_region("<think>3</think><answer> 4 m</answer>")
+    (' 4 m', False)
     """
     start, end = 0, len(completion)
     open_at = completion.rfind(ANSWER_OPEN)
@@ -168,11 +175,17 @@ def _region(completion: str) -> tuple[str, bool]:
         end = close_at if close_at >= 0 else end
     elif (think_at := completion.rfind(THINK_CLOSE)) >= 0:
         start = think_at + len(THINK_CLOSE)
-    cut = end - start > TAIL_CHARS
-    text = completion[end - TAIL_CHARS : end] if cut else completion[start:end]
+    cut = end - start > limit
+    text = completion[end - limit : end] if cut else completion[start:end]
     if cut:  # the first word may be a fragment ("…nswer: B" or a stray "B." from mid-sentence): drop it
         parts = text.split(None, 1)
         text = parts[1] if len(parts) == 2 else ""
+    return text, cut
+
+
+def _region(completion: str) -> tuple[str, bool]:
+    """``answer_region`` normalised for reading an option letter."""
+    text, cut = answer_region(completion)
     # NFKC maps full-width "（Ｂ）" to "(B)"; markdown emphasis ("**B**") never carries meaning here.
     text = unicodedata.normalize("NFKC", text).replace("*", "").replace("`", "")
     return text.strip(), cut
@@ -270,3 +283,8 @@ def mcq_reward(completion: str, sample: Sample) -> float:
         return 0.0
     (letter,) = letters
     return 1.0 if letter == target else 0.0
+
+
+# The other reward families live in their own modules and register themselves on import; importing them here
+# means importing this module is enough to see the whole catalogue.
+from services.reward import bbox, graph, numeric, temporal  # noqa: E402,F401  (registers)
