@@ -43,6 +43,7 @@ class MediaConfig(_Strict):
     max_frames: int = Field(768, ge=2, description="upper bound on sampled frames")
     min_pixels: int = Field(28 * 28, ge=28 * 28, description="lower bound on pixels per frame after resize")
     max_pixels: int = Field(64 * 64, ge=28 * 28, description="upper bound on pixels per frame after resize")
+    folder_fps: float = Field(2.0, gt=0, description="frame rate assumed for a video given as a folder of frames")
 
 
 class RolloutConfig(_Strict):
@@ -59,8 +60,43 @@ class RolloutConfig(_Strict):
 
 
 class RewardComponentConfig(_Strict):
-    name: str = Field(description="registered reward function name")
-    weight: float = Field(1.0, description="weight in the total reward")
+    """One weighted term of a task's reward. Its value is logged under `key` (the label, else the name)."""
+
+    name: str = Field(min_length=1, description="registered reward function name, or `judge`")
+    weight: float = Field(1.0, description="weight in the total reward; 0 logs (or gates) without counting")
+    label: str | None = Field(None, min_length=1, description="name in logs, metrics and gates; defaults to name")
+    gate: str | None = Field(None, description="key of an earlier component of the same list that must pass first")
+    gate_min: float = Field(1.0, ge=0, le=1, description="the gate passes when its value is >= this")
+    rubric: Literal["route", "reference"] | None = Field(
+        None, description="judge only: `route` (Ego-ST, 3 x 0-5, /15) or `reference` (0-10 against the reference, /10)")
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+    @model_validator(mode="after")
+    def _check(self) -> RewardComponentConfig:
+        if self.name == "judge" and self.rubric is None:
+            raise ValueError("rubric: the judge reward needs a rubric (route or reference)")
+        if self.name != "judge" and self.rubric is not None:
+            raise ValueError(f"rubric: only the judge reward takes a rubric, not {self.name!r}")
+        return self
+
+
+class JudgeConfig(_Strict):
+    """The LLM judge's OpenAI-compatible chat endpoint (`vllm serve`, a hosted API); see services/reward/judge.py."""
+
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="requests go to {base_url}/chat/completions")
+    model: str | None = Field(None, min_length=1, description="model name sent in each request; needed by the judge")
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                    description="environment variable holding the API key (never the key itself)")
+    timeout_s: float = Field(30.0, gt=0, le=600, description="bound on one request, connect to last byte")
+    retries: int = Field(2, ge=0, le=10, description="extra attempts after a timeout, transport error, 429 or 5xx")
+    backoff_s: float = Field(0.5, ge=0, le=60, description="wait before the first retry; doubles for each next one")
+    max_concurrency: int = Field(16, ge=1, le=1024, description="judge requests in flight at once, over all groups")
+    max_tokens: int = Field(64, ge=8, le=4096, description="bound on the judge's reply length")
+    max_answer_chars: int = Field(8000, ge=64, description="candidate answers are cut to this many characters")
+    cache_size: int = Field(50_000, ge=0, description="scores kept, keyed by (rubric, question, reference, answer)")
 
 
 class RewardConfig(_Strict):
@@ -70,8 +106,28 @@ class RewardConfig(_Strict):
         default_factory=lambda: [RewardComponentConfig(name="mcq", weight=1.0),
                                  RewardComponentConfig(name="answer_format", weight=0.1)],
         min_length=1,
-        description="weighted reward components summed into each completion's reward",
+        description="weighted reward components summed into each completion's reward (tasks not in `tasks`)",
     )
+    tasks: dict[str, list[RewardComponentConfig]] = Field(
+        default_factory=dict, description="per task type (Prompt.task), its own components instead of `components`")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="the LLM judge endpoint, if one is used")
+
+    @model_validator(mode="after")
+    def _check(self) -> RewardConfig:
+        lists = {"components": self.components, **{f"tasks.{t}": c for t, c in self.tasks.items()}}
+        for where, comps in lists.items():
+            if not comps:
+                raise ValueError(f"{where}: needs at least one component")
+            seen: set[str] = set()
+            for i, c in enumerate(comps):
+                if c.key in seen:
+                    raise ValueError(f"{where}[{i}]: duplicate component {c.key!r}; give one a `label`")
+                if c.gate is not None and c.gate not in seen:
+                    raise ValueError(f"{where}[{i}].gate: {c.gate!r} is not an earlier component of {where}")
+                seen.add(c.key)
+        if self.judge.model is None and any(c.name == "judge" for comps in lists.values() for c in comps):
+            raise ValueError("judge.model: required when a component uses the judge")
+        return self
 
 
 class LearnerConfig(_Strict):

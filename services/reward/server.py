@@ -5,6 +5,11 @@ Invariants kept here: a group is written only when all K completions of one prom
 carry the same policy version (else it is rejected with a reason); the write is atomic with the
 dedupe check (ControlPlane.write_group), so a prompt resent after a reconnect is acked DUPLICATE and
 never written twice; every completion received is counted before anything else can fail.
+
+Within one stream, groups are scored concurrently (up to MAX_INFLIGHT_GROUPS; more stops reading the
+stream, which is the backpressure) so a slow judge does not serialise an actor's groups, while writes and
+acks keep the order in which the groups completed: a prompt resent on the same stream is always the
+DUPLICATE one.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from services.reward.scoring import Scorer
 
 log = logging.getLogger("videorl.reward")
 MAX_GROUP = 1024
+MAX_INFLIGHT_GROUPS = 256  # per stream
 SERVICE_NAME = "videorl.v1.RewardService"
 
 
@@ -39,10 +45,8 @@ class RewardMetrics:
                               registry=registry)
         self.score_seconds = Histogram(check_name("videorl_reward_score_seconds"), "time to score and write a group",
                                        registry=registry)
-        self.unscorable = Counter(check_name("videorl_reward_component_errors_total"),
-                                  "reward components that could not score a group (NaN)", registry=registry)
-        self.reward_mean = Gauge(check_name("videorl_reward_component_mean_value"),
-                                 "mean of each reward component over the last group", ["component"], registry=registry)
+        self.inflight = Gauge(check_name("videorl_reward_groups_inflight_count"), "groups being scored",
+                              registry=registry)
 
 
 @dataclass
@@ -50,58 +54,103 @@ class _Pending:
     completions: dict[int, pb.Completion] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Scored:
+    group: pb.ScoredGroup
+    started: float  # perf_counter when scoring began
+
+
+def _done(ack: pb.GroupAck) -> asyncio.Future[pb.GroupAck | _Scored]:
+    future: asyncio.Future[pb.GroupAck | _Scored] = asyncio.get_running_loop().create_future()
+    future.set_result(ack)
+    return future
+
+
 class RewardServicer(pb_grpc.RewardServiceServicer):
     def __init__(self, control: ControlPlane, scorer: Scorer, metrics: RewardMetrics):
         self.control, self.scorer, self.metrics = control, scorer, metrics
 
     async def StreamCompletions(self, request_iterator, context):  # noqa: N802 - gRPC method name
-        pending: dict[str, _Pending] = {}
-        async for c in request_iterator:
-            self.metrics.completions.inc()
-            await asyncio.to_thread(self.control.incr, "completions_received")
-            problem = _invalid(c)
-            if problem:
-                yield self._ack(c, pb.GroupAck.REJECTED, problem)
-                pending.pop(c.group_id, None)
-                continue
-            group = pending.setdefault(c.group_id, _Pending())
-            group.completions[c.sample_index] = c
-            if len(group.completions) == c.group_size:
-                del pending[c.group_id]
-                yield await self._handle_group([group.completions[i] for i in range(c.group_size)])
+        queue: asyncio.Queue[asyncio.Future[pb.GroupAck | _Scored] | None] = asyncio.Queue(MAX_INFLIGHT_GROUPS)
+        reader = asyncio.create_task(self._read(request_iterator, queue))
+        try:
+            while (item := await queue.get()) is not None:
+                yield await self._finish(await item)
+            await reader  # re-raises what ended the stream, if anything did
+        finally:
+            reader.cancel()
+            while not queue.empty():
+                if (item := queue.get_nowait()) is not None:
+                    item.cancel()
 
-    async def _handle_group(self, group: list[pb.Completion]) -> pb.GroupAck:
+    async def _read(self, request_iterator, queue: asyncio.Queue[asyncio.Future[pb.GroupAck | _Scored] | None]
+                    ) -> None:
+        """Assemble groups from the stream and start scoring each; the queue keeps their order."""
+        pending: dict[str, _Pending] = {}
+        try:
+            async for c in request_iterator:
+                self.metrics.completions.inc()
+                await asyncio.to_thread(self.control.incr, "completions_received")
+                problem = _invalid(c)
+                if problem:
+                    pending.pop(c.group_id, None)
+                    await queue.put(_done(self._ack(c, pb.GroupAck.REJECTED, problem)))
+                    continue
+                group = pending.setdefault(c.group_id, _Pending())
+                group.completions[c.sample_index] = c
+                if len(group.completions) == c.group_size:
+                    del pending[c.group_id]
+                    await queue.put(asyncio.ensure_future(
+                        self._score([group.completions[i] for i in range(c.group_size)])))
+        except asyncio.CancelledError:
+            raise  # the answering side is gone: nobody waits for the end mark
+        except BaseException:
+            await queue.put(None)
+            raise
+        await queue.put(None)
+
+    async def _score(self, group: list[pb.Completion]) -> pb.GroupAck | _Scored:
+        """The scored group, or the ack that rejects it."""
         first = group[0]
         versions = {c.policy_version for c in group}
         if len(versions) != 1 or {c.prompt_id for c in group} != {first.prompt_id}:
             return self._ack(first, pb.GroupAck.REJECTED, f"group mixes versions {sorted(versions)} or prompts")
         t0 = time.perf_counter()
-        score = self.scorer.score(first.prompt, [c.text for c in group])
+        self.metrics.inflight.inc()
+        try:
+            score = await self.scorer.score(first.prompt, [c.text for c in group])
+        finally:
+            self.metrics.inflight.dec()
         if score.errors:
-            self.metrics.unscorable.inc(len(score.errors))
             await asyncio.to_thread(self.control.incr, "reward_errors", len(score.errors))
-        weights = self.scorer.weights()
         scored = pb.ScoredGroup(
             run_id=first.run_id, group_id=first.group_id, prompt_id=first.prompt_id,
             policy_version=first.policy_version, prompt=first.prompt, completions=group, rewards=score.totals,
-            components=[pb.RewardComponent(name=n, weight=weights[n], values=v) for n, v in score.components.items()],
+            components=[pb.RewardComponent(name=n, weight=score.weights[n], values=v)
+                        for n, v in score.components.items()],
             actor_id=first.actor_id, scored_at=time.time())
         for c in scored.completions:
             c.ClearField("prompt")  # the row is stored once per group, not K times
-        written = await asyncio.to_thread(self.control.write_group, first.prompt_id, scored.SerializeToString(),
-                                          len(group), first.prompt.split == "eval")
-        self.metrics.score_seconds.observe(time.perf_counter() - t0)
-        for name, values in score.components.items():
-            self.metrics.reward_mean.labels(name).set(sum(values) / len(values))
-        status = pb.GroupAck.SCORED if written else pb.GroupAck.DUPLICATE
-        return self._ack(first, status, "" if written else "prompt already scored", score.totals)
+        return _Scored(scored, t0)
 
-    def _ack(self, c: pb.Completion, status: pb.GroupAck.Status, reason: str,
-             rewards: list[float] | tuple[()] = ()) -> pb.GroupAck:
+    async def _finish(self, result: pb.GroupAck | _Scored) -> pb.GroupAck:
+        """Write a scored group (in stream order) and ack it."""
+        if isinstance(result, pb.GroupAck):
+            return result
+        g = result.group
+        written = await asyncio.to_thread(self.control.write_group, g.prompt_id, g.SerializeToString(),
+                                          len(g.completions), g.prompt.split == "eval")
+        self.metrics.score_seconds.observe(time.perf_counter() - result.started)
+        status = pb.GroupAck.SCORED if written else pb.GroupAck.DUPLICATE
+        return self._ack(g, status, "" if written else "prompt already scored", list(g.rewards))
+
+    def _ack(self, c: pb.Completion | pb.ScoredGroup, status: pb.GroupAck.Status, reason: str,
+             rewards: list[float] | None = None) -> pb.GroupAck:
         self.metrics.groups.labels(pb.GroupAck.Status.Name(status).lower()).inc()
         if status == pb.GroupAck.REJECTED:
             log.warning("group %s rejected: %s", c.group_id, reason)
-        return pb.GroupAck(group_id=c.group_id, prompt_id=c.prompt_id, status=status, reason=reason, rewards=rewards)
+        return pb.GroupAck(group_id=c.group_id, prompt_id=c.prompt_id, status=status, reason=reason,
+                           rewards=rewards or [])
 
 
 def _invalid(c: pb.Completion) -> str:
@@ -140,9 +189,11 @@ class RewardService:
         self.cfg, self.control = cfg, ControlPlane(redis_url, cfg.run_id)
         self.registry = CollectorRegistry()
         self.server: grpc.aio.Server | None = None
+        self.scorer: Scorer | None = None
 
     async def start(self) -> int:
-        self.server, port = await start_server(self.control, Scorer(self.cfg.reward.components), self.registry,
+        self.scorer = Scorer(self.cfg.reward, self.registry)
+        self.server, port = await start_server(self.control, self.scorer, self.registry,
                                                self.cfg.reward.host, self.cfg.reward.port)
         self.control.register_exporter("reward", f"127.0.0.1:{serve_metrics(self.registry)}")
         return port
@@ -150,3 +201,5 @@ class RewardService:
     async def stop(self, grace_s: float = 5.0) -> None:
         if self.server is not None:
             await self.server.stop(grace_s)
+        if self.scorer is not None:
+            await self.scorer.aclose()

@@ -47,15 +47,16 @@ def test_scored_group_carries_nan_rewards():
 
 def test_dataset_errors_name_line_and_field(tmp_path):
     f = tmp_path / "d.jsonl"
-    f.write_text('{"id": "a", "video": "v.mp4", "task": "mcq", "question": "q?", "answer": "A", "options": ["x", "y"]}\n{"id": "b"}\n')
+    ok = '{"id": "a", "video": "v.mp4", "task": "mcq", "question": "q?", "answer": "A", "options": ["x", "y"]}\n'
+    f.write_text(ok + '{"id": "b"}\n')
     with pytest.raises(DatasetError, match=r"d.jsonl:2: missing field 'video'"):
         load_rows(f)
-    f.write_text('{"id": "a", "video": "v.mp4", "task": "mcq", "question": "q?", "answer": "A", "options": ["x", "y"]}\nnot json\n')
+    f.write_text(ok + "not json\n")
     with pytest.raises(DatasetError, match=r"d.jsonl:2: not valid JSON"):
         load_rows(f)
     f.write_text('{"id": "a", "video": "v.mp4", "task": "mcq", "question": "q?", "answer": "A", "options": "x"}\n')
     with pytest.raises(DatasetError, match="'options' must be a list"):
         load_rows(f)
-    f.write_text('{"id": "a", "video": "v.mp4", "task": "mcq", "question": "q?", "answer": "A", "options": ["x", "y"]}\n')
+    f.write_text(ok)
     (row,) = load_rows(f)
     assert row.video == str(tmp_path / "v.mp4")      # relative to the JSONL's folder

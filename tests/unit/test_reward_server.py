@@ -1,6 +1,7 @@
 """The reward service over a real grpc.aio server on loopback, writing to a real Redis."""
 
 import asyncio
+import json
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -10,22 +11,23 @@ from services.common.config import RewardConfig
 from services.common.control import EVALS, GROUPS
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.pb.videorl.v1 import rollout_pb2_grpc as pb_grpc
+from services.reward.judge import JudgeClient
 from services.reward.scoring import Scorer
 from services.reward.server import start_server
 
 K = 4
 
 
-def _group(prompt_id, texts, version=1, split="train", answer="B", group_id=None):
-    prompt = pb.Prompt(prompt_id=prompt_id, task="mcq", question="q", options=["up", "down", "left", "right"],
+def _group(prompt_id, texts, version=1, split="train", answer="B", group_id=None, task="mcq"):
+    prompt = pb.Prompt(prompt_id=prompt_id, task=task, question="q", options=["up", "down", "left", "right"],
                        answer=answer, split=split, video_uri="/v.mp4")
     return [pb.Completion(run_id="r", prompt_id=prompt_id, group_id=group_id or f"{prompt_id}/v{version}",
                           sample_index=i, group_size=len(texts), policy_version=version, completion_token_ids=[1, 2],
                           logprobs=[-0.1, -0.2], text=t, actor_id="a0", prompt=prompt) for i, t in enumerate(texts)]
 
 
-async def _exchange(control, messages):
-    server, port = await start_server(control, Scorer(RewardConfig().components), CollectorRegistry())
+async def _exchange(control, messages, scorer=None):
+    server, port = await start_server(control, scorer or Scorer(RewardConfig().components), CollectorRegistry())
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             health = await health_pb2_grpc.HealthStub(ch).Check(
@@ -75,3 +77,40 @@ def test_a_malformed_row_is_unscorable_not_fatal(control):
     assert all(r != r for r in acks[0].rewards)        # NaN
     assert list(acks[1].rewards) == [1.0] * K
     assert control.counters()["reward_errors"] == 1
+
+
+def test_task_components_and_weights_are_recorded_in_the_scored_group(control):
+    cfg = RewardConfig.model_validate({"tasks": {"strict": [{"name": "mcq", "weight": 0},
+                                                            {"name": "format", "gate": "mcq", "label": "fmt"}]}})
+    texts = ["<think>t</think><answer>B</answer>", "<think>t</think><answer>A</answer>", "B", "x"]
+    acks = asyncio.run(_exchange(control, _group("p6", texts, task="strict"), Scorer(cfg)))
+    assert list(acks[0].rewards) == [1.0, 0.0, 0.0, 0.0]
+    (_, payload), = control.read_groups(GROUPS, "l", 5, 10)
+    g = pb.ScoredGroup.FromString(payload)
+    assert [(c.name, c.weight, list(c.values)) for c in g.components] == [
+        ("mcq", 0.0, [1.0, 0.0, 1.0, 0.0]), ("fmt", 1.0, [1.0, 0.0, 0.0, 0.0])]
+
+
+def test_groups_of_one_stream_are_scored_concurrently_and_acked_in_order(control):
+    """The judge double answers only once requests of 3 different groups wait at the same time; were the
+    stream's groups scored one after another it would time out and every reward would be NaN."""
+    waiting: set[str] = set()
+
+    async def post(url, data, headers):
+        waiting.add(json.loads(data)["messages"][1]["content"].split("QUESTION:\n", 1)[1].split("\n", 1)[0])
+        while len(waiting) < 3:
+            await asyncio.sleep(0.001)
+        return 200, json.dumps({"choices": [{"message": {"content": '{"score": 5}'}}]}).encode()
+
+    cfg = RewardConfig.model_validate({"components": [{"name": "judge", "rubric": "reference"}],
+                                       "judge": {"model": "m", "timeout_s": 10, "retries": 0}})
+    scorer = Scorer(cfg, judge=JudgeClient(cfg.judge, post=post))
+    msgs = []
+    for i in range(3):
+        group = _group(f"c{i}", ["<answer>up</answer>", "<answer>down</answer>"])
+        for c in group:
+            c.prompt.question = f"question {i}"
+        msgs += group
+    acks = asyncio.run(_exchange(control, msgs, scorer))
+    assert [a.prompt_id for a in acks] == ["c0", "c1", "c2"]
+    assert [list(a.rewards) for a in acks] == [[0.5, 0.5]] * 3
