@@ -45,7 +45,7 @@ def score_line(line: str) -> dict[str, Any]:
 
     try:
         row = json.loads(line)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         return {"reward": None, "error": f"not JSON: {e}"}
     if not isinstance(row, dict):
         return {"reward": None, "error": "a line must be a JSON object"}

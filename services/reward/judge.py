@@ -156,7 +156,7 @@ def parse_reply(rubric: Rubric, content: str) -> float:
         text = fenced.group(1)
     try:
         obj = json.loads(text, object_pairs_hook=_no_repeats)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a reply nested deeper than the parser's stack
         return NAN
     if not isinstance(obj, dict) or set(obj) != set(rubric.fields):
         return NAN
@@ -354,7 +354,7 @@ def _content(reply: bytes) -> str:
     """choices[0].message.content of a chat completion; raises _Unscorable for any other shape."""
     try:
         content = json.loads(reply)["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError) as e:
+    except (ValueError, KeyError, IndexError, TypeError, RecursionError) as e:
         raise _Unscorable("unparseable", f"not a chat completion: {e!r}") from None
     if not isinstance(content, str):
         raise _Unscorable("unparseable", f"message content is {type(content).__name__}")
