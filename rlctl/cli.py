@@ -20,7 +20,9 @@ def main() -> None:
 @click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config field, e.g. --set learner.steps=5 --set rollout.num_actors=1.")
-def run(config: Path | None, overrides: tuple[str, ...]) -> None:
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Continue the run in RUN_DIR from its latest checkpoint (give the same CONFIG and --set).")
+def run(config: Path | None, overrides: tuple[str, ...], resume_dir: Path | None) -> None:
     """Run training locally: embedded Redis (unless redis.url is set), Ray, the reward server, rollout
     actors and the learner, with a live progress view. CONFIG defaults to the shipped tiny-model run
     (rlctl/configs/default.yaml): a Qwen2-VL built locally, trained on synthetic videos."""
@@ -37,13 +39,15 @@ def run(config: Path | None, overrides: tuple[str, ...]) -> None:
         cfg = load_config(config or DEFAULT_CONFIG, list(overrides))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    if "run_dir" not in cfg.model_fields_set:  # each run gets its own folder unless one was asked for
+    if resume_dir is not None:
+        cfg = cfg.model_copy(update={"run_dir": resume_dir})
+    elif "run_dir" not in cfg.model_fields_set:  # each run gets its own folder unless one was asked for
         cfg = cfg.model_copy(update={"run_dir": Path("runs") / f"{cfg.run_id}-{time.strftime('%Y%m%d-%H%M%S')}"})
     console.print(f"[bold]videorl[/] run [cyan]{cfg.run_id}[/] -> {cfg.run_dir}")
     from rlctl.local import run_local
 
     try:
-        summary = run_local(cfg, console)
+        summary = run_local(cfg, console, resume=resume_dir is not None)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: every process of the run was stopped[/]")
         sys.exit(130)

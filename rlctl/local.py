@@ -55,7 +55,8 @@ def prepare_assets(cfg: RunConfig, console: Console) -> Assets:
     model_dir = cfg.model.path
     if model_dir is None:
         model_dir = embedded_model(cfg.model.seed, console)
-    return Assets(Path(model_dir), rows_with_reverse(load_rows(train_path)), rows_with_reverse(load_rows(eval_path)))
+    return Assets(Path(model_dir), list(rows_with_reverse(load_rows(train_path))),
+                  list(rows_with_reverse(load_rows(eval_path))))  # lists: they travel to Ray actors by pickle
 
 
 def embedded_model(seed: int, console: Console) -> Path:
@@ -84,8 +85,8 @@ def _ray_init() -> None:
 class LocalRun:
     """Owns every process of a local run; `close()` stops them all."""
 
-    def __init__(self, cfg: RunConfig, console: Console | None = None):
-        self.cfg, self.console = cfg, console or Console()
+    def __init__(self, cfg: RunConfig, console: Console | None = None, resume: bool = False):
+        self.cfg, self.console, self.resume = cfg, console or Console(), resume
         self.redis: EmbeddedRedis | None = None
         self.reward = None
         self.actors: dict[str, object] = {}
@@ -102,6 +103,8 @@ class LocalRun:
         self.control = ControlPlane(self.url, cfg.run_id)
         self.control.ensure_streams()
         self.assets = prepare_assets(cfg, self.console)
+        if self.resume:
+            self._resume_version()
         if self.control.current_version() is None:
             self.control.publish_version(manifest_for_dir(self.assets.model_dir, version=0))
         with self.console.status("starting Ray"):
@@ -112,6 +115,19 @@ class LocalRun:
             self.add_actor(f"rollout-{i}")
         self._start_learner()
         return self.control
+
+    def _resume_version(self) -> None:
+        """Make the newest published version on disk current again (a fresh embedded Redis starts empty), so the
+        actors serve the latest policy and new versions continue above it."""
+        from services.learner import checkpoint
+
+        run_dir = Path(self.cfg.run_dir)
+        if checkpoint.latest(run_dir / "checkpoints") is None:
+            raise FileNotFoundError(f"cannot resume: no checkpoint in {run_dir / 'checkpoints'}")
+        versions = sorted((p for p in (run_dir / "weights").glob("v[0-9]*") if p.name[1:].isdigit()),
+                          key=lambda p: int(p.name[1:]))
+        if versions and int(versions[-1].name[1:]) > (self.control.current_version() or -1):
+            self.control.publish_version(manifest_for_dir(versions[-1], version=int(versions[-1].name[1:])))
 
     def _start_reward(self) -> None:
         import ray
@@ -140,7 +156,7 @@ class LocalRun:
         from services.learner.driver import LearnerDriver
 
         self.learner = ray.remote(num_cpus=0)(LearnerDriver).options(name=f"{self.cfg.run_id}-learner").remote(
-            self.cfg, self.url, self.assets.model_dir, self.assets.train, self.assets.eval_rows)
+            self.cfg, self.url, self.assets.model_dir, self.assets.train, self.assets.eval_rows, resume=self.resume)
         self.learner_run = self.learner.run.remote()
 
     def wait(self, on_tick=None, tick_s: float = 0.5) -> list[dict]:
@@ -235,11 +251,11 @@ def _reward_metrics(control: ControlPlane) -> dict[str, float]:
         return {}
 
 
-def run_local(cfg: RunConfig, console: Console | None = None) -> dict:
+def run_local(cfg: RunConfig, console: Console | None = None, resume: bool = False) -> dict:
     from rlctl.progress import Progress
 
     console = console or Console()
-    run = LocalRun(cfg, console)
+    run = LocalRun(cfg, console, resume=resume)
     t0 = time.time()
     try:
         control = run.start()

@@ -13,6 +13,7 @@ Keys:
   scored                  set of prompt ids already scored: a prompt is written to a stream once
   counters                hash of run-wide counters (completions_received, groups_written, ...)
   learner:steps           list of the learner's step records (JSON), for status views
+  ledger                  set of group ids the learner has trained on (a restarted learner skips them)
 
 Invariants kept here: a version becomes current in the same atomic step that records its manifest,
 and only if it is above the current one (so versions are monotonic across learner restarts); a scored
@@ -191,6 +192,35 @@ class ControlPlane:
 
     def ack_group(self, stream: str, entry_id: str) -> None:
         self.r.xack(self.key(stream), LEARNER_GROUP, entry_id)
+
+    def pending_groups(self, stream: str, consumer: str, count: int) -> list[tuple[str, bytes]]:
+        """Groups delivered to `consumer` but never acked (a restarted consumer of the same name gets them back)."""
+        res = self.r.xreadgroup(LEARNER_GROUP, consumer, {self.key(stream): "0"}, count=count)
+        return [(eid.decode(), f[b"group"]) for _, items in res or [] for eid, f in items if f]
+
+    # -- group ledger ------------------------------------------------------------------------------
+    def mark_trained(self, stream: str, entries: list[tuple[str, str]]) -> int:
+        """Record (entry id, group id) pairs as trained and ack the entries, in one transaction.
+
+        Returns how many group ids were new to the ledger (fewer than len(entries) means a repeat)."""
+        if not entries:
+            return 0
+        pipe = self.r.pipeline(transaction=True)
+        pipe.sadd(self.key("ledger"), *(gid for _, gid in entries))
+        pipe.xack(self.key(stream), LEARNER_GROUP, *(eid for eid, _ in entries))
+        return int(pipe.execute()[0])
+
+    def trained(self, group_ids: list[str]) -> list[bool]:
+        """For each group id, whether the ledger holds it."""
+        return [bool(x) for x in self.r.smismember(self.key("ledger"), group_ids)] if group_ids else []
+
+    def ledger(self) -> set[str]:
+        return {x.decode() for x in self.r.smembers(self.key("ledger"))}
+
+    def restore_ledger(self, group_ids: list[str]) -> None:
+        """Add ids from a checkpoint (a fresh Redis after a full restart starts with an empty ledger)."""
+        if group_ids:
+            self.r.sadd(self.key("ledger"), *group_ids)
 
     def stream_len(self, stream: str) -> int:
         return int(self.r.xlen(self.key(stream)))

@@ -156,13 +156,18 @@ def sample_clip(rng: np.random.Generator, direction: str) -> Clip:
     return Clip(
         direction=direction,
         shape=("square", "disc")[int(rng.integers(0, 2))],
-        color=tuple(int(c) for c in rng.integers(96, 256, 3)),
-        background=tuple(int(c) for c in rng.integers(0, 64, 3)),
+        color=_rgb(rng.integers(96, 256, 3)),
+        background=_rgb(rng.integers(0, 64, 3)),
         size=size,
         x0=x0,
         y0=y0,
         speed=speed,
     )
+
+
+def _rgb(values: np.ndarray) -> tuple[int, int, int]:
+    r, g, b = (int(v) for v in values)
+    return r, g, b
 
 
 def render_frames(clip: Clip) -> np.ndarray:
@@ -187,6 +192,7 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int = FPS) -> None:
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
+        assert isinstance(stream, av.VideoStream)  # for the type checker: a video codec gives a video stream
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         # One encoder thread: multi-threaded encoders may pick different decisions run to run, and the pixels

@@ -31,6 +31,50 @@ class Batch:
     video_grid_thw: torch.Tensor        # (N, 3)
     versions: list[int]                 # per sequence
 
+    def __len__(self) -> int:
+        return len(self.prompt_lens)
+
+    def seq_lens(self) -> list[int]:
+        """Tokens (prompt + completion) of each sequence."""
+        return self.attention_mask.sum(dim=1).tolist()
+
+    def select(self, rows: list[int]) -> Batch:
+        """The sub-batch of these sequences, in this order, trimmed to its own longest sequence and completion."""
+        idx = torch.tensor(rows, dtype=torch.long)
+        seq_len = max(self.seq_lens()[i] for i in rows)
+        comp_len = max(1, int(self.loss_mask[idx].sum(dim=1).max()))
+        patches = self.video_grid_thw.prod(dim=1).tolist()  # (N,) rows of pixel_values_videos per sequence
+        starts = [sum(patches[:i]) for i in range(len(patches))]
+        pix = torch.cat([self.pixel_values_videos[starts[i]: starts[i] + patches[i]] for i in rows])
+        return Batch(self.input_ids[idx, :seq_len], self.attention_mask[idx, :seq_len],
+                     self.mm_token_type_ids[idx, :seq_len], self.loss_mask[idx, :comp_len],
+                     self.old_logp[idx, :comp_len], self.rewards[idx], [self.prompt_lens[i] for i in rows], pix,
+                     self.video_grid_thw[idx], [self.versions[i] for i in rows])
+
+
+def pack_micro_batches(seq_lens: list[int], budget: int | None) -> list[list[int]]:
+    """Split sequences, in order, into micro-batches whose padded size (rows × longest row) fits `budget` tokens.
+
+    A sequence longer than the budget gets a micro-batch of its own; None puts everything in one.
+
+    >>> pack_micro_batches([10, 12, 30, 5, 5], budget=30)
+    [[0, 1], [2], [3, 4]]
+    """
+    if budget is None:
+        return [list(range(len(seq_lens)))] if seq_lens else []
+    out: list[list[int]] = []
+    cur: list[int] = []
+    longest = 0
+    for i, n in enumerate(seq_lens):
+        if cur and (len(cur) + 1) * max(longest, n) > budget:
+            out.append(cur)
+            cur, longest = [], 0
+        cur.append(i)
+        longest = max(longest, n)
+    if cur:
+        out.append(cur)
+    return out
+
 
 class BatchBuilder:
     def __init__(self, processor, media: MediaConfig, cache_bytes: int = 256 << 20):

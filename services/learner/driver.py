@@ -1,17 +1,23 @@
 """The learner's driver loop, read top to bottom: collect groups -> build batch -> GRPO step -> publish.
 
 Invariants kept here:
-- a group older than `max_staleness` versions is never trained on: it is dropped and counted;
-- a group is acked in Redis only after the step that used it (or its drop), so a crash mid-step leaves
-  it pending instead of lost;
+- a group older than `max_staleness` versions is never trained on: it is dropped and counted; so is a
+  zero-variance group when `filter_zero_variance` is set (it carries no signal);
+- a group is acked in Redis only after the step that used it (or its drop), in the same transaction that
+  adds it to the group ledger, so a crash mid-step leaves it pending (a restarted learner reads its own
+  pending groups first) instead of lost, and a group in the ledger is never trained on again;
 - a version is published only after its files are written, fsynced and hashed (weights.write_version),
-  and the version number continues from Redis, so it stays monotonic across learner restarts.
+  and the version number continues from Redis and the weights on disk, so it stays monotonic across
+  learner restarts;
+- a checkpoint holds only steps whose groups are in the ledger, and a resumed run continues its step
+  counter from the checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -26,10 +32,21 @@ from services.common.metrics import check_name
 from services.common.metrics import serve as serve_metrics
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.weights import write_version
+from services.learner import checkpoint
 from services.learner.feeder import PromptFeeder
 
 log = logging.getLogger("videorl.learner")
 CONSUMER = "learner-0"
+
+
+def zero_variance(rewards: list[float], tol: float) -> bool:
+    """True when the finite rewards of a group are all within `tol` of each other (fewer than two: no signal).
+
+    >>> zero_variance([1.0, 1.0, float("nan")], 0.0), zero_variance([0.5, 0.52], 0.05), zero_variance([0, 1], 0.5)
+    (True, True, False)
+    """
+    finite = [r for r in rewards if math.isfinite(r)]
+    return len(finite) < 2 or max(finite) - min(finite) <= tol
 
 
 class LearnerMetrics:
@@ -39,6 +56,8 @@ class LearnerMetrics:
         self.steps = Counter(check_name("videorl_learner_steps_total"), "learner steps", registry=registry)
         self.dropped = Counter(check_name("videorl_learner_groups_dropped_total"), "groups not trained on",
                                ["reason"], registry=registry)
+        self.corrected = Counter(check_name("videorl_learner_groups_corrected_total"),
+                                 "stale groups trained with truncated importance sampling", registry=registry)
         self.version = Gauge(check_name("videorl_learner_policy_version"), "latest published version",
                              registry=registry)
         self.loss = Gauge(check_name("videorl_learner_loss_value"), "GRPO loss of the last step", registry=registry)
@@ -48,8 +67,8 @@ class LearnerMetrics:
 
 class LearnerDriver:
     def __init__(self, cfg: RunConfig, redis_url: str, model_dir: Path, train: list[Row], eval_rows: list[Row],
-                 registry: CollectorRegistry | None = None):
-        self.cfg, self.model_dir = cfg, Path(model_dir)
+                 registry: CollectorRegistry | None = None, resume: bool = False):
+        self.cfg, self.model_dir, self.resume = cfg, Path(model_dir), resume
         self.control = ControlPlane(redis_url, cfg.run_id)
         self.feeder = PromptFeeder(self.control, train, eval_rows, cfg.learner.prefetch_prompts, cfg.data.seed)
         self.registry = registry or CollectorRegistry()
@@ -58,6 +77,8 @@ class LearnerDriver:
         self.eval_rounds: dict[int, list[tuple[int, float]]] = defaultdict(list)  # round -> (version, accuracy)
         self.version = 0
         self.timings: dict[str, float] = {}
+        self.checkpoints = Path(cfg.run_dir) / "checkpoints"
+        self._pending: list[tuple[str, bytes]] | None = None  # this consumer's unacked groups, read once at start
 
     @contextmanager
     def _phase(self, name: str):
@@ -74,12 +95,14 @@ class LearnerDriver:
 
         lc, k = self.cfg.learner, self.cfg.rollout.group_size
         self.control.register_exporter("learner", f"127.0.0.1:{serve_metrics(self.registry)}")
-        self.engine = LearnerEngine(self.model_dir, lc, batch_size=lc.groups_per_step * k)
+        self.engine = LearnerEngine(self.model_dir, lc, batch_size=lc.groups_per_step * k,
+                                    max_len=self.cfg.rollout.max_new_tokens)
         self.builder = BatchBuilder(AutoProcessor.from_pretrained(str(self.model_dir)), self.cfg.media)
+        first = self._restore() + 1 if self.resume else 1
         self.version = self.control.current_version() or 0
         self.stats_path.parent.mkdir(parents=True, exist_ok=True)
         records = []
-        for step in range(1, lc.steps + 1):
+        for step in range(first, lc.steps + 1):
             self.timings = {}
             with self._phase("wait"):
                 groups = self._collect(lc.groups_per_step)
@@ -87,8 +110,7 @@ class LearnerDriver:
                 batch, mismatched = self.builder.build([g for _, g in groups])
             with self._phase("train"):
                 m = self.engine.train_step(batch, k)
-            for entry_id, _ in groups:
-                self.control.ack_group(GROUPS, entry_id)
+            self._mark_trained(groups)
             if mismatched:
                 self.metrics.dropped.labels("prompt_mismatch").inc(mismatched)
                 self.control.incr("groups_dropped:prompt_mismatch", mismatched)
@@ -98,34 +120,107 @@ class LearnerDriver:
                     published = self._publish(step)
             if lc.eval_every and step % lc.eval_every == 0:
                 self.feeder.feed_eval()
+            if lc.checkpoint_every and (step % lc.checkpoint_every == 0 or step == lc.steps):
+                with self._phase("checkpoint"):
+                    self._checkpoint(step)
             records.append(self._record(step, groups, m, published))
         return records
 
     # -- phases ----------------------------------------------------------------------------------
     def _collect(self, n: int) -> list[tuple[str, pb.ScoredGroup]]:
-        """Wait for n train groups no staler than max_staleness, dropping (and acking) older ones."""
+        """Wait for n fresh train groups, dropping (and acking) stale ones, ones already trained on, and, with
+        filter_zero_variance, ones without signal. Without dynamic_sampling a step trains on the informative
+        ones among n fresh groups (at least one); with it, draws on until n are informative."""
+        lc = self.cfg.learner
+        need = n if lc.dynamic_sampling else 1
         out: list[tuple[str, pb.ScoredGroup]] = []
-        while len(out) < n:
+        fresh = 0
+        while fresh < n or len(out) < need:
             self.feeder.top_up()
             self._read_evals()
-            for entry_id, payload in self.control.read_groups(GROUPS, CONSUMER, n - len(out), block_ms=200):
-                g = pb.ScoredGroup.FromString(payload)
-                if self.version - g.policy_version > self.cfg.learner.max_staleness:
-                    self.metrics.dropped.labels("stale").inc()
-                    self.control.incr("groups_dropped:stale")
-                    self.control.ack_group(GROUPS, entry_id)
-                    continue
-                out.append((entry_id, g))
+            entries = self._next_groups(max(n - fresh, need - len(out)))
+            groups = [pb.ScoredGroup.FromString(payload) for _, payload in entries]
+            seen = self.control.trained([g.group_id for g in groups])
+            for (entry_id, _), g, trained in zip(entries, groups, seen, strict=True):
+                if trained:
+                    self._drop(entry_id, "already_trained")
+                elif self.version - g.policy_version > lc.max_staleness:
+                    self._drop(entry_id, "stale")
+                else:
+                    fresh += 1
+                    if lc.filter_zero_variance and zero_variance(list(g.rewards), lc.zero_variance_tol):
+                        self._drop(entry_id, "zero_variance")
+                        if fresh == 8 * n and len(out) < need:  # unbounded on purpose, but never silent
+                            log.warning("dynamic sampling: %d of %d groups drawn this step had no reward variance",
+                                        fresh - len(out), fresh)
+                    else:
+                        out.append((entry_id, g))
         return out
 
+    def _next_groups(self, count: int) -> list[tuple[str, bytes]]:
+        """This consumer's pending groups first (left by a crashed run under the same name), then new ones."""
+        if self._pending is None:
+            self._pending = self.control.pending_groups(GROUPS, CONSUMER, 10_000)
+            if self._pending:
+                log.info("re-reading %d groups a previous learner took but did not finish", len(self._pending))
+        if self._pending:
+            taken, self._pending = self._pending[:count], self._pending[count:]
+            return taken
+        return self.control.read_groups(GROUPS, CONSUMER, count, block_ms=200)
+
+    def _drop(self, entry_id: str, reason: str) -> None:
+        self.metrics.dropped.labels(reason).inc()
+        self.control.incr(f"groups_dropped:{reason}")
+        self.control.ack_group(GROUPS, entry_id)
+
+    def _mark_trained(self, groups: list[tuple[str, pb.ScoredGroup]]) -> None:
+        """Ledger + ack in one transaction; a group the ledger already held is a bug upstream, counted loudly."""
+        new = self.control.mark_trained(GROUPS, [(entry_id, g.group_id) for entry_id, g in groups])
+        if new < len(groups):
+            log.error("%d groups of this step were already in the ledger", len(groups) - new)
+            self.control.incr("groups_trained_twice", len(groups) - new)
+        if self.cfg.learner.tis_cap is not None:
+            stale = sum(1 for _, g in groups if g.policy_version < self.version)
+            self.metrics.corrected.inc(stale)
+            if stale:
+                self.control.incr("groups_corrected:tis", stale)
+
     def _publish(self, step: int) -> int:
-        version = (self.control.current_version() or 0) + 1
-        manifest = write_version(Path(self.cfg.run_dir) / "weights", version, step, self.engine.save_weights)
+        root = Path(self.cfg.run_dir) / "weights"
+        on_disk = max((int(p.name[1:]) for p in root.glob("v[0-9]*") if p.name[1:].isdigit()), default=0)
+        version = max(self.control.current_version() or 0, on_disk) + 1
+        manifest = write_version(root, version, step, self.engine.save_weights)
         self.control.publish_version(manifest)
         self.version = version
         self.metrics.version.set(version)
         log.info("published version %d at step %d (%d bytes)", version, step, manifest.bytes)
         return version
+
+    def _checkpoint(self, step: int) -> None:
+        import torch
+
+        state = {"version": self.version, "feeder": self.feeder.state(), "ledger": sorted(self.control.ledger()),
+                 "torch_rng": checkpoint.encode_bytes(torch.get_rng_state().numpy().tobytes()),
+                 "time": time.time()}
+        path = checkpoint.save(self.checkpoints, step, state, lambda d: self.engine.save_checkpoint(d, {}))
+        log.info("checkpoint of step %d in %s", step, path)
+
+    def _restore(self) -> int:
+        """Load the latest checkpoint into the engine, feeder, RNG and ledger; returns its step."""
+        import numpy as np
+        import torch
+
+        path = checkpoint.latest(self.checkpoints)
+        if path is None:
+            raise FileNotFoundError(f"nothing to resume: no checkpoint in {self.checkpoints}")
+        state = checkpoint.load_state(path)
+        self.engine.load_checkpoint(path / "ds")
+        self.feeder.restore(state["feeder"])
+        rng = np.frombuffer(checkpoint.decode_bytes(state["torch_rng"]), dtype=np.uint8).copy()
+        torch.set_rng_state(torch.from_numpy(rng))
+        self.control.restore_ledger(state["ledger"])
+        log.info("resumed from %s: step %d, version %d", path, state["step"], state["version"])
+        return int(state["step"])
 
     def _read_evals(self) -> None:
         for entry_id, payload in self.control.read_groups(EVALS, CONSUMER, 64, block_ms=None):
@@ -139,6 +234,7 @@ class LearnerDriver:
     def _record(self, step: int, groups, m: dict, published: int | None) -> dict:
         versions = [g.policy_version for _, g in groups]
         rec = {"step": step, "time": time.time(), "version": self.version, "published": published,
+               "group_ids": [g.group_id for _, g in groups],
                "group_versions": versions, "staleness_max": self.version - min(versions),
                "actor_versions": {a.actor_id: a.loaded_version for a in self.control.actors()},
                "seconds": {k: round(v, 4) for k, v in self.timings.items()}, **{k: round(v, 5) for k, v in m.items()}}

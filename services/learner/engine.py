@@ -1,4 +1,16 @@
-"""The learner's model under DeepSpeed: GRPO steps on batches, and full weights for publishing.
+"""The learner's model under DeepSpeed: GRPO updates on batches, checkpoints, and full weights for publishing.
+
+One `train_step` = `num_iterations` optimizer updates on one batch of whole groups. Each update runs the
+batch as micro-batches packed up to `micro_batch_tokens` padded tokens and accumulates their gradients;
+each micro-batch's loss is scaled by its share of the batch (its tokens, sequences or rows, as `loss_agg`
+counts them), so the accumulated gradient is the whole batch's and does not depend on the packing.
+The old log-probs (sampler's or the learner's first pass), the reference log-probs and the truncated
+importance weights are fixed on the first update and reused by the later ones.
+
+With `freeze_vision` only the language model trains, but a published version is still a complete model
+directory (vision tower included, unchanged): vLLM loads whole directories.
+The KL reference (loaded only when kl_coef > 0) is the starting model, a plain frozen copy on every rank: fine at
+the sizes trained on CPU; a large model under ZeRO-3 would want it partitioned too.
 
 On CPU it trains in fp32 over gloo (bf16 is 10-30x slower on CPUs without AMX) with torch's AdamW
 (DeepSpeedCPUAdam would compile a C++ op for minutes on first use).
@@ -10,18 +22,22 @@ import os
 import shutil
 import tempfile
 import time
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from services.common.config import LearnerConfig
 from services.common.redis_server import free_port
-from services.learner.batch import Batch, completion_logp
-from services.learner.grpo import compute_advantages, policy_loss
+from services.learner.batch import Batch, completion_logp, pack_micro_batches
+from services.learner.grpo import compute_advantages, policy_loss, truncated_is_weights
 
 # Files of a model directory that are not weights; each published version carries them so that it is
 # a complete model directory a fresh engine can load.
 _NON_WEIGHT_FILES = ("*.json", "*.jinja", "*.txt", "*.model")
+# policy_loss metrics that are means over tokens (the rest, loss and pg_loss, follow the batch's aggregation)
+_TOKEN_MEANS = ("kl_mean", "ratio_mean", "clip_frac", "clip_frac_low", "clip_frac_high", "dual_clip_frac")
 
 
 def init_process_group() -> None:
@@ -45,54 +61,161 @@ def init_process_group() -> None:
     deepspeed.init_distributed(dist_backend=backend, init_method=f"file://{rendezvous}", rank=0, world_size=1)
 
 
+def _load_model(model_dir: Path):
+    from transformers import Qwen2VLForConditionalGeneration
+
+    return Qwen2VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32)
+
+
+def vision_parameters(model) -> list[torch.nn.Parameter]:
+    """The vision tower's parameters (Qwen2-VL keeps it under `model.visual`, or `visual` in older transformers)."""
+    tower = getattr(getattr(model, "model", model), "visual", None) or getattr(model, "visual", None)
+    if tower is None:
+        raise ValueError(f"{type(model).__name__} has no vision tower named `visual`")
+    return list(tower.parameters())
+
+
+@dataclass
+class _Fixed:
+    """A micro-batch's terms computed on the first update and held fixed for the later ones; all (n, T)."""
+
+    old: torch.Tensor               # log-probs the PPO ratio is taken against
+    ref: torch.Tensor | None        # the frozen reference's log-probs (None without a KL term)
+    tis: torch.Tensor | None        # truncated importance weights (None without tis_cap)
+
+
 class LearnerEngine:
-    def __init__(self, model_dir: Path, cfg: LearnerConfig, batch_size: int):
+    def __init__(self, model_dir: Path, cfg: LearnerConfig, batch_size: int, max_len: int | None = None):
+        """`batch_size` is the nominal number of sequences per step (DeepSpeed's bookkeeping); `max_len` is the
+        generation length bound, needed by loss_agg=seq_mean_token_sum_norm."""
         import deepspeed
-        from transformers import Qwen2VLForConditionalGeneration
         from transformers.utils import logging as hf_logging
 
+        if cfg.loss_agg == "seq_mean_token_sum_norm" and max_len is None:
+            raise ValueError("loss_agg=seq_mean_token_sum_norm needs max_len (the rollout's max_new_tokens)")
         hf_logging.disable_progress_bar()  # the run's own progress view reports publishing
         init_process_group()
-        self.cfg, self.model_dir = cfg, Path(model_dir)
-        model = Qwen2VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32)
+        self.cfg, self.model_dir, self.max_len = cfg, Path(model_dir), max_len
+        model = _load_model(self.model_dir)
+        if cfg.freeze_vision:
+            for p in vision_parameters(model):
+                p.requires_grad_(False)
         ds_config = {
-            "train_batch_size": batch_size,
             "train_micro_batch_size_per_gpu": batch_size,
-            "gradient_accumulation_steps": 1,
-            "gradient_clipping": 1.0,
+            "gradient_accumulation_steps": 1,  # micro-batches are accumulated by hand: their number varies
+            "gradient_clipping": cfg.grad_clip,
             "zero_optimization": {"stage": cfg.zero_stage},
             "optimizer": {"type": "AdamW", "params": {"lr": cfg.lr, "weight_decay": 0.0, "torch_adam": True}},
             "bf16": {"enabled": False},
             "fp16": {"enabled": False},
             "steps_per_print": 10**9,
         }
-        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
         self.device = self.engine.device
+        self.ref = None  # the frozen reference for the KL term: not even loaded when kl_coef = 0
+        if cfg.kl_coef > 0:
+            self.ref = _load_model(self.model_dir).to(self.device).eval().requires_grad_(False)
+
+    def _logp(self, model, mb: Batch) -> torch.Tensor:
+        dev = self.device
+        out = model(input_ids=mb.input_ids.to(dev), attention_mask=mb.attention_mask.to(dev),
+                    mm_token_type_ids=mb.mm_token_type_ids.to(dev),
+                    pixel_values_videos=mb.pixel_values_videos.to(dev), video_grid_thw=mb.video_grid_thw.to(dev))
+        return completion_logp(out.logits, mb)  # (n, T)
+
+    def _shares(self, batch: Batch, micro: list[list[int]]) -> list[float]:
+        """Each micro-batch's weight in the batch loss, so that Σ share·loss(micro) = loss(batch)."""
+        tokens = batch.loss_mask.sum(dim=1)  # (N,)
+        if self.cfg.loss_agg == "token_mean":
+            counts = [float(tokens[rows].sum()) for rows in micro]
+        elif self.cfg.loss_agg == "seq_mean_token_sum_norm":
+            counts = [float(len(rows)) for rows in micro]
+        else:
+            counts = [float((tokens[rows] > 0).sum()) for rows in micro]
+        total = max(sum(counts), 1.0)
+        return [c / total for c in counts]
 
     def train_step(self, batch: Batch, group_size: int) -> dict[str, float]:
-        """One GRPO update on a batch of whole groups; returns its metrics."""
+        """`num_iterations` GRPO updates on a batch of whole groups; returns their metrics."""
+        cfg, dev = self.cfg, self.device
         self.engine.train()
-        dev = self.device
-        out = self.engine(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
-                          mm_token_type_ids=batch.mm_token_type_ids.to(dev),
-                          pixel_values_videos=batch.pixel_values_videos.to(dev),
-                          video_grid_thw=batch.video_grid_thw.to(dev))
-        logp = completion_logp(out.logits, batch)                                   # (N, T)
-        adv = compute_advantages(batch.rewards, group_size, mode=self.cfg.advantage)  # (N,)
-        mask = batch.loss_mask.to(dev)
-        loss, metrics = policy_loss(logp, batch.old_logp.to(dev), adv.to(dev), mask,
-                                    clip_low=self.cfg.clip_eps, clip_high=self.cfg.clip_eps)
-        self.engine.backward(loss)
-        self.engine.step()
-        with torch.no_grad():
-            diff = ((logp.detach() - batch.old_logp.to(dev)).abs() * mask).sum() / mask.sum().clamp(min=1)
+        clip_low, clip_high = cfg.clip_bounds
+        adv = compute_advantages(batch.rewards, group_size, mode=cfg.advantage)  # (N,)
+        micro = pack_micro_batches(batch.seq_lens(), cfg.micro_batch_tokens)
+        shares = self._shares(batch, micro)
+        all_tokens = max(float(batch.loss_mask.sum()), 1.0)
+        fixed: list[_Fixed] = []  # per micro-batch, from the first update
+        sums: dict[str, float] = defaultdict(float)
+        for it in range(cfg.num_iterations):
+            for j, rows in enumerate(micro):
+                mb = batch.select(rows)
+                mask, sampler = mb.loss_mask.to(dev), mb.old_logp.to(dev)  # (n, T)
+                self.engine.set_gradient_accumulation_boundary(j == len(micro) - 1)
+                logp = self._logp(self.engine, mb)  # (n, T)
+                if it == 0:
+                    fixed.append(self._fixed_terms(mb, logp.detach(), sampler))
+                    diff = float(((logp.detach() - sampler).abs() * mask).sum()) / all_tokens
+                    sums["logp_diff_vs_behaviour"] += diff  # the learner's vs the sampler's log-probs
+                    if (tis := fixed[j].tis) is not None:
+                        sums["tis_weight_mean"] += float((tis * mask).sum()) / all_tokens
+                        sums["tis_capped_frac"] += float(((tis >= (cfg.tis_cap or 1.0)) * mask).sum()) / all_tokens
+                f = fixed[j]
+                loss, m = policy_loss(logp, f.old, adv[rows].to(dev), mask, clip_low=clip_low,
+                                      clip_high=clip_high, dual_clip=cfg.dual_clip, agg=cfg.loss_agg,
+                                      ref_logp=f.ref, kl_type=cfg.kl_type, kl_coef=cfg.kl_coef,
+                                      max_len=self.max_len, is_weights=f.tis)
+                self.engine.backward(loss * shares[j], scale_wrt_gas=False)
+                token_share = float(mask.sum()) / all_tokens
+                for k, v in m.items():
+                    w = shares[j] if k in ("loss", "pg_loss") else token_share if k in _TOKEN_MEANS else 1.0
+                    sums[k] += w * v / cfg.num_iterations
+            self.engine.step()
         finite = batch.rewards[torch.isfinite(batch.rewards)]
-        return {"loss": float(loss.detach()), "adv_abs_mean": float(adv.abs().mean()),
+        return {"adv_abs_mean": float(adv.abs().mean()),
                 "reward_mean": float(finite.mean()) if finite.numel() else float("nan"),
-                "logp_diff_vs_behaviour": float(diff), **metrics}
+                "micro_batches": float(len(micro)), **sums}
+
+    def _fixed_terms(self, mb: Batch, logp: torch.Tensor, sampler: torch.Tensor) -> _Fixed:
+        """Old log-probs, reference log-probs and TIS weights of a micro-batch, from the first update's pass."""
+        cfg = self.cfg
+        ref = None
+        if self.ref is not None:
+            with torch.no_grad():
+                ref = self._logp(self.ref, mb)
+        tis = None
+        if cfg.tis_cap is not None:
+            tis = truncated_is_weights(logp, sampler, cfg.tis_cap)  # (n, T)
+        return _Fixed(old=logp if cfg.old_logp == "learner" else sampler, ref=ref, tis=tis)
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def save_checkpoint(self, directory: Path, client_state: dict) -> None:
+        """Model, optimizer and `client_state` into directory (every rank calls this: ZeRO shards its state)."""
+        self.engine.save_checkpoint(str(directory), tag="ds", client_state=client_state, save_latest=False)
+
+    def load_checkpoint(self, directory: Path) -> dict:
+        """Restore model and optimizer from save_checkpoint's directory; returns its client_state."""
+        path, client_state = self.engine.load_checkpoint(str(directory), tag="ds")
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint in {directory}")
+        return client_state or {}
+
+    # -- publishing ------------------------------------------------------------------------------------
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every weight, gathered across ranks (ZeRO-3 partitions them), as CPU tensors."""
+        module = self.engine.module
+        if self.cfg.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
     def save_weights(self, out_dir: Path) -> None:
-        """Write a complete model directory (config, tokenizer, processor, safetensors) into out_dir."""
+        """Write a complete model directory (config, tokenizer, processor, safetensors) into out_dir.
+
+        Every rank calls it (ZeRO-3 gathers the weights collectively); only rank 0 writes, as save_pretrained does.
+        """
         t0 = time.perf_counter()
         module = self.engine.module
         if self.cfg.zero_stage == 3:
@@ -102,7 +225,7 @@ class LearnerEngine:
                 module.save_pretrained(str(out_dir), safe_serialization=True)
         else:
             module.save_pretrained(str(out_dir), safe_serialization=True)
-        for pattern in _NON_WEIGHT_FILES:
+        for pattern in _NON_WEIGHT_FILES if self.engine.global_rank == 0 else ():
             for f in self.model_dir.glob(pattern):
                 if not (out_dir / f.name).exists():
                     shutil.copy2(f, out_dir / f.name)

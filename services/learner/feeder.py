@@ -2,12 +2,15 @@
 the Redis stream ahead of the actors, and feeds the held-out split on request.
 
 Each feeding of a row gets a fresh prompt id (`<kind>-<counter>-<row id>`), the unit of exactly-once
-scoring; the order of train rows is a seeded shuffle per epoch, so a run is reproducible.
+scoring; the order of train rows is a seeded shuffle per epoch, so a run is reproducible. `state()` and
+`restore()` carry that cursor through a checkpoint; prompt ids stay unique across a restart because the
+counter resumes from the larger of the checkpoint's and Redis' `prompts_fed`.
 """
 
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from services.common.control import ControlPlane
 from services.common.dataset import Row
@@ -32,8 +35,22 @@ class PromptFeeder:
             row = self.train[self.order.pop()]
             self.control.add_prompt(row.to_prompt(f"train-{self.fed}-{row.id}").SerializeToString())
             self.fed += 1
+            self.control.incr("prompts_fed")
             added += 1
         return added
+
+    def state(self) -> dict[str, Any]:
+        """The data cursor and RNG, as JSON-able values."""
+        version, internal, gauss = self.rng.getstate()
+        return {"fed": self.fed, "eval_rounds": self.eval_rounds, "order": list(self.order),
+                "rng": [version, list(internal), gauss]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.order = list(state["order"])
+        self.eval_rounds = int(state["eval_rounds"])
+        self.fed = max(int(state["fed"]), self.control.counters().get("prompts_fed", 0))
 
     def feed_eval(self) -> int:
         """Queue the whole held-out split once; returns its size."""

@@ -94,6 +94,7 @@ def policy_loss(
     kl_type: KLType = "k3",
     kl_coef: float = 0.0,
     max_len: int | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The clipped surrogate loss (plus an optional KL penalty), aggregated over masked tokens.
 
@@ -102,6 +103,7 @@ def policy_loss(
 
         loss = −min(ratio·A, clip(ratio, 1 − clip_low, 1 + clip_high)·A)
         loss = min(loss, −dual_clip·A)  where A < 0, if ``dual_clip`` is set (it must exceed 1)
+        loss *= is_weights  (per-token importance weights, e.g. ``truncated_is_weights``; the KL is not weighted)
         loss += kl_coef·KL(logp, ref_logp)
 
     ``agg``: ``token_mean`` = Σ masked / number of masked tokens; ``seq_mean_token_mean`` = mean over
@@ -120,6 +122,8 @@ def policy_loss(
     (-0.85, 0.5)
     """
     _check_loss_args(logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, dual_clip, kl_coef, max_len)
+    if is_weights is not None and tuple(is_weights.shape) != tuple(logp.shape):
+        raise ValueError(f"is_weights must have logp's shape {tuple(logp.shape)}, got {tuple(is_weights.shape)}")
     _check_choice("agg", agg, get_args(Aggregation))
     _check_choice("kl_type", kl_type, get_args(KLType))
     if agg == "seq_mean_token_sum_norm" and max_len is None:
@@ -140,6 +144,8 @@ def policy_loss(
         cap = -adv * dual_clip  # (B, T); positive where A < 0
         dual_capped = (adv < 0) & (pg > cap)
         pg = torch.where(dual_capped, cap, pg)
+    if is_weights is not None:
+        pg = pg * torch.where(m, is_weights.detach().to(pg.dtype), 0.0)
 
     kl = torch.zeros_like(logp)  # (B, T)
     if ref_logp is not None:
@@ -152,6 +158,21 @@ def policy_loss(
         stats = [loss.detach(), _aggregate(pg, m, agg, max_len), *(_masked_mean(x, m) for x in token_stats), m.sum()]
         values = torch.stack([x.to(torch.float64) for x in stats]).tolist()  # one device sync for all
     return loss, dict(zip(_METRICS, values, strict=True))
+
+
+def truncated_is_weights(learner_logp: Tensor, sampler_logp: Tensor, cap: float) -> Tensor:
+    """Per-token truncated importance weights min(π_learner / π_sampler, cap), detached; (B, T) in, (B, T) out.
+
+    They correct for tokens sampled by a different (older, or numerically different) policy than the one
+    the learner's old log-probs come from, as in verl's TIS: the weight is bounded so that a token the
+    sampler found unlikely cannot blow up the gradient.
+
+    >>> truncated_is_weights(torch.tensor([[0.0, 0.0]]), torch.log(torch.tensor([[0.8, 0.1]])), cap=2.0)
+    tensor([[1.2500, 2.0000]])
+    """
+    if cap < 1:
+        raise ValueError(f"cap must be >= 1, got {cap}")
+    return torch.exp(learner_logp.detach() - sampler_logp.detach()).clamp(max=cap)
 
 
 def _kl(logp: Tensor, ref_logp: Tensor, kl_type: KLType) -> Tensor:

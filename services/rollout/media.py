@@ -60,13 +60,19 @@ _LIB_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError, SyntaxError,
 
 
 class MediaConfigLike(Protocol):
-    """What sample_video reads from its `media` argument (services.common.config.MediaConfig)."""
+    """What sample_video reads from its `media` argument (services.common.config.MediaConfig, which is frozen:
+    read-only properties, so a frozen model satisfies the protocol)."""
 
-    fps: float
-    min_frames: int
-    max_frames: int
-    min_pixels: int
-    max_pixels: int
+    @property
+    def fps(self) -> float: ...
+    @property
+    def min_frames(self) -> int: ...
+    @property
+    def max_frames(self) -> int: ...
+    @property
+    def min_pixels(self) -> int: ...
+    @property
+    def max_pixels(self) -> int: ...
 
 
 class PromptLike(Protocol):

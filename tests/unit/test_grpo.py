@@ -323,3 +323,79 @@ def test_loss_arguments_are_checked(kwargs, message):
     args["mask"] = torch.ones(2, 3)
     with pytest.raises(ValueError, match=message):
         policy_loss(**{**args, **kwargs})
+
+
+# ------------------------------------------------------------------------------- mixed groups, all options
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        # [1, nan, 3]: mean 2, unbiased std √2 → ∓1/√2; [2, 2, 2] and [nan, nan, 5]: 0;
+        # [0, 1, 5]: mean 2, var (4 + 1 + 9) / 2 = 7 → [−2, −1, 3] / √7
+        ("group_std", [-1 / math.sqrt(2), 0, 1 / math.sqrt(2), 0, 0, 0, 0, 0, 0,
+                       -2 / math.sqrt(7), -1 / math.sqrt(7), 3 / math.sqrt(7)]),
+        ("no_std", [-1, 0, 1, 0, 0, 0, 0, 0, 0, -2, -1, 3]),
+        # 1 − 3 = −2, 3 − 1 = 2; 0 − (1+5)/2 = −3, 1 − (0+5)/2 = −1.5, 5 − (0+1)/2 = 4.5
+        ("loo", [-2, 0, 2, 0, 0, 0, 0, 0, 0, -3, -1.5, 4.5]),
+    ],
+)
+def test_each_group_is_normalised_on_its_own(mode, expected):
+    rewards = t(1, NAN, 3, 2, 2, 2, NAN, NAN, 5, 0, 1, 5)
+    assert_close(compute_advantages(rewards, group_size=3, mode=mode, eps=0.0), expected)
+
+
+def test_all_loss_options_together():
+    # row 0: A = +1, ratios [1.5, 1.0]; row 1: A = −1, ratios [3.0, 0.5]; clip 0.1 / 0.3, dual clip 2
+    #   row 0: −min(1.5, 1.3) = −1.3 (clipped high); −min(1, 1) = −1
+    #   row 1: −min(−3, −1.3) = 3, over the dual cap 2·1 → 2; −min(−0.5, −0.9) = 0.9 (clipped low)
+    # k2 KL, with logp − ref = [[0, 0], [1, −2]]: [[0, 0], [0.5, 2]], weighted 0.5 → [[0, 0], [0.25, 1]]
+    # per token [[−1.3, −1], [2.25, 1.9]]; seq_mean_token_mean = (−1.15 + 2.075) / 2 = 0.4625
+    logp = torch.log(t([1.5, 1.0], [3.0, 0.5])).requires_grad_()
+    ref = logp.detach() - t([0, 0], [1, -2])
+    loss, m = policy_loss(logp, torch.zeros(2, 2), t(1, -1), ones(2, 2), clip_low=0.1, clip_high=0.3, dual_clip=2.0,
+                          agg="seq_mean_token_mean", ref_logp=ref, kl_type="k2", kl_coef=0.5)
+    assert_close(loss, 0.4625)
+    assert m["pg_loss"] == pytest.approx((-1.15 + 1.45) / 2)  # the surrogate alone: row means −1.15 and 2.9 / 2
+    assert m["kl_mean"] == pytest.approx(2.5 / 4) and m["ratio_mean"] == pytest.approx(6 / 4)
+    assert (m["clip_frac"], m["clip_frac_low"], m["clip_frac_high"]) == (0.5, 0.25, 0.25)
+    assert m["dual_clip_frac"] == 0.25 and m["tokens"] == 4.0
+    loss.backward()
+    # each token weighs 1/2 in its row, each row 1/2: 1/4. Row 0: clipped → 0 (KL 0 there); −ratio·A = −1 → −1/4.
+    # Row 1: capped and clipped → no surrogate gradient; the KL's d/dlogp = 0.5·(logp − ref) = 0.5 and −1 → ×1/4
+    assert_close(logp.grad, [[0.0, -0.25], [0.125, -0.25]])
+
+
+def test_seq_mean_token_sum_norm_with_clipping():
+    # A = 1, ratios [1.5, 0.5] → [−1.2, −0.5]; A = −1, ratio [2.0, pad] → 2; Σ = 0.3 over 2 rows · max_len 3
+    logp = torch.log(t([1.5, 0.5], [2.0, 1.0]))
+    loss, _ = policy_loss(logp, torch.zeros(2, 2), t(1, -1), torch.tensor([[1, 1], [1, 0]]),
+                          agg="seq_mean_token_sum_norm", max_len=3)
+    assert_close(loss, 0.3 / 6)
+
+
+# ------------------------------------------------------------------------- truncated importance sampling
+
+
+def test_truncated_is_weights():
+    # exp(learner − sampler): exp(0 − ln 0.8) = 1.25; exp(0 − ln 0.1) = 10 → capped at 3; exp(ln 0.5 − 0) = 0.5
+    w = grpo.truncated_is_weights(torch.log(t([1.0, 1.0, 0.5])), torch.log(t([0.8, 0.1, 1.0])), cap=3.0)
+    assert_close(w, [[1.25, 3.0, 0.5]])
+    with pytest.raises(ValueError, match="cap"):
+        grpo.truncated_is_weights(torch.zeros(1, 1), torch.zeros(1, 1), cap=0.5)
+
+
+def test_is_weights_scale_the_surrogate_but_not_the_kl():
+    # A = 1, ratios [1.5, 0.5], weights [0.5, 2]: −1.2·0.5 = −0.6 and −0.5·2 = −1 → token_mean −0.8
+    logp = ratios(1.5, 0.5)
+    w = t([0.5, 2.0])
+    loss, m = policy_loss(logp, torch.zeros(1, 2), t(1), ones(1, 2), is_weights=w)
+    assert_close(loss, -0.8)
+    loss.backward()
+    assert_close(logp.grad, [[0.0, -0.5]])  # the clipped token has none; −ratio·A·w / 2 = −0.5
+    # k1 KL of 1 per token, coefficient 0.1, added unweighted: −0.8 + 0.1
+    loss, _ = policy_loss(ratios(1.5, 0.5), torch.zeros(1, 2), t(1), ones(1, 2), is_weights=w,
+                          ref_logp=torch.log(t([1.5, 0.5])) - 1, kl_type="k1", kl_coef=0.1)
+    assert_close(loss, -0.7)
+    with pytest.raises(ValueError, match="is_weights must have"):
+        policy_loss(ratios(1.5, 0.5), torch.zeros(1, 2), t(1), ones(1, 2), is_weights=t(1.0))

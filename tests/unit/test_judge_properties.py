@@ -32,7 +32,8 @@ def test_any_completion_builds_a_bounded_request_with_the_answer_inside_the_bloc
     assert len(answer) <= 8000 + len(" [cut]")
     messages = build_messages(RUBRICS[rubric], question, "moves left", answer, nonce="f00dfeedf00dfeed")
     user = messages[1]["content"]
-    block = user.split("<<<CANDIDATE f00dfeedf00dfeed>>>\n", 1)[1].rsplit("\n<<<END CANDIDATE f00dfeedf00dfeed>>>", 1)[0]
+    inside = user.split("<<<CANDIDATE f00dfeedf00dfeed>>>\n", 1)[1]
+    block = inside.rsplit("\n<<<END CANDIDATE f00dfeedf00dfeed>>>", 1)[0]
     assert block == answer
 
 

@@ -45,3 +45,54 @@ def test_feeder_bounds_prompts_plus_unconsumed_groups(control, redis_server, tmp
     assert d.feeder.feed_eval() == 2
     evals = [pb.Prompt.FromString(p) for _, p in control.take_prompts("a0", 10, 10, 60_000)]
     assert {p.split for p in evals if p.prompt_id.startswith("eval-")} == {"eval"}
+
+
+def _write_rewards(control, prompt_id, rewards, version=0):
+    g = pb.ScoredGroup(prompt_id=prompt_id, group_id=f"{prompt_id}/v{version}", policy_version=version,
+                       rewards=rewards)
+    control.write_group(prompt_id, g.SerializeToString(), len(rewards), held_out=False)
+
+
+def test_zero_variance_groups_are_kept_by_default(control, redis_server, tmp_path):
+    d = _driver(control, redis_server, tmp_path)
+    _write_rewards(control, "flat", [1.0, 1.0])
+    _write_rewards(control, "mixed", [0.0, 1.0])
+    assert [g.prompt_id for _, g in d._collect(2)] == ["flat", "mixed"]
+
+
+def test_zero_variance_filter_trains_on_the_informative_ones_among_n(control, redis_server, tmp_path):
+    d = _driver(control, redis_server, tmp_path, filter_zero_variance=True, zero_variance_tol=0.05)
+    _write_rewards(control, "flat", [0.5, 0.52, float("nan")])  # within the tolerance: no signal
+    _write_rewards(control, "mixed", [0.0, 1.0, 1.0])
+    _write_rewards(control, "later", [0.0, 1.0, 0.0])
+    assert [g.prompt_id for _, g in d._collect(2)] == ["mixed"]  # 2 drawn, 1 informative: a smaller step
+    assert control.counters()["groups_dropped:zero_variance"] == 1
+
+
+def test_dynamic_sampling_draws_until_enough_informative_groups(control, redis_server, tmp_path):
+    d = _driver(control, redis_server, tmp_path, filter_zero_variance=True, dynamic_sampling=True)
+    for pid, rewards in (("f1", [1.0, 1.0]), ("m1", [0.0, 1.0]), ("f2", [0.0, 0.0]), ("f3", [0.2, 0.2]),
+                         ("m2", [1.0, 0.0]), ("m3", [0.0, 1.0])):
+        _write_rewards(control, pid, rewards)
+    assert [g.prompt_id for _, g in d._collect(2)] == ["m1", "m2"]
+    assert control.counters()["groups_dropped:zero_variance"] == 3
+    assert [g.prompt_id for _, g in d._collect(1)] == ["m3"]
+
+
+def test_a_restarted_learner_rereads_its_pending_groups_and_skips_trained_ones(control, redis_server, tmp_path):
+    first = _driver(control, redis_server, tmp_path)
+    for pid in ("a", "b", "c", "d"):
+        _write(control, pid, 0)
+    taken = first._collect(3)  # then it dies: a and b were trained (ledger + ack), c was not
+    first._mark_trained(taken[:2])
+    again = pb.ScoredGroup(prompt_id="a", group_id="a/v0", policy_version=0)  # a replay of a trained group
+    control.r.xadd(control.key(GROUPS), {"group": again.SerializeToString()})
+    _write(control, "e", 0)
+    second = _driver(control, redis_server, tmp_path)
+    got = second._collect(3)
+    assert [g.prompt_id for _, g in got] == ["c", "d", "e"]  # c from its pending list first, then new ones
+    assert control.counters()["groups_dropped:already_trained"] == 1
+    second._mark_trained(got)
+    assert control.ledger() == {"a/v0", "b/v0", "c/v0", "d/v0", "e/v0"}
+    assert "groups_trained_twice" not in control.counters()
+    assert control.r.xpending(control.key(GROUPS), "learner")["pending"] == 0
