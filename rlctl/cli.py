@@ -69,6 +69,37 @@ def run(config: Path | None, overrides: tuple[str, ...], resume_dir: Path | None
     (Path(cfg.run_dir) / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
 
 
+@main.command("eval")
+@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="model directory to evaluate (a run's weights/vN, an `rlctl sft` output); default: the config's")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field.")
+def eval_cmd(config: Path | None, model_dir: Path | None, overrides: tuple[str, ...]) -> None:
+    """Score the held-out split (data.eval) once with a model, through real rollout actors and the reward service;
+    greedy unless rollout.eval_samples/eval_temperature say otherwise. Prints accuracy per task and per reward
+    component and writes <run_dir>/eval.json."""
+    import time
+
+    from rich.console import Console
+
+    from services.common.config import ConfigError, load_config
+
+    console = Console()
+    extra = [f"model.path={model_dir}"] if model_dir else []
+    try:
+        cfg = load_config(config or DEFAULT_CONFIG, [*overrides, *extra])
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    if "run_dir" not in cfg.model_fields_set:
+        cfg = cfg.model_copy(update={"run_dir": Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"})
+    from rlctl.evaluate import eval_table, run_eval, write_summary
+
+    summary = run_eval(cfg, console)
+    console.print(eval_table(summary))
+    console.print(f"overall accuracy {summary['accuracy']:.3f} of {summary['model']}; "
+                  f"written to {write_summary(summary, cfg.run_dir)}", soft_wrap=True)
+
+
 @main.group()
 def data() -> None:
     """Prepare datasets: convert published annotation formats, render the synthetic task suite."""
@@ -78,10 +109,12 @@ def _register_subcommands() -> None:
     from rlctl.data_convert import convert
     from rlctl.data_synth import synth
     from rlctl.rewards_cmd import rewards
+    from rlctl.sft_cmd import sft
 
     data.add_command(convert)
     data.add_command(synth)
     main.add_command(rewards)
+    main.add_command(sft)
 
 
 _register_subcommands()

@@ -85,8 +85,8 @@ def _ray_init() -> None:
 class LocalRun:
     """Owns every process of a local run; `close()` stops them all."""
 
-    def __init__(self, cfg: RunConfig, console: Console | None = None, resume: bool = False):
-        self.cfg, self.console, self.resume = cfg, console or Console(), resume
+    def __init__(self, cfg: RunConfig, console: Console | None = None, resume: bool = False, learner: bool = True):
+        self.cfg, self.console, self.resume, self.with_learner = cfg, console or Console(), resume, learner
         self.redis: EmbeddedRedis | None = None
         self.reward = None
         self.actors: dict[str, object] = {}
@@ -113,7 +113,8 @@ class LocalRun:
         self._start_reward()
         for i in range(cfg.rollout.num_actors):
             self.add_actor(f"rollout-{i}")
-        self._start_learner()
+        if self.with_learner:
+            self._start_learner()
         return self.control
 
     def _resume_version(self) -> None:

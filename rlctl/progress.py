@@ -18,7 +18,11 @@ from services.common.control import GROUPS, ControlPlane
 def step_line(rec: dict) -> str:
     s = rec.get("seconds", {})
     ev = rec.get("eval")
-    acc = f" eval_acc {ev['accuracy']:.3f}@v{max(ev['versions'])}" if ev else ""
+    acc = ""
+    if ev:
+        tasks = ev.get("per_task", {})
+        detail = " (" + ", ".join(f"{t} {a:.2f}" for t, a in tasks.items()) + ")" if len(tasks) > 1 else ""
+        acc = f" held-out {ev['accuracy']:.3f}{detail} [round {ev['round']} @v{max(ev['versions'])}]"
     pub = f" -> published v{rec['published']}" if rec.get("published") else ""
     return (f"step {rec['step']:>3}  v{rec['version']}  reward {rec['reward_mean']:.3f}  loss {rec['loss']:+.4f}  "
             f"clip {rec.get('clip_frac', 0):.2f}  stale<={rec['staleness_max']}  wait {s.get('wait', 0):.2f}s  "

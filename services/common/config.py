@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -33,6 +33,14 @@ class DataConfig(_Strict):
     synth_train: int = Field(64, ge=1, le=100_000, description="rows of the embedded synthetic train split")
     synth_eval: int = Field(16, ge=1, le=100_000, description="rows of the embedded synthetic eval split")
     seed: int = Field(0, description="seed of the synthetic data and of the prompt order")
+    sampling: Literal["uniform", "filter", "target"] = Field(
+        "uniform", description="train prompt choice: every row alike, or by the policy's pass rate on it")
+    pass_reward: float = Field(1.0, description="a completion passes when its total reward reaches this")
+    pass_min: float = Field(0.0, ge=0, le=1, description="sampling=filter keeps rows with pass_min < p ...")
+    pass_max: float = Field(0.7, ge=0, le=1, description="... and p <= pass_max (TVG-R1: 0 < p <= 0.7)")
+    target_pass: float = Field(0.5, ge=0, le=1, description="sampling=target favours rows near this pass rate")
+    target_width: float = Field(0.2, gt=0, description="sampling=target: width of the preference around it")
+    explore: float = Field(0.1, ge=0, le=1, description="share of draws that ignore the rule (re-measures rows)")
 
 
 class MediaConfig(_Strict):
@@ -55,6 +63,9 @@ class RolloutConfig(_Strict):
     max_model_len: int = Field(512, ge=64, description="vLLM max_model_len")
     kv_cache_mib: int = Field(64, ge=8, description="KV cache size bound per engine, MiB")
     heartbeat_s: float = Field(1.0, gt=0, description="seconds between registry heartbeats")
+    eval_samples: int = Field(1, ge=1, le=64,
+                              description="completions per held-out prompt (1 at temperature 0 = greedy)")
+    eval_temperature: float = Field(0.0, ge=0, le=5, description="sampling temperature for held-out prompts")
     swap: Literal["abort", "wait"] = Field(
         "abort", description="on a new version: abort in-flight requests and redo them, or let them finish")
 
@@ -178,6 +189,31 @@ class LearnerConfig(_Strict):
                 self.clip_eps if self.clip_high is None else self.clip_high)
 
 
+class SFTConfig(_Strict):
+    """CoT-SFT cold start (`rlctl sft`, services/learner/sft.py): teacher-forced training on the rows' responses."""
+
+    data: list[Path] = Field(default_factory=list, description="train JSONL file(s); empty = data.train (or synthetic)")
+    epochs: float = Field(1.0, gt=0, le=1000, description="passes over the rows when `steps` is not set")
+    steps: int | None = Field(None, ge=1, description="optimizer steps; None = epochs x rows / batch_size")
+    batch_size: int = Field(8, ge=1, le=4096, description="rows per optimizer step (over all ranks)")
+    micro_batch_size: int | None = Field(None, ge=1, description="rows per forward pass; None = the whole batch")
+    lr: float = Field(1e-3, gt=0, description="peak AdamW learning rate")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps from 0 to lr")
+    schedule: Literal["constant", "cosine"] = Field("cosine", description="lr after warm-up: constant or cosine to 0")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay")
+    grad_clip: float = Field(1.0, ge=0, description="clip the global gradient norm to this (0 = off)")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
+    freeze_vision: bool = Field(False, description="train only the language model; the output dir stays complete")
+    seed: int = Field(0, description="seed of the row order")
+    out: Path | None = Field(None, description="output model directory; None = <run_dir>/sft")
+    log_every: int = Field(10, ge=1, description="write a loss record to sft_log.jsonl every N steps")
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one_path(cls, v: object) -> object:
+        return [v] if isinstance(v, (str, Path)) else v  # `--set sft.data=train.jsonl` names one file
+
+
 class RunConfig(_Strict):
     run_id: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")] = Field(
         "local", description="run name; every Redis key lives under videorl:<run_id>:")
@@ -190,6 +226,7 @@ class RunConfig(_Strict):
     rollout: RolloutConfig = RolloutConfig()
     reward: RewardConfig = RewardConfig()
     learner: LearnerConfig = LearnerConfig()
+    sft: SFTConfig = SFTConfig()
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

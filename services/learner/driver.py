@@ -21,7 +21,9 @@ import math
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -60,9 +62,49 @@ class LearnerMetrics:
                                  "stale groups trained with truncated importance sampling", registry=registry)
         self.version = Gauge(check_name("videorl_learner_policy_version"), "latest published version",
                              registry=registry)
+        self.eval_accuracy = Gauge(check_name("videorl_learner_eval_accuracy_ratio"),
+                                   "held-out accuracy of the newest complete evaluation round", ["task"],
+                                   registry=registry)
         self.loss = Gauge(check_name("videorl_learner_loss_value"), "GRPO loss of the last step", registry=registry)
         self.reward = Gauge(check_name("videorl_learner_reward_mean_value"), "mean reward of the last step's groups",
                             registry=registry)
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+@dataclass(frozen=True)
+class EvalGroup:
+    """One scored held-out prompt: its task (the synthetic task name when the row has one, else its task type),
+    the version that answered, its accuracy (mean of the first reward component over its samples, NaN left out)
+    and the mean of every component."""
+
+    task: str
+    version: int
+    accuracy: float
+    components: dict[str, float]
+
+    @classmethod
+    def of(cls, g: pb.ScoredGroup) -> EvalGroup:
+        extra = json.loads(g.prompt.extra_json) if g.prompt.extra_json else {}
+        comps = {c.name: _mean(list(c.values)) for c in g.components}
+        first = next(iter(comps.values())) if comps else _mean(list(g.rewards))
+        return cls(str(extra.get("synth_task") or g.prompt.task), g.policy_version, first, comps)
+
+
+def summarise_eval(groups: list[EvalGroup]) -> dict[str, Any]:
+    """Accuracy overall and per task (the mean of each task's first reward component, e.g. mcq), the mean of every
+    component per task, and the versions that answered."""
+    by_task: dict[str, list[EvalGroup]] = defaultdict(list)
+    for g in groups:
+        by_task[g.task].append(g)
+    return {"accuracy": round(_mean([g.accuracy for g in groups]), 4),
+            "per_task": {t: round(_mean([g.accuracy for g in gs]), 4) for t, gs in sorted(by_task.items())},
+            "components": {t: {c: round(_mean([g.components[c] for g in gs if c in g.components]), 4)
+                               for c in gs[0].components} for t, gs in sorted(by_task.items())},
+            "groups": len(groups), "versions": sorted({g.version for g in groups})}
 
 
 class LearnerDriver:
@@ -70,11 +112,14 @@ class LearnerDriver:
                  registry: CollectorRegistry | None = None, resume: bool = False):
         self.cfg, self.model_dir, self.resume = cfg, Path(model_dir), resume
         self.control = ControlPlane(redis_url, cfg.run_id)
-        self.feeder = PromptFeeder(self.control, train, eval_rows, cfg.learner.prefetch_prompts, cfg.data.seed)
+        self.feeder = PromptFeeder(self.control, train, eval_rows, cfg.learner.prefetch_prompts, cfg.data.seed,
+                                   sampling=cfg.data)
         self.registry = registry or CollectorRegistry()
         self.metrics = LearnerMetrics(self.registry)
         self.stats_path = Path(cfg.run_dir) / "stats.jsonl"
-        self.eval_rounds: dict[int, list[tuple[int, float]]] = defaultdict(list)  # round -> (version, accuracy)
+        self.eval_rounds: dict[int, list[EvalGroup]] = defaultdict(list)
+        self.eval_fed: dict[int, tuple[int, float]] = {}                 # round -> (step fed after, time)
+        self.eval_reported: set[int] = set()
         self.version = 0
         self.timings: dict[str, float] = {}
         self.checkpoints = Path(cfg.run_dir) / "checkpoints"
@@ -102,6 +147,8 @@ class LearnerDriver:
         self.version = self.control.current_version() or 0
         self.stats_path.parent.mkdir(parents=True, exist_ok=True)
         records = []
+        if lc.eval_every and not self.resume:
+            self._feed_eval(0)  # the starting point of the held-out curve
         for step in range(first, lc.steps + 1):
             self.timings = {}
             with self._phase("wait"):
@@ -119,7 +166,7 @@ class LearnerDriver:
                 with self._phase("publish"):
                     published = self._publish(step)
             if lc.eval_every and step % lc.eval_every == 0:
-                self.feeder.feed_eval()
+                self._feed_eval(step)
             if lc.checkpoint_every and (step % lc.checkpoint_every == 0 or step == lc.steps):
                 with self._phase("checkpoint"):
                     self._checkpoint(step)
@@ -140,6 +187,8 @@ class LearnerDriver:
             self._read_evals()
             entries = self._next_groups(max(n - fresh, need - len(out)))
             groups = [pb.ScoredGroup.FromString(payload) for _, payload in entries]
+            for g in groups:
+                self.feeder.observe(g.prompt.sample_id, list(g.rewards))
             seen = self.control.trained([g.group_id for g in groups])
             for (entry_id, _), g, trained in zip(entries, groups, seen, strict=True):
                 if trained:
@@ -222,14 +271,34 @@ class LearnerDriver:
         log.info("resumed from %s: step %d, version %d", path, state["step"], state["version"])
         return int(state["step"])
 
+    def _feed_eval(self, step: int) -> None:
+        self.eval_fed[self.feeder.eval_rounds] = (step, time.time())
+        self.feeder.feed_eval()
+
     def _read_evals(self) -> None:
         for entry_id, payload in self.control.read_groups(EVALS, CONSUMER, 64, block_ms=None):
             g = pb.ScoredGroup.FromString(payload)
-            comps = {c.name: list(c.values) for c in g.components}
-            values = comps.get("mcq", list(g.rewards))
-            round_no = int(g.prompt_id.split("-")[1])
-            self.eval_rounds[round_no].append((g.policy_version, sum(values) / len(values)))
+            round_no = int(g.prompt_id.split("-")[1])  # held-out prompt ids are eval-<round>-<row id>
+            self.eval_rounds[round_no].append(EvalGroup.of(g))
             self.control.ack_group(EVALS, entry_id)
+
+    def _eval_summary(self) -> dict | None:
+        """The newest evaluation round whose every held-out prompt is scored, once: accuracy per task (the mean of
+        each task's first reward component, e.g. mcq) and the mean of every component per task."""
+        n_eval = len(self.feeder.eval_rows)
+        done = [r for r, groups in self.eval_rounds.items() if len(groups) >= n_eval and r not in self.eval_reported]
+        if not done:
+            return None
+        round_no = max(done)
+        self.eval_reported.update(r for r in done)
+        fed_step, fed_time = self.eval_fed.get(round_no, (None, None))
+        summary = {"round": round_no, **summarise_eval(self.eval_rounds[round_no]), "fed_at_step": fed_step,
+                   "fed_at": fed_time, "done_at": time.time()}
+        for task, acc in summary["per_task"].items():
+            self.metrics.eval_accuracy.labels(task).set(acc)
+        log.info("held-out round %d (fed after step %s, versions %s): %s", round_no, fed_step, summary["versions"],
+                 summary["per_task"])
+        return summary
 
     def _record(self, step: int, groups, m: dict, published: int | None) -> dict:
         versions = [g.policy_version for _, g in groups]
@@ -238,12 +307,8 @@ class LearnerDriver:
                "group_versions": versions, "staleness_max": self.version - min(versions),
                "actor_versions": {a.actor_id: a.loaded_version for a in self.control.actors()},
                "seconds": {k: round(v, 4) for k, v in self.timings.items()}, **{k: round(v, 5) for k, v in m.items()}}
-        n_eval = len(self.feeder.eval_rows)
-        done = [r for r, accs in self.eval_rounds.items() if len(accs) >= n_eval]
-        if done:
-            accs = self.eval_rounds[max(done)]
-            rec["eval"] = {"round": max(done), "accuracy": round(sum(a for _, a in accs) / len(accs), 4),
-                           "versions": sorted({v for v, _ in accs})}
+        if summary := self._eval_summary():
+            rec["eval"] = summary
         self.metrics.steps.inc()
         self.metrics.loss.set(m["loss"])
         self.metrics.reward.set(m["reward_mean"])

@@ -155,8 +155,10 @@ class RolloutActor:
             self._requests.add(request_id)
             version = self.loaded_version
         try:
-            samples = await self.engine.generate(request_id, text, frames, r.group_size, r.max_new_tokens,
-                                                 r.temperature)
+            held_out = prompt.split == "eval"  # scored, never trained on: greedy (or eval_samples) by default
+            samples = await self.engine.generate(request_id, text, frames,
+                                                 r.eval_samples if held_out else r.group_size, r.max_new_tokens,
+                                                 r.eval_temperature if held_out else r.temperature)
         finally:
             async with self._gate:
                 self._requests.discard(request_id)

@@ -66,14 +66,15 @@ def test_two_actors_full_loop(tiny_assets, tmp_path, monkeypatch):
     assert seen["version"] == 3
     k = cfg.rollout.group_size
     for g in seen["groups"] + seen["evals"]:
-        assert len(g.completions) == k
+        assert len(g.completions) == (k if g.prompt.split == "train" else cfg.rollout.eval_samples)
         assert {c.actor_id for c in g.completions} == {g.actor_id}
         assert {c.policy_version for c in g.completions} == {g.policy_version}
-        assert len(g.rewards) == k and all(len(c.logprobs) == len(c.completion_token_ids) for c in g.completions)
+        assert len(g.rewards) == len(g.completions) and all(len(c.logprobs) == len(c.completion_token_ids) for c in g.completions)
     assert {g.actor_id for g in seen["groups"]} == {"rollout-0", "rollout-1"}, "both actors contributed"
     c = seen["counters"]
-    written = c.get("groups_written", 0) + c.get("eval_groups_written", 0) + c.get("groups_duplicate", 0)
-    assert c["completions_received"] == c["completions_scored"] == written * k
+    written = k * c.get("groups_written", 0) + cfg.rollout.eval_samples * c.get("eval_groups_written", 0)
+    assert c["completions_received"] == c["completions_scored"]
+    assert written <= c["completions_received"] <= written + k * c.get("groups_duplicate", 0)
     assert len(seen["groups"]) == c["groups_written"] and len(seen["evals"]) == c.get("eval_groups_written", 0)
     # the learner recomputes the sampled tokens' log-probs as vLLM reported them: a misaligned batch
     # (off-by-one, wrong prompt tokens, missing M-RoPE types) would differ by nats, not hundredths
@@ -83,3 +84,17 @@ def test_two_actors_full_loop(tiny_assets, tmp_path, monkeypatch):
     # every actor reached the last version before being stopped
     assert {a.loaded_version for a in seen["actors"]} == {3}
     assert (Path(cfg.run_dir) / "stats.jsonl").read_text().count("\n") == 6
+    evals = [r["eval"] for r in recs if "eval" in r]
+    assert evals and evals[0]["round"] == 0 and evals[0]["fed_at_step"] == 0      # the curve starts before step 1
+    assert set(evals[0]["per_task"]) == {"mcq"} and 0.0 <= evals[0]["accuracy"] <= 1.0
+    assert evals[0]["groups"] == 4
+
+
+def test_rlctl_eval_scores_every_held_out_row_once_through_the_actors(tiny_assets, tmp_path):
+    from rlctl.evaluate import run_eval
+
+    cfg = load_config(None, ["rollout.num_actors=1", f"run_dir={tmp_path / 'eval'}", "data.synth_eval=4"])
+    summary = run_eval(cfg, Console(quiet=True), timeout_s=300)
+    assert summary["rows"] == summary["groups"] == 4 and summary["quarantined"] == 0
+    assert summary["versions"] == [0] and set(summary["per_task"]) == {"mcq"}
+    assert set(summary["components"]["mcq"]) == {"mcq", "answer_format"}

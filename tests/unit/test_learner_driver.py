@@ -96,3 +96,44 @@ def test_a_restarted_learner_rereads_its_pending_groups_and_skips_trained_ones(c
     assert control.ledger() == {"a/v0", "b/v0", "c/v0", "d/v0", "e/v0"}
     assert "groups_trained_twice" not in control.counters()
     assert control.r.xpending(control.key(GROUPS), "learner")["pending"] == 0
+
+
+def _eval_group(control, round_no, row_id, task, mcq, version=3, synth=None):
+    extra = f'{{"synth_task": "{synth}"}}' if synth else ""
+    g = pb.ScoredGroup(prompt_id=f"eval-{round_no}-{row_id}", group_id=f"eval-{round_no}-{row_id}/g",
+                       policy_version=version, rewards=[m + 0.1 for m in mcq],
+                       prompt=pb.Prompt(sample_id=row_id, task=task, split="eval", extra_json=extra),
+                       components=[pb.RewardComponent(name="mcq", weight=1.0, values=mcq),
+                                   pb.RewardComponent(name="answer_format", weight=0.1, values=[1.0] * len(mcq))])
+    control.write_group(g.prompt_id, g.SerializeToString(), len(mcq), held_out=True)
+
+
+def test_held_out_round_is_reported_once_per_task_with_its_first_component_as_accuracy(control, redis_server,
+                                                                                         tmp_path):
+    d = _driver(control, redis_server, tmp_path)     # two held-out rows
+    d._feed_eval(0)
+    _eval_group(control, 0, "r0", "mcq", [1.0], synth="direction")
+    d._read_evals()
+    assert d._eval_summary() is None                  # round 0 is not complete yet
+    _eval_group(control, 0, "r1", "mcq", [0.0, float("nan")], synth="order")  # NaN: unscorable, left out
+    d._read_evals()
+    s = d._eval_summary()
+    assert s["round"] == 0 and s["fed_at_step"] == 0 and s["versions"] == [3]
+    assert s["per_task"] == {"direction": 1.0, "order": 0.0} and s["accuracy"] == 0.5
+    assert s["components"]["order"] == {"mcq": 0.0, "answer_format": 1.0}
+    assert d._eval_summary() is None                  # reported once
+
+
+def test_feeder_samples_by_difficulty_from_observed_pass_rates(control, redis_server, tmp_path):
+    from services.learner.feeder import PromptFeeder
+
+    rows = [Row(f"r{i}", "/v.mp4", "mcq", "q", "A", ("x", "y")) for i in range(4)]
+    cfg = RunConfig(data={"sampling": "filter", "explore": 0.0})
+    f = PromptFeeder(control, rows, [], ahead=40, seed=0, sampling=cfg.data)
+    f.observe("r0", [1.1, 1.1, 1.1, 1.1])            # solved: p = 1 > 0.7
+    f.observe("r1", [0.1, 0.1, 0.1, 0.1])            # hopeless: p = 0
+    f.observe("r2", [1.1, 0.1, 0.1, 0.1])            # p = 0.25: kept; r3 unseen: kept
+    assert f.top_up() == 40
+    fed = {pb.Prompt.FromString(p).sample_id for _, p in control.take_prompts("a0", 40, 10, 60_000)}
+    assert fed == {"r2", "r3"}
+    assert f.state()["pass_rate"] == {"r0": 1.0, "r1": 0.0, "r2": 0.25}

@@ -1,0 +1,72 @@
+"""`rlctl eval`: score the held-out split once with a model, through the same rollout actors and reward service
+a training run uses (greedy by default: rollout.eval_samples=1 at rollout.eval_temperature=0).
+
+Story: start the run's services without a learner -> queue every held-out row once -> read their scored groups
+from the `evals` stream until each row is scored or quarantined (a bad video) -> summarise per task and per
+reward component exactly as the learner's periodic evaluation does -> stop everything.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from services.common.config import RunConfig
+from services.common.control import EVALS
+from services.common.pb.videorl.v1 import rollout_pb2 as pb
+from services.learner.driver import EvalGroup, summarise_eval
+from services.learner.feeder import PromptFeeder
+
+CONSUMER = "rlctl-eval"
+
+
+def run_eval(cfg: RunConfig, console: Console, timeout_s: float = 1800.0) -> dict:
+    from rlctl.local import LocalRun
+
+    run = LocalRun(cfg, console, learner=False)
+    t0 = time.time()
+    try:
+        control = run.start()
+        feeder = PromptFeeder(control, [], run.assets.eval_rows, ahead=0, seed=cfg.data.seed)
+        n = feeder.feed_eval()
+        groups: list[EvalGroup] = []
+        deadline = time.monotonic() + timeout_s
+        with console.status("") as status:
+            while True:
+                quarantined = sum(v for k, v in control.counters().items() if k.startswith("prompts_quarantined:"))
+                if len(groups) + quarantined >= n:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"rlctl eval: {len(groups)} of {n} held-out rows scored after {timeout_s:.0f}s")
+                status.update(f"held-out rows scored {len(groups)}/{n} (quarantined {quarantined})")
+                for entry_id, payload in control.read_groups(EVALS, CONSUMER, 64, block_ms=500):
+                    groups.append(EvalGroup.of(pb.ScoredGroup.FromString(payload)))
+                    control.ack_group(EVALS, entry_id)
+        summary = {**summarise_eval(groups), "rows": n, "quarantined": quarantined,
+                   "model": str(run.assets.model_dir), "seconds": round(time.time() - t0, 1)}
+        run.stop_actors()
+        return summary
+    finally:
+        run.close()
+
+
+def eval_table(summary: dict) -> Table:
+    comps = sorted({c for per in summary["components"].values() for c in per})
+    table = Table(title=f"held-out: {summary['groups']} rows scored, {summary['quarantined']} quarantined")
+    for col in ("task", "accuracy", *comps):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for task, acc in summary["per_task"].items():
+        per = summary["components"][task]
+        table.add_row(task, f"{acc:.3f}", *(f"{per[c]:.3f}" if c in per else "" for c in comps))
+    return table
+
+
+def write_summary(summary: dict, run_dir: Path) -> Path:
+    path = Path(run_dir) / "eval.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=1))
+    return path
