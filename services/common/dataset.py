@@ -13,6 +13,8 @@ Fields (all strings non-empty unless said otherwise):
   options   list of str, the bare option texts in letter order A, B, ... (default [])
   split     str (default "train")
   extra     object, passed to rewards as is (default {})
+  reasoning str, optional: a worked chain of thought for the answer (CoT-SFT, services/learner/sft.py trains on
+            `<think>{reasoning}</think><answer>{answer}</answer>`); non-empty when given, never seen by rewards
 Optional ground truth (top level; for backward compatibility also read from `extra` when absent at top level):
   segment   [s, e] seconds, finite, 0 <= s <= e (<= duration when duration is given)
   segments  [[s, e], ...], each as `segment`
@@ -22,8 +24,9 @@ Optional ground truth (top level; for backward compatibility also read from `ext
   graph     {"nodes": [{"id", "name", "pos": [x, y]}], "edges": [{"src", "dst", "rel"}]}: node ids (str or int)
             unique, names str, pos 2 or 3 finite numbers (optional), every edge names declared ids, rel a str
   reference str, a reference answer for the LLM judge
-  reverse   {"question": str, "answer": str, "options": [str] (optional, default: the row's options)}: the
-            ST-R1 reverse-time variant, expanded into its own row by `rows_with_reverse`
+  reverse   {"question": str, "answer": str, "options": [str] (optional, default: the row's options),
+            "reasoning": str (optional)}: the ST-R1 reverse-time variant, expanded into its own row by
+            `rows_with_reverse`
 Per task: mcq needs 2..26 options and an answer letter among them (also the reverse variant's);
 numeric needs an answer that parses as a finite float; temporal needs segment or segments, and duration;
 bbox needs box or boxes. Scene-layout rows are mcq or open rows carrying a graph.
@@ -68,6 +71,7 @@ class Reverse:
     question: str
     answer: str
     options: tuple[str, ...] = ()
+    reasoning: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class Row:
     graph: dict | None = None
     reference: str = ""
     reverse: Reverse | None = None
+    reasoning: str = ""  # "" = none (the JSON field is absent or null)
 
     def ground_truth(self) -> dict[str, Any]:
         """What rewards see in Sample.extra besides the row's own `extra`; absent fields are left out."""
@@ -130,6 +135,7 @@ def rows_with_reverse(rows: Iterable[Row]) -> Iterator[Row]:
         yield replace(
             row, id=row.id + REVERSE_SUFFIX, question=row.reverse.question, answer=row.reverse.answer,
             options=row.reverse.options or row.options, extra={**row.extra, "reverse_time": True}, reverse=None,
+            reasoning=row.reverse.reasoning,  # the forward reasoning describes the forward video: never reused
             segment=_mirror(row.segment, d) if row.segment is not None and d else None,
             segments=tuple(_mirror(s, d) for s in row.segments) if d else (),
             boxes=tuple(reversed(row.boxes)))
@@ -199,6 +205,16 @@ def _string(obj: dict, k: str, where: str, default: str = "") -> str:
     return v
 
 
+def _reasoning(obj: dict, where: str, prefix: str = "") -> str:
+    """The optional reasoning text: absent or null -> "", else a non-empty string."""
+    v = obj.get("reasoning")
+    if v is None:
+        return ""
+    if not isinstance(v, str) or not v.strip():
+        raise DatasetError(f"{where}: field {prefix + 'reasoning'!r} must be a non-empty string when given")
+    return v
+
+
 def _options(v: object, where: str, name: str) -> tuple[str, ...]:
     if not isinstance(v, list) or not all(isinstance(o, str) for o in v):
         raise DatasetError(f"{where}: field {name!r} must be a list of strings")
@@ -259,7 +275,8 @@ def _reverse(v: object, where: str, task: str, options: tuple[str, ...]) -> Reve
     for k in ("question", "answer"):
         if not isinstance(v.get(k), str) or not v[k].strip():
             raise DatasetError(f"{where}: field 'reverse.{k}' must be a non-empty string")
-    rev = Reverse(v["question"], v["answer"], _options(v.get("options", []), where, "reverse.options"))
+    rev = Reverse(v["question"], v["answer"], _options(v.get("options", []), where, "reverse.options"),
+                  _reasoning(v, where, "reverse."))
     if task == "mcq":
         _check_letter(rev.answer, rev.options or options, where, "reverse.")
     return rev
@@ -308,7 +325,7 @@ def parse_row(obj: object, where: str, base: Path) -> Row:
     video = video if video.is_absolute() or "://" in raw else (base / video)
     row = Row(id=obj["id"], video=raw if "://" in raw else str(video), task=obj["task"], question=obj["question"],
               answer=obj["answer"], options=options, split=_string(obj, "split", where, "train"), extra=extra,
-              reverse=reverse, **gt)
+              reverse=reverse, reasoning=_reasoning(obj, where), **gt)
     _check_task(row, where)
     return row
 

@@ -23,6 +23,9 @@ Invariants this module keeps:
   variant is meant for the same video played backwards (services/common/dataset.rows_with_reverse and the media
   pipeline do that): same question, legs reversed and flipped as the answer. An output dir is
   complete only with its build_once marker (the build parameters).
+- Reasoning (`reasoning=True`, for CoT-SFT): each row also gets a short `reasoning` text (and a route row's reverse
+  variant its own), stated from the clip's ground truth only, so it is exactly true. It costs no random draws:
+  with it off, rows, videos and build markers are byte for byte what they were before it existed.
 """
 
 from __future__ import annotations
@@ -91,6 +94,8 @@ class Scene:
 class Item:
     frames: np.ndarray  # (T, SIZE, SIZE, 3) uint8
     row: dict[str, Any] = field(default_factory=dict)  # task, question, [options], answer, [ground truth]
+    reasoning: str = ""  # an exact chain of thought for the answer, from the ground truth
+    reverse_reasoning: str = ""  # the same for the reverse-time variant (route rows)
 
 
 class Suite(NamedTuple):
@@ -112,21 +117,25 @@ def parse_tasks(tasks: str | Sequence[str]) -> list[str]:
 
 
 def make_suite(out_dir: Path, tasks: str | Sequence[str], n_train: int, n_eval: int, seed: int = 0,
-               pan: bool = True, progress: bool = True) -> Suite:
+               pan: bool = True, progress: bool = True, reasoning: bool = False) -> Suite:
     """Render `n_train` train and `n_eval` eval clips per task into `out_dir` (train.jsonl, eval.jsonl, videos/),
-    unless it already holds this build. `pan` lets the camera pan in half of the distance and where clips."""
+    unless it already holds this build. `pan` lets the camera pan in half of the distance and where clips;
+    `reasoning` writes each row's `reasoning` text too."""
     names = parse_tasks(tasks)
     if n_train < 0 or n_eval < 0:
         raise ValueError(f"clip counts must be >= 0, got n_train={n_train}, n_eval={n_eval}")
     out_dir = Path(out_dir).resolve()
     params = {"suite": names, "n_train": n_train, "n_eval": n_eval, "seed": seed, "pan": pan,
               "version": _VERSION, "size": SIZE, "fps": FPS}
+    if reasoning:  # only when on, so that builds made without it keep matching their markers
+        params["reasoning"] = True
 
     def build(tmp: Path) -> None:
         (tmp / "videos").mkdir()
         with _progress((n_train + n_eval) * len(names), progress) as advance:
             for split, n in (("train", n_train), ("eval", n_eval)):
-                rows = [row for task in names for row in _render_split(tmp, task, split, n, seed, pan, advance)]
+                rows = [row for task in names
+                        for row in _render_split(tmp, task, split, n, seed, pan, advance, reasoning)]
                 with open(tmp / f"{split}.jsonl", "w") as f:
                     f.writelines(json.dumps(row) + "\n" for row in rows)
 
@@ -143,7 +152,7 @@ def make_item(task: str, split: str, index: int, n: int, seed: int, pan: bool = 
 
 
 def _render_split(tmp: Path, task: str, split: str, n: int, seed: int, pan: bool,
-                  advance: Callable[[], None]) -> list[dict[str, Any]]:
+                  advance: Callable[[], None], reasoning: bool = False) -> list[dict[str, Any]]:
     rows = []
     for i in range(n):
         item = make_item(task, split, i, n, seed, pan)
@@ -151,6 +160,10 @@ def _render_split(tmp: Path, task: str, split: str, n: int, seed: int, pan: bool
         synth.encode_mp4(item.frames, tmp / "videos" / f"{clip_id}.mp4", fps=FPS)
         rows.append({"id": clip_id, "video": f"videos/{clip_id}.mp4", **item.row, "split": split,
                      "extra": {"synth_task": task}})
+        if reasoning:
+            rows[-1]["reasoning"] = item.reasoning
+            if item.reverse_reasoning:
+                rows[-1]["reverse"] = {**rows[-1]["reverse"], "reasoning": item.reverse_reasoning}
         advance()
     return rows
 
@@ -273,7 +286,8 @@ def _direction(rng: np.random.Generator, direction: str, pan: bool) -> Item:
     clip = synth.sample_clip(rng, direction)
     return Item(synth.render_frames(clip), {"task": "mcq", "question": synth.QUESTION,
                                             "options": list(synth.DIRECTIONS),
-                                            "answer": LETTERS[synth.DIRECTIONS.index(direction)]})
+                                            "answer": LETTERS[synth.DIRECTIONS.index(direction)]},
+                synth.direction_reasoning(clip))
 
 
 _ORDER_STARTS = [c for c in itertools.combinations(range(7), 3) if c[1] - c[0] >= 2 and c[2] - c[1] >= 2]
@@ -292,7 +306,10 @@ def _order(rng: np.random.Generator, label: tuple[str, int], pan: bool) -> Item:
     options, answer = _mcq(rng, target.name, [s.name for s in sprites if s is not target], letter)
     frames = render(Scene(_background(rng), sprites, _still((0, 0), n_frames)))
     question = f"Three shapes appear one after another. Which shape appears {ordinal}?"
-    return Item(frames, {"task": "mcq", "question": question, "options": options, "answer": answer})
+    (a, ta), (b, tb), (c, tc) = ((sp.name, _fmt(t * BLOCK_S)) for sp, t in zip(sprites, starts, strict=True))
+    reasoning = (f"The {a} appears at {ta} s, the {b} at {tb} s and the {c} at {tc} s, "
+                 f"so the {ordinal} to appear is the {target.name}.")
+    return Item(frames, {"task": "mcq", "question": question, "options": options, "answer": answer}, reasoning)
 
 
 def _count(rng: np.random.Generator, label: tuple[int, str], pan: bool) -> Item:
@@ -316,7 +333,11 @@ def _count(rng: np.random.Generator, label: tuple[int, str], pan: bool) -> Item:
     sprites = [_sprite(kind, c, s, _still(xy, n_frames))
                for (kind, c), s, xy in zip(looks, sizes, corners, strict=True)]
     frames = render(Scene(_background(rng), sprites, _still((0, 0), n_frames)))
-    return Item(frames, {"task": "numeric", "question": question, "answer": str(k)})
+    seen = ", ".join(f"a {s.name}" for s in sorted(sprites, key=lambda s: (int(s.xy[0][0]), int(s.xy[0][1]))))
+    which = want if by == "color" else (f"a {want}" if k == 1 else f"{want}s")
+    reasoning = (f"From left to right I see {seen}. {k} of them {'is' if k == 1 else 'are'} {which}, "
+                 f"so the answer is {k}.")
+    return Item(frames, {"task": "numeric", "question": question, "answer": str(k)}, reasoning)
 
 
 def _distance(rng: np.random.Generator, label: tuple[int, bool], pan: bool) -> Item:
@@ -326,12 +347,12 @@ def _distance(rng: np.random.Generator, label: tuple[int, bool], pan: bool) -> I
     direction = synth.DIRECTIONS[int(rng.integers(4))]
     frac = np.arange(n_frames)[:, None] / (n_frames - 1)
     move = np.rint(frac * np.array(_STEP[direction]) * cells * CELL).astype(np.int64)  # world, from the start
-    start = None
+    start, pan_dir = None, ""
     while start is None:  # a pan that the shape can stay in frame under; no pan always fits (40 + 10 < 64)
         shift = np.zeros(2, np.int64)
         if pan and panning:
-            axis_step = np.array(_STEP[synth.DIRECTIONS[int(rng.integers(4))]])
-            shift = axis_step * int(rng.choice([8, 12, 16]))
+            pan_dir = synth.DIRECTIONS[int(rng.integers(4))]
+            shift = np.array(_STEP[pan_dir]) * int(rng.choice([8, 12, 16]))
         cam = np.rint(frac * shift).astype(np.int64)
         start = _fit_start(rng, move - cam, size)
     origin = rng.integers(0, CELL, 2)  # grid phase
@@ -339,7 +360,10 @@ def _distance(rng: np.random.Generator, label: tuple[int, bool], pan: bool) -> I
     scene = Scene(_background(rng), [_sprite(kind, color, size, xy)], origin + cam, grid=True)
     question = (f"The background grid is fixed to the ground. How many grid cells does the {color} {kind} move? "
                 "Answer with a number.")
-    return Item(render(scene), {"task": "numeric", "question": question, "answer": str(cells)})
+    reasoning = (f"Against the grid lines the {color} {kind} moves {direction} by {cells} cell{'s' * (cells > 1)}"
+                 + (f"; the camera pans {pan_dir}, which shifts the whole picture but not the distance on the ground"
+                    if pan_dir else "") + f", so the answer is {cells}.")
+    return Item(render(scene), {"task": "numeric", "question": question, "answer": str(cells)}, reasoning)
 
 
 def _segments() -> list[tuple[float, float]]:
@@ -363,8 +387,13 @@ def _when(rng: np.random.Generator, variant: str, pan: bool) -> Item:
         visible = (ts >= f0) & (ts < f1)
         question = (f"When is the {color} {kind} visible? Answer with the start and end time in seconds, "
                     "as two numbers: start end.")
+        reasoning = f"The {color} {kind} is first seen at {_fmt(s)} s and is gone from {_fmt(e)} s on."
     else:  # moves between frames f0 and f1 (2 px per frame, 1 if that took it over 24 px), still before and after
-        step = np.array(_STEP[synth.DIRECTIONS[int(rng.integers(4))]]) * (2 if f1 - f0 <= 12 else 1)
+        way = synth.DIRECTIONS[int(rng.integers(4))]
+        step = np.array(_STEP[way]) * (2 if f1 - f0 <= 12 else 1)
+        end = f"until {_fmt(e)} s, then stands still again" if f1 < n_frames else "until the end"
+        reasoning = (f"The {color} {kind} " + (f"stands still until {_fmt(s)} s, then " if f0 else "")
+                     + f"moves {way} {end}.")
         target_rel = np.clip(ts - f0, 0, f1 - f0)[:, None] * step
         visible = np.ones(n_frames, bool)
         question = (f"When does the {color} {kind} move? Answer with the start and end time of its motion in "
@@ -378,7 +407,7 @@ def _when(rng: np.random.Generator, variant: str, pan: bool) -> Item:
     sprites.append(_sprite(kind, color, size, start + target_rel, visible))
     frames = render(Scene(_background(rng), sprites, _still((0, 0), n_frames)))
     return Item(frames, {"task": "temporal", "question": question, "answer": f"{_fmt(s)} {_fmt(e)}",
-                         "segment": [s, e], "duration": n_frames / FPS})
+                         "segment": [s, e], "duration": n_frames / FPS}, reasoning)
 
 
 def _where(rng: np.random.Generator, label: tuple[int, bool], pan: bool) -> Item:
@@ -406,8 +435,11 @@ def _where(rng: np.random.Generator, label: tuple[int, bool], pan: bool) -> Item
     question = (f"Where is the {color} {kind} at {_fmt(block * BLOCK_S)} s? Answer with its bounding box "
                 "x1 y1 x2 y2 as fractions of the frame width and height (0 0 is the top-left corner, 1 1 the "
                 "bottom-right).")
+    x1, y1, x2, y2 = map(_fmt, box)
+    reasoning = (f"At {_fmt(block * BLOCK_S)} s the {color} {kind} spans x from {x1} to {x2} and y from {y1} to {y2} "
+                 "of the frame.")
     return Item(render(scene), {"task": "bbox", "question": question, "answer": " ".join(map(_fmt, box)),
-                                "box": box})
+                                "box": box}, reasoning)
 
 
 def _layout(rng: np.random.Generator, label: tuple[str, int], pan: bool) -> Item:
@@ -432,8 +464,10 @@ def _layout(rng: np.random.Generator, label: tuple[str, int], pan: bool) -> Item
     options, answer = _mcq(rng, target.name, [s.name for s in others], letter)
     frames = render(Scene(_background(rng), sprites, _still((0, 0), n_frames)))
     phrase = {"left of": "to the left of", "right of": "to the right of"}.get(relation, relation)
+    reasoning = (f"The {target.name} is {phrase} the {anchor.name}; the {others[0].name} and the {others[1].name} "
+                 "are not.")
     return Item(frames, {"task": "mcq", "question": f"Which shape is {phrase} the {anchor.name}?",
-                         "options": options, "answer": answer, "graph": _graph(sprites, rng)})
+                         "options": options, "answer": answer, "graph": _graph(sprites, rng)}, reasoning)
 
 
 def _graph(sprites: Sequence[Sprite], rng: np.random.Generator) -> dict[str, Any]:
@@ -492,8 +526,20 @@ def _route(rng: np.random.Generator, n_legs: int, pan: bool) -> Item:
     question = f"Describe the route of the {color} {kind}. Answer with its moves in order, {_ROUTE_FORMAT}"
     # The reverse-time row shows this video played backwards (the media pipeline reverses the frames), so it asks
     # the same question; only the answer changes.
+    turns = np.cumsum(blocks)[:-1] * BLOCK_S  # seconds at which each next leg begins
     return Item(frames, {"task": "route", "question": question, "answer": forward, "reference": forward,
-                         "reverse": {"question": question, "answer": backward}})
+                         "reverse": {"question": question, "answer": backward}},
+                _route_reasoning(f"{color} {kind}", legs, turns.tolist()),
+                _route_reasoning(f"{color} {kind}", reverse_route(legs), [n_frames / FPS - t for t in turns[::-1]]))
+
+
+def _route_reasoning(name: str, legs: Sequence[str], turns: Sequence[float]) -> str:
+    """
+    >>> _route_reasoning("red disc", ["right", "up"], [2.0])
+    'The red disc starts moving right and turns up at 2 s, so it moves right, then up.'
+    """
+    steps = " and".join([f" turns {leg} at {_fmt(t)} s" for leg, t in zip(legs[1:], turns, strict=True)])
+    return f"The {name} starts moving {legs[0]} and{steps}, so it {route_text(legs)}."
 
 
 # Labels: MCQ answer letters cycle fastest, so every prefix of the cycle is balanced in letters.

@@ -7,7 +7,8 @@ Invariants this module keeps:
 - The shape stays wholly inside the 64x64 frame in all 16 frames, and always contrasts with the background
   (background channels < 64, shape channels >= 96), so the direction is recoverable from the pixels.
 - Rows follow one schema: id, absolute video path, task "mcq", the fixed question, options in the fixed order
-  up/down/left/right, answer = letter of the true direction, split.
+  up/down/left/right, answer = letter of the true direction, split; with `reasoning=True` also a `reasoning` text
+  derived from the clip (`direction_reasoning`), which changes nothing else (no extra random draws).
 - Idempotence: an output dir is complete only if its `.complete` marker (the build parameters as JSON) is there.
   Builds happen in a sibling temp dir that is renamed into place after the marker is written, so readers never
   see a half-written dir; a dir without a matching marker is rebuilt from scratch.
@@ -90,10 +91,13 @@ def read_marker(out_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def make_direction_dataset(out_dir: Path, n_train: int, n_eval: int, seed: int = 0) -> tuple[Path, Path]:
+def make_direction_dataset(
+    out_dir: Path, n_train: int, n_eval: int, seed: int = 0, reasoning: bool = False
+) -> tuple[Path, Path]:
     """Render the train and eval splits into `out_dir`; return the paths of train.jsonl and eval.jsonl.
 
     Rows point at `out_dir/videos/<id>.mp4` by absolute path, so `out_dir` must not move after the build.
+    `reasoning` adds each row's `reasoning` text (for CoT-SFT); off, the output is what it always was.
     """
     out_dir = Path(out_dir).resolve()
     params = {
@@ -105,11 +109,13 @@ def make_direction_dataset(out_dir: Path, n_train: int, n_eval: int, seed: int =
         "size": SIZE,
         "fps": FPS,
     }
+    if reasoning:  # only when on: existing builds (reasoning off) keep matching their markers
+        params["reasoning"] = True
 
     def build(tmp: Path) -> None:
         (tmp / "videos").mkdir()
         for split, n in (("train", n_train), ("eval", n_eval)):
-            rows = _render_split(tmp, out_dir, split, n, seed)
+            rows = _render_split(tmp, out_dir, split, n, seed, reasoning)
             with open(tmp / f"{split}.jsonl", "w") as f:
                 f.writelines(json.dumps(row) + "\n" for row in rows)
 
@@ -117,7 +123,8 @@ def make_direction_dataset(out_dir: Path, n_train: int, n_eval: int, seed: int =
     return out_dir / "train.jsonl", out_dir / "eval.jsonl"
 
 
-def _render_split(tmp: Path, final_dir: Path, split: str, n: int, seed: int) -> list[dict[str, Any]]:
+def _render_split(tmp: Path, final_dir: Path, split: str, n: int, seed: int,
+                  reasoning: bool = False) -> list[dict[str, Any]]:
     code = _SPLIT_CODES[split]
     directions = [DIRECTIONS[i % 4] for i in range(n)]
     order = np.random.default_rng([seed, code]).permutation(n)
@@ -137,7 +144,24 @@ def _render_split(tmp: Path, final_dir: Path, split: str, n: int, seed: int) -> 
                 "split": split,
             }
         )
+        if reasoning:
+            rows[-1]["reasoning"] = direction_reasoning(clip)
     return rows
+
+
+# Where the shape is in the first and in the last frame, for each direction of motion (image y points down).
+_ENDS = {"up": ("lower", "higher"), "down": ("higher", "lower"), "left": ("further right", "further left"),
+         "right": ("further left", "further right")}
+
+
+def direction_reasoning(clip: Clip) -> str:
+    """A short, exact chain of thought for the clip's answer, from its ground truth.
+
+    >>> direction_reasoning(Clip("down", "disc", (200, 0, 0), (0, 0, 0), 12, 5, 3, 2))
+    'The disc is higher in the first frame and lower in the last frame, so it moves down.'
+    """
+    first, last = _ENDS[clip.direction]
+    return f"The {clip.shape} is {first} in the first frame and {last} in the last frame, so it moves {clip.direction}."
 
 
 def sample_clip(rng: np.random.Generator, direction: str) -> Clip:

@@ -23,3 +23,15 @@ def test_run_rejects_a_bad_config_with_the_field_named(tmp_path):
     assert r.exit_code != 0 and "rollout.group_size" in r.output
     r = CliRunner().invoke(main, ["run", "--set", "learner.stepz=3"])
     assert r.exit_code != 0 and "learner.stepz" in r.output
+
+
+def test_sft_is_registered_and_rejects_a_bad_config_field(tmp_path):
+    r = CliRunner().invoke(main, ["sft", "--help"])
+    assert r.exit_code == 0 and "--out" in r.output
+    r = CliRunner().invoke(main, ["sft", "--set", "sft.stepz=3"])
+    assert r.exit_code != 0 and "sft.stepz" in r.output
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "config.json").write_text("{}")
+    r = CliRunner().invoke(main, ["sft", "--out", str(taken)])
+    assert r.exit_code != 0 and "already holds a model" in r.output

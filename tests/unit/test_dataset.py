@@ -204,3 +204,26 @@ def test_parse_row_is_usable_directly():
     assert row.video == "/data/x.mp4"
     with pytest.raises(DatasetError, match=re.escape("mem:1: missing field 'question'")):
         parse_row({k: v for k, v in BASE.items() if k != "question"}, "mem:1", Path("/data"))
+
+
+# ---- reasoning (CoT-SFT) ----------------------------------------------------------------------------
+
+
+def test_reasoning_is_optional_and_non_empty_when_given(tmp_path):
+    assert one(tmp_path).reasoning == "" and one(tmp_path, reasoning=None).reasoning == ""
+    row = one(tmp_path, reasoning="The cup moves left.")
+    assert row.reasoning == "The cup moves left."
+    assert "reasoning" not in row.to_prompt("p").extra_json  # rewards never see it
+    fails(tmp_path, "field 'reasoning' must be a non-empty string", reasoning="  ")
+    fails(tmp_path, "field 'reasoning' must be a non-empty string", line=2, reasoning=["a"])
+    fails(tmp_path, "field 'reverse.reasoning'", reverse={"question": "q", "answer": "A", "reasoning": ""})
+
+
+def test_reverse_rows_take_their_own_reasoning_never_the_forward_one(tmp_path):
+    rows = load_rows(write(
+        tmp_path,
+        {**BASE, "id": "own", "reasoning": "fwd", "reverse": {"question": "q", "answer": "A", "reasoning": "back"}},
+        {**BASE, "id": "none", "reasoning": "fwd", "reverse": {"question": "q", "answer": "A"}},
+    ))
+    out = {r.id: r.reasoning for r in rows_with_reverse(rows)}
+    assert out == {"own": "fwd", "own-rev": "back", "none": "fwd", "none-rev": ""}

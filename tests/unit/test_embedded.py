@@ -195,3 +195,17 @@ def test_tokenizer_round_trips_special_tokens(tiny_model):
     assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True) == (
         "assistant\n<think>left</think><answer>C</answer> héllo ✓"
     )
+
+
+def test_reasoning_is_off_by_default_and_exact_when_on(tmp_path, dataset):
+    from services.embedded.synth import read_marker
+
+    assert "reasoning" not in read_marker(dataset[0].parent)  # off: the marker (and so old caches) unchanged
+    with_r = make_direction_dataset(tmp_path / "r", n_train=10, n_eval=4, seed=3, reasoning=True)
+    assert read_marker(with_r[0].parent)["reasoning"] is True
+    for plain_path, r_path in zip(dataset, with_r, strict=True):
+        for plain, row in zip(read_jsonl(plain_path), read_jsonl(r_path), strict=True):
+            text = row.pop("reasoning")
+            assert {**row, "video": None} == {**plain, "video": None}
+            assert text.endswith(f"so it moves {DIRECTIONS[LETTERS.index(row['answer'])]}.")
+            np.testing.assert_array_equal(decode_video(row["video"]), decode_video(plain["video"]))

@@ -15,7 +15,7 @@ from rlctl.data_synth import synth as synth_command
 from services.common.config import MediaConfig
 from services.common.dataset import load_rows
 from services.data import synth_suite as ss
-from services.embedded.synth import decode_video, read_jsonl
+from services.embedded.synth import DIRECTIONS, decode_video, read_jsonl
 from services.rollout.media import frame_indices, smart_nframes
 
 N_TRAIN, N_EVAL, SEED = 4, 3, 5
@@ -285,3 +285,42 @@ def test_cli_writes_the_suite_and_rejects_unknown_tasks(tmp_path):
     assert again.exit_code == 0 and "already built" in again.output
     bad = CliRunner().invoke(synth_command, ["--tasks", "direction,flying", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "'flying'" in bad.output and "layout, route" in bad.output
+
+
+def test_reasoning_flag_adds_exact_reasoning_and_changes_nothing_else(tmp_path, suite):
+    with_r = ss.make_suite(tmp_path / "r", "all", N_TRAIN, N_EVAL, seed=SEED, progress=False, reasoning=True)
+    assert json.loads((with_r.train.parent / ".complete").read_text())["reasoning"] is True
+    assert "reasoning" not in json.loads((suite.train.parent / ".complete").read_text())  # old builds stay valid
+    for plain_path, r_path in ((suite.train, with_r.train), (suite.eval, with_r.eval)):
+        for plain, row in zip(read_jsonl(plain_path), read_jsonl(r_path), strict=True):
+            text = row.pop("reasoning")
+            if "reverse" in row:
+                back = row["reverse"].pop("reasoning")
+                assert back.endswith(f"so it {row['reverse']['answer']}.")
+            assert row == plain
+            assert (plain_path.parent / plain["video"]).read_bytes() == (r_path.parent / row["video"]).read_bytes()
+            task = row["extra"]["synth_task"]
+            if task == "direction":
+                assert text.endswith(f"so it moves {DIRECTIONS[ss.LETTERS.index(row['answer'])]}.")
+            elif task in ("count", "distance"):
+                assert text.endswith(f"so the answer is {row['answer']}.")
+            elif task == "route":
+                assert text.endswith(f"so it {row['answer']}.")
+            elif task in ("order", "layout"):
+                assert row["options"][ss.LETTERS.index(row["answer"])] in text
+            elif task == "when":
+                s, e = row["answer"].split()
+                assert (f"{s} s" in text or s == "0") and (f"{e} s" in text or e == "4")  # 0 s and 4 s go unsaid
+            elif task == "where":
+                assert all(v in text for v in row["answer"].split())
+    rows = load_rows(with_r.train)
+    assert all(r.reasoning for r in rows)
+
+
+def test_cli_reasoning_flag(tmp_path):
+    out = tmp_path / "cli"
+    r = CliRunner().invoke(synth_command, ["--tasks", "route", "--n", "1", "--eval-n", "0", "--reasoning",
+                                           "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    (row,) = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert row["reasoning"].startswith("The ") and row["reverse"]["reasoning"].startswith("The ")
