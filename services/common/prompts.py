@@ -27,3 +27,13 @@ def chat_text(templater: ChatTemplater, question: str, options: list[str] | tupl
     content = [{"type": "video"}, {"type": "text", "text": user_text(question, options)}]
     conversation = [{"role": "user", "content": content}]
     return templater.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+
+
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def vision_token_ids(tokenizer) -> list[int]:
+    """Ids of Qwen2-VL's vision markers and placeholders in a tokenizer's (or processor's) vocabulary: never a
+    valid output token (the rollout engine forbids them; the learner drops a group that holds one)."""
+    vocab = getattr(tokenizer, "tokenizer", tokenizer).get_vocab()
+    return sorted(vocab[t] for t in VISION_TOKENS if t in vocab)

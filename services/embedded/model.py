@@ -80,8 +80,9 @@ CHAT_TEMPLATE = r"""{%- for message in messages -%}
 MIN_PIXELS = 28 * 28
 MAX_PIXELS = 64 * 64
 VOCAB_TARGET = 1024
+INIT_RANGE = 0.1
 # Bump when the architecture, tokenizer corpus or warm-start recipe changes, so old markers stop matching.
-_VERSION = 1
+_VERSION = 2
 _GENERIC_ENGLISH = (
     "The quick brown fox jumps over the lazy dog.",
     "A video is a sequence of frames shown one after another at a fixed rate.",
@@ -216,6 +217,7 @@ def build_config(tokenizer: Qwen2Tokenizer) -> Qwen2VLConfig:
             "bos_token_id": None,
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
+            "initializer_range": INIT_RANGE,
         },
         vision_config={
             "depth": 2,
@@ -227,7 +229,12 @@ def build_config(tokenizer: Qwen2Tokenizer) -> Qwen2VLConfig:
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
             "in_channels": 3,
+            "initializer_range": INIT_RANGE,
         },
+        # A 5x larger init than Qwen's 0.02: at 0.02 this tiny model does not learn where things are in a frame at
+        # any learning rate we tried (supervised, 300 steps); at 0.1 it reaches 90% on the direction task in about
+        # 2,000 supervised samples. HF's _init_weights reads the top-level value; the sub-configs carry it too.
+        initializer_range=INIT_RANGE,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -249,10 +256,14 @@ def warm_start(
     steps: int,
     seed: int = 0,
     batch_size: int = 8,
-    lr: float = 5e-3,
+    lr: float = 1e-3,
     max_rows: int = 128,
 ) -> dict[str, Any]:
     """Teacher-forced SFT on `<answer>X</answer><|im_end|>` with X uniform over the options; returns stats.
+
+    The learning rate is gentle on purpose: random-letter targets reward ignoring the video, and at 5e-3 they did
+    so hard enough that the direction task became unlearnable afterwards; at 1e-3 the format is learned as well
+    (loss 0.237 against a floor of 0.231) and learning from the video survives.
 
     Only the first `max_rows` rows are used: their prompts are encoded once up front, and a format needs no more.
     """

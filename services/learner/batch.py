@@ -14,7 +14,7 @@ import torch
 
 from services.common.config import MediaConfig
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
-from services.common.prompts import chat_text
+from services.common.prompts import chat_text, vision_token_ids
 from services.rollout.media import FrameCache
 
 
@@ -81,20 +81,26 @@ class BatchBuilder:
         self.processor, self.media = processor, media
         self.frames = FrameCache(cache_bytes)
         self.pad_id = processor.tokenizer.pad_token_id or 0
+        self.placeholders = set(vision_token_ids(processor.tokenizer))
 
     def _prompt_inputs(self, prompt: pb.Prompt) -> dict:
-        frames = self.frames.get_or_load(prompt.video_uri, self.media)
+        frames = self.frames.get_for_prompt(prompt, self.media)  # reverse-time rows backwards, as the actors
         text = chat_text(self.processor, prompt.question, list(prompt.options))
         return self.processor(text=[text], videos=[frames], return_tensors="pt", do_resize=False,
                               do_sample_frames=False)
 
     def build(self, groups: list[pb.ScoredGroup]) -> tuple[Batch, int]:
-        """Returns the batch and the number of groups dropped for a prompt-token mismatch."""
+        """Returns the batch and the number of groups dropped: their prompt tokens differ from what the sampler
+        saw, or a completion holds a vision placeholder token (the model would read it as a frame slot; samplers
+        are told never to emit one, see services/rollout/engine.py, but a group from elsewhere might)."""
         rows, pix, grids, mismatched = [], [], [], 0
         for g in groups:
             enc = self._prompt_inputs(g.prompt)
             prompt_ids = enc["input_ids"][0].tolist()
             if g.completions and list(g.completions[0].prompt_token_ids) not in ([], prompt_ids):
+                mismatched += 1
+                continue
+            if any(self.placeholders.intersection(c.completion_token_ids) for c in g.completions):
                 mismatched += 1
                 continue
             for c, r in zip(g.completions, g.rewards, strict=True):

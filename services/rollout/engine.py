@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from services.common.config import RolloutConfig
+from services.common.prompts import vision_token_ids
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class VLLMEngine:
     def __init__(self, llm, tokenizer):
         self.llm = llm
         self.tokenizer = tokenizer
+        self.never = {i: -100.0 for i in vision_token_ids(tokenizer)}
 
     @classmethod
     def create(cls, model_dir: Path, cfg: RolloutConfig, seed: int = 0) -> VLLMEngine:
@@ -59,8 +61,10 @@ class VLLMEngine:
         from vllm.sampling_params import RequestOutputKind
 
         # FINAL_ONLY: one output holding all n samples; streamed outputs of n>1 requests may hold only some.
+        # A vision placeholder in a completion is never a valid answer, and the learner would read it as a frame
+        # slot; a small random-init model does sample them. Logprobs stay vLLM's raw ones, as the learner computes.
         params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, logprobs=0, seed=seed,
-                                output_kind=RequestOutputKind.FINAL_ONLY)
+                                logit_bias=self.never, output_kind=RequestOutputKind.FINAL_ONLY)
         final = None
         async for out in self.llm.generate({"prompt": prompt, "multi_modal_data": {"video": frames}}, params,
                                            request_id=request_id):

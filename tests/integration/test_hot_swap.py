@@ -68,3 +68,41 @@ def test_hot_swap_equals_fresh_engine_and_changes_output(tiny_assets, tmp_path):
     assert after == reference, "the swapped engine must behave exactly like a fresh engine on the new files"
     assert after != before, "the new version's greedy output must differ from the previous version's"
     assert 0 < paused < 30
+
+
+def test_engine_never_samples_vision_placeholders_even_from_a_uniform_policy(tiny_assets, tmp_path):
+    """With a zeroed lm_head every token is equally likely (5 of 731 are vision markers: ~7 expected in 1,024
+    sampled tokens); the engine's logit bias must keep every one of them out of the completions."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from services.common.prompts import vision_token_ids
+
+    model = Qwen2VLForConditionalGeneration.from_pretrained(str(tiny_assets.model_dir), dtype=torch.float32)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+
+    def write(d):
+        model.save_pretrained(str(d), safe_serialization=True)
+        for pattern in ("*.json", "*.jinja"):
+            for f in tiny_assets.model_dir.glob(pattern):
+                if not (d / f.name).exists():
+                    (d / f.name).write_bytes(f.read_bytes())
+
+    manifest = write_version(tmp_path / "weights", 1, step=1, write=write)
+    row = tiny_assets.eval_rows[0]
+    frames = sample_video(row.video, MediaConfig())
+
+    async def scenario():
+        engine = VLLMEngine.create(manifest.uri, RolloutConfig(max_new_tokens=16))
+        try:
+            prompt = chat_text(engine.tokenizer, row.question, list(row.options))
+            return engine, await engine.generate(uuid.uuid4().hex, prompt, frames, n=64, max_tokens=16,
+                                                 temperature=1.0)
+        finally:
+            engine.shutdown()
+
+    engine, samples = asyncio.run(scenario())
+    tokens = [t for s in samples for t in s.token_ids]
+    forbidden = set(vision_token_ids(engine.tokenizer))
+    assert len(forbidden) == 5 and len(set(tokens)) > 200, "the policy must really be near uniform"
+    assert not forbidden.intersection(tokens)

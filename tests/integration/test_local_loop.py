@@ -69,7 +69,8 @@ def test_two_actors_full_loop(tiny_assets, tmp_path, monkeypatch):
         assert len(g.completions) == (k if g.prompt.split == "train" else cfg.rollout.eval_samples)
         assert {c.actor_id for c in g.completions} == {g.actor_id}
         assert {c.policy_version for c in g.completions} == {g.policy_version}
-        assert len(g.rewards) == len(g.completions) and all(len(c.logprobs) == len(c.completion_token_ids) for c in g.completions)
+        assert len(g.rewards) == len(g.completions)
+        assert all(len(c.logprobs) == len(c.completion_token_ids) for c in g.completions)
     assert {g.actor_id for g in seen["groups"]} == {"rollout-0", "rollout-1"}, "both actors contributed"
     c = seen["counters"]
     written = k * c.get("groups_written", 0) + cfg.rollout.eval_samples * c.get("eval_groups_written", 0)
