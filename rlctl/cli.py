@@ -52,7 +52,9 @@ def run(config: Path | None, overrides: tuple[str, ...], resume_dir: Path | None
         console.print("[yellow]interrupted: every process of the run was stopped[/]")
         sys.exit(130)
     recs = summary["records"]
-    versions = sorted({r["published"] for r in recs if r.get("published")})
+    published = sorted({r["published"] for r in recs if r.get("published")})
+    versions = (f"v{published[0]}-v{published[-1]} ({len(published)})" if len(published) > 3 else
+                ", ".join(f"v{v}" for v in published) or "none")
     lags = [x for x in summary["swap_lag"] if x["seconds"] is not None]
     console.print(f"done: {len(recs)} learner steps, published versions {versions}, {summary['seconds']:.0f}s; "
                   f"stats in {cfg.run_dir}/stats.jsonl", soft_wrap=True)

@@ -44,6 +44,13 @@ def prepare_assets(cfg: RunConfig, console: Console) -> Assets:
     """The configured model and data, or the embedded tiny model and synthetic videos (built once, cached)."""
     d = cfg.data
     train_path, eval_path = d.train, d.eval
+    if (train_path is None or eval_path is None) and d.synth_tasks:
+        from services.data.synth_suite import make_suite
+
+        with console.status(f"rendering the synthetic suite ({', '.join(d.synth_tasks)}; once)"):
+            name = f"synth-suite-s{d.seed}-{'-'.join(d.synth_tasks)}-{d.synth_train}-{d.synth_eval}"
+            suite = make_suite(CACHE / name, d.synth_tasks, d.synth_train, d.synth_eval, seed=d.seed, progress=False)
+        train_path, eval_path = train_path or suite.train, eval_path or suite.eval
     if train_path is None or eval_path is None:
         from services.embedded.synth import make_direction_dataset
 

@@ -32,7 +32,20 @@ class DataConfig(_Strict):
     eval: Path | None = Field(None, description="held-out JSONL; None generates the embedded synthetic set")
     synth_train: int = Field(64, ge=1, le=100_000, description="rows of the embedded synthetic train split")
     synth_eval: int = Field(16, ge=1, le=100_000, description="rows of the embedded synthetic eval split")
+    synth_tasks: list[str] | None = Field(
+        None, description="render these tasks of the synthetic suite (synth_train/synth_eval rows each) instead of "
+                          "the one direction task; see `rlctl data synth --help`")
     seed: int = Field(0, description="seed of the synthetic data and of the prompt order")
+
+    @field_validator("synth_tasks")
+    @classmethod
+    def _known_tasks(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            from services.data.synth_suite import parse_tasks
+
+            parse_tasks(v)  # ValueError naming the unknown task and the known ones
+        return v
+
     sampling: Literal["uniform", "filter", "target"] = Field(
         "uniform", description="train prompt choice: every row alike, or by the policy's pass rate on it")
     pass_reward: float = Field(1.0, description="a completion passes when its total reward reaches this")
@@ -171,6 +184,7 @@ class LearnerConfig(_Strict):
     freeze_vision: bool = Field(False, description="train only the language model; published dirs stay complete")
     num_iterations: int = Field(1, ge=1, le=16, description="updates per batch (old log-probs from the first)")
     checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0 = never)")
+    keep_versions: int = Field(4, ge=2, description="published weight versions kept on disk (older ones deleted)")
     eval_every: int = Field(5, ge=0, description="feed the held-out split every N steps (0 = never)")
     prefetch_prompts: int = Field(4, ge=1, description="prompts in flight ahead of the learner (bounds staleness)")
 

@@ -243,7 +243,17 @@ class LearnerDriver:
         self.version = version
         self.metrics.version.set(version)
         log.info("published version %d at step %d (%d bytes)", version, step, manifest.bytes)
+        self._prune_versions(root, version)
         return version
+
+    def _prune_versions(self, root: Path, newest: int) -> None:
+        """Delete versions older than the newest `keep_versions`: actors only ever load the current one, and an
+        actor still loading an older one holds at most the previous few (a swap takes well under a step)."""
+        import shutil
+
+        for path in root.glob("v[0-9]*"):
+            if path.name[1:].isdigit() and int(path.name[1:]) <= newest - self.cfg.learner.keep_versions:
+                shutil.rmtree(path, ignore_errors=True)
 
     def _checkpoint(self, step: int) -> None:
         import torch

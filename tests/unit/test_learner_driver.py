@@ -137,3 +137,13 @@ def test_feeder_samples_by_difficulty_from_observed_pass_rates(control, redis_se
     fed = {pb.Prompt.FromString(p).sample_id for _, p in control.take_prompts("a0", 40, 10, 60_000)}
     assert fed == {"r2", "r3"}
     assert f.state()["pass_rate"] == {"r0": 1.0, "r1": 0.0, "r2": 0.25}
+
+
+def test_only_the_newest_keep_versions_weight_dirs_stay_on_disk(control, redis_server, tmp_path):
+    d = _driver(control, redis_server, tmp_path, keep_versions=4)
+    root = tmp_path / "weights"
+    for v in range(1, 7):
+        (root / f"v{v:06d}").mkdir(parents=True)
+    (root / "vnotes").mkdir()                         # not a version: left alone
+    d._prune_versions(root, newest=6)
+    assert sorted(p.name for p in root.iterdir()) == ["v000003", "v000004", "v000005", "v000006", "vnotes"]
