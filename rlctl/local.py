@@ -100,6 +100,7 @@ class LocalRun:
         self.actor_runs: dict[str, object] = {}
         self.learner = None
         self.ray_started = False
+        self.actors_started: float | None = None       # monotonic time the first actor was asked to start
 
     def start(self) -> ControlPlane:
         cfg = self.cfg
@@ -118,6 +119,7 @@ class LocalRun:
             _ray_init()
             self.ray_started = True
         self._start_reward()
+        self.actors_started = time.monotonic()
         for i in range(cfg.rollout.num_actors):
             self.add_actor(f"rollout-{i}")
         if self.with_learner:
@@ -177,10 +179,25 @@ class LocalRun:
                 on_tick()
             if ready:
                 return ray.get(self.learner_run)
-            failed = [a for a, ref in self.actor_runs.items() if ray.wait([ref], timeout=0)[0]]
-            for a in failed:
-                ray.get(self.actor_runs.pop(a))  # raises the actor's error; a clean return is a bug too
-                raise RuntimeError(f"rollout actor {a} stopped before the learner finished")
+            self.check_actors()
+
+    def check_actors(self) -> None:
+        """Raise if an actor stopped (with its error) or is still loading its engine after rollout.start_timeout_s:
+        a run must fail loudly, not wait forever on an actor that will never generate."""
+        import ray
+
+        failed = [a for a, ref in self.actor_runs.items() if ray.wait([ref], timeout=0)[0]]
+        for a in failed:
+            ray.get(self.actor_runs.pop(a))  # raises the actor's error; a clean return is a bug too
+            raise RuntimeError(f"rollout actor {a} stopped before the run finished")
+        limit = self.cfg.rollout.start_timeout_s
+        waited = 0.0 if self.actors_started is None else time.monotonic() - self.actors_started
+        if waited > limit:
+            stuck = [a.actor_id for a in self.control.actors() if a.actor_id in self.actors and a.loaded_version < 0]
+            if stuck:
+                raise RuntimeError(f"rollout actors {', '.join(stuck)} still loading their engine after {waited:.0f}s "
+                                   f"(rollout.start_timeout_s={limit:.0f}); their logs are under "
+                                   f"/tmp/videorl-ray/session_latest/logs (worker-*.err)")
 
     def wait_for_actors_at(self, version: int, timeout_s: float = 60.0) -> bool:
         """Let every live actor load `version` before the run stops, so the final policy is what they serve."""

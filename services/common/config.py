@@ -76,6 +76,8 @@ class RolloutConfig(_Strict):
     max_model_len: int = Field(512, ge=64, description="vLLM max_model_len")
     kv_cache_mib: int = Field(64, ge=8, description="KV cache size bound per engine, MiB")
     heartbeat_s: float = Field(1.0, gt=0, description="seconds between registry heartbeats")
+    start_timeout_s: float = Field(600.0, gt=0,
+                                   description="an actor still loading its engine after this long is an error")
     eval_samples: int = Field(1, ge=1, le=64,
                               description="completions per held-out prompt (1 at temperature 0 = greedy)")
     eval_temperature: float = Field(0.0, ge=0, le=5, description="sampling temperature for held-out prompts")

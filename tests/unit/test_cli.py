@@ -35,3 +35,26 @@ def test_sft_is_registered_and_rejects_a_bad_config_field(tmp_path):
     (taken / "config.json").write_text("{}")
     r = CliRunner().invoke(main, ["sft", "--out", str(taken)])
     assert r.exit_code != 0 and "already holds a model" in r.output
+
+
+def test_an_actor_stuck_loading_past_the_start_timeout_fails_the_run_with_its_name():
+    import time
+
+    import pytest
+
+    from rlctl.local import LocalRun
+    from services.common.config import RunConfig
+    from services.common.control import ActorInfo
+
+    class Control:
+        def actors(self):
+            return [ActorInfo("rollout-0", -1, time.time(), "loading", {}),
+                    ActorInfo("rollout-1", 3, time.time(), "running", {})]
+
+    run = LocalRun(RunConfig(rollout={"start_timeout_s": 60}))
+    run.control, run.actors = Control(), {"rollout-0": object(), "rollout-1": object()}
+    run.actors_started = time.monotonic() - 30
+    run.check_actors()                                  # within the timeout: fine
+    run.actors_started = time.monotonic() - 61
+    with pytest.raises(RuntimeError, match=r"rollout actors rollout-0 still loading .* \(rollout.start_timeout_s=60\)"):
+        run.check_actors()
