@@ -23,12 +23,15 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results"
 
 
-def eval_points(stats: Path) -> tuple[list[dict], float]:
-    """One point per completed evaluation round: step, wall seconds since the run started, accuracy per task."""
+def eval_points(stats: Path, start: float | None = None) -> tuple[list[dict], float]:
+    """One point per completed evaluation round: step, wall seconds since `start` (the command's start; else the
+    first learner step), accuracy per task."""
     recs = [json.loads(line) for line in stats.read_text().splitlines() if line.strip()]
     if not recs:
         raise click.ClickException(f"{stats}: no learner steps recorded")
-    start = recs[0].get("run_started", recs[0]["time"])
+    if start is None:
+        started = stats.parent / "command_started"
+        start = float(started.read_text()) if started.exists() else recs[0]["time"]
     points, seen = [], set()
     for r in recs:
         ev = r.get("eval")
@@ -43,7 +46,7 @@ def eval_points(stats: Path) -> tuple[list[dict], float]:
 
 def table(points: list[dict]) -> str:
     tasks = sorted({t for p in points for t in p["per_task"]})
-    head = "| eval round | fed at step | wall s | " + " | ".join(tasks) + " |"
+    head = "| eval round | fed after step | wall s (done) | " + " | ".join(tasks) + " |"
     rule = "|" + "---|" * (3 + len(tasks))
     rows = [f"| {p['round']} | {p['step']} | {p['seconds']:.0f} | "
             + " | ".join(f"{p['per_task'][t]:.2f}" if t in p["per_task"] else "" for t in tasks) + " |"
@@ -88,6 +91,8 @@ def main(config: Path, stats: Path | None, overrides: tuple[str, ...]) -> None:
                *[a for o in overrides for a in ("--set", o)]]
         print("$", " ".join(cmd), flush=True)
         t0 = time.time()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "command_started").write_text(repr(t0))  # wall times count from here: model build, render, start
         subprocess.run(cmd, cwd=ROOT, check=True)
         print(f"whole command: {time.time() - t0:.0f} s", flush=True)
         stats = run_dir / "stats.jsonl"

@@ -36,7 +36,7 @@ DIRECTIONS = ("up", "down", "left", "right")
 LETTERS = ("A", "B", "C", "D")
 QUESTION = "Which way does the shape move?"
 # Bump when rendering changes, so markers written by older code no longer match.
-_VERSION = 1
+_VERSION = 2
 _SPLIT_CODES = {"train": 0, "eval": 1}
 _STEP = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}  # (dx, dy), image y points down
 
@@ -142,6 +142,7 @@ def _render_split(tmp: Path, final_dir: Path, split: str, n: int, seed: int,
                 "options": list(DIRECTIONS),
                 "answer": LETTERS[DIRECTIONS.index(clip.direction)],
                 "split": split,
+                "extra": {"synth_task": "direction"},  # as the suite's rows: evaluation reports per synthetic task
             }
         )
         if reasoning:

@@ -87,7 +87,7 @@ def test_two_actors_full_loop(tiny_assets, tmp_path, monkeypatch):
     assert (Path(cfg.run_dir) / "stats.jsonl").read_text().count("\n") == 6
     evals = [r["eval"] for r in recs if "eval" in r]
     assert evals and evals[0]["round"] == 0 and evals[0]["fed_at_step"] == 0      # the curve starts before step 1
-    assert set(evals[0]["per_task"]) == {"mcq"} and 0.0 <= evals[0]["accuracy"] <= 1.0
+    assert set(evals[0]["per_task"]) == {"direction"} and 0.0 <= evals[0]["accuracy"] <= 1.0
     assert evals[0]["groups"] == 4
 
 
@@ -97,5 +97,5 @@ def test_rlctl_eval_scores_every_held_out_row_once_through_the_actors(tiny_asset
     cfg = load_config(None, ["rollout.num_actors=1", f"run_dir={tmp_path / 'eval'}", "data.synth_eval=4"])
     summary = run_eval(cfg, Console(quiet=True), timeout_s=300)
     assert summary["rows"] == summary["groups"] == 4 and summary["quarantined"] == 0
-    assert summary["versions"] == [0] and set(summary["per_task"]) == {"mcq"}
-    assert set(summary["components"]["mcq"]) == {"mcq", "answer_format"}
+    assert summary["versions"] == [0] and set(summary["per_task"]) == {"direction"}
+    assert set(summary["components"]["direction"]) == {"mcq", "answer_format"}

@@ -35,7 +35,8 @@ def test_rows_follow_the_schema(dataset):
         assert len(rows) == n
         assert len({r["id"] for r in rows}) == n
         for row in rows:
-            assert set(row) == {"id", "video", "task", "question", "options", "answer", "split"}
+            assert set(row) == {"id", "video", "task", "question", "options", "answer", "split", "extra"}
+            assert row["extra"] == {"synth_task": "direction"}
             assert row["task"] == "mcq" and row["split"] == split and row["question"] == QUESTION
             assert row["options"] == ["up", "down", "left", "right"]
             assert row["answer"] in LETTERS
