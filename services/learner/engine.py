@@ -40,6 +40,9 @@ _NON_WEIGHT_FILES = ("*.json", "*.jinja", "*.txt", "*.model")
 _TOKEN_MEANS = ("kl_mean", "ratio_mean", "clip_frac", "clip_frac_low", "clip_frac_high", "dual_clip_frac")
 
 
+_OWN_GROUP = "VIDEORL_ONE_RANK_GROUP"  # set with the launcher variables when init_process_group wrote them itself
+
+
 def init_process_group() -> None:
     """Join the launcher's process group (torchrun/deepspeed set RANK, WORLD_SIZE, ...), or make a one-rank group.
 
@@ -51,10 +54,13 @@ def init_process_group() -> None:
     if torch.distributed.is_initialized():
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if "WORLD_SIZE" in os.environ:
+    # A launcher's variables, not ones this function wrote earlier in this process (or in the parent a Ray worker
+    # inherited them from, as in a test session): those would send a one-rank group through a TCPStore on '::'.
+    if "WORLD_SIZE" in os.environ and os.environ.get(_OWN_GROUP) != "1":
         deepspeed.init_distributed(dist_backend=backend)
         return
-    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                 (_OWN_GROUP, "1")):
         os.environ[k] = v
     if backend == "gloo" and _loopback_interface():
         # Gloo binds a listener for each group it creates at the address of the machine's hostname unless told an

@@ -39,6 +39,7 @@ def _launch(model: Path, synth: Path, out: Path, stage: int) -> None:
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
                "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        env.pop("VIDEORL_ONE_RANK_GROUP", None)  # a launcher's ranks, not variables an earlier one-rank test wrote
         log = open(out / f"rank{rank}.log", "wb")  # noqa: SIM115 - closed after the process ends
         procs.append((subprocess.Popen([sys.executable, str(WORKER), "--model", str(model), "--synth", str(synth),
                                         "--out", str(out), "--stage", str(stage)], env=env, stdout=log,

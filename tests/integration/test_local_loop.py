@@ -78,8 +78,10 @@ def test_two_actors_full_loop(tiny_assets, tmp_path, monkeypatch):
     assert written <= c["completions_received"] <= written + k * c.get("groups_duplicate", 0)
     assert len(seen["groups"]) == c["groups_written"] and len(seen["evals"]) == c.get("eval_groups_written", 0)
     # the learner recomputes the sampled tokens' log-probs as vLLM reported them: a misaligned batch
-    # (off-by-one, wrong prompt tokens, missing M-RoPE types) would differ by nats, not hundredths
-    assert all(r["logp_diff_vs_behaviour"] < 0.1 for r in recs)
+    # (off-by-one, wrong prompt tokens, missing M-RoPE types) would differ by nats, not hundredths. Only step 1 is
+    # exact (both hold version 0); later steps also see the policy move since the sampling version.
+    diffs = [round(r["logp_diff_vs_behaviour"], 4) for r in recs]
+    assert diffs[0] < 0.01 and all(d < 1.0 for d in diffs), diffs
     # no group older than max_staleness was trained on
     assert all(r["staleness_max"] <= cfg.learner.max_staleness for r in recs)
     # every actor reached the last version before being stopped
