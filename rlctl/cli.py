@@ -96,7 +96,11 @@ def eval_cmd(config: Path | None, model_dir: Path | None, overrides: tuple[str, 
         cfg = cfg.model_copy(update={"run_dir": Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"})
     from rlctl.evaluate import eval_table, run_eval, write_summary
 
-    summary = run_eval(cfg, console)
+    try:
+        summary = run_eval(cfg, console)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: every process of the evaluation was stopped[/]")
+        sys.exit(130)
     console.print(eval_table(summary))
     console.print(f"overall accuracy {summary['accuracy']:.3f} of {summary['model']}; "
                   f"written to {write_summary(summary, cfg.run_dir)}", soft_wrap=True)
