@@ -37,15 +37,6 @@ class DataConfig(_Strict):
                           "the one direction task; see `rlctl data synth --help`")
     seed: int = Field(0, description="seed of the synthetic data and of the prompt order")
 
-    @field_validator("synth_tasks")
-    @classmethod
-    def _known_tasks(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None:
-            from services.data.synth_suite import parse_tasks
-
-            parse_tasks(v)  # ValueError naming the unknown task and the known ones
-        return v
-
     sampling: Literal["uniform", "filter", "target"] = Field(
         "uniform", description="train prompt choice: every row alike, or by the policy's pass rate on it")
     pass_reward: float = Field(1.0, description="a completion passes when its total reward reaches this")
@@ -54,6 +45,15 @@ class DataConfig(_Strict):
     target_pass: float = Field(0.5, ge=0, le=1, description="sampling=target favours rows near this pass rate")
     target_width: float = Field(0.2, gt=0, description="sampling=target: width of the preference around it")
     explore: float = Field(0.1, ge=0, le=1, description="share of draws that ignore the rule (re-measures rows)")
+
+    @field_validator("synth_tasks")
+    @classmethod
+    def _known_tasks(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            from services.data.synth_suite import parse_tasks
+
+            parse_tasks(v)  # ValueError naming the unknown task and the known ones
+        return v
 
 
 class MediaConfig(_Strict):

@@ -62,10 +62,10 @@ def init_process_group() -> None:
     for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
                  (_OWN_GROUP, "1")):
         os.environ[k] = v
-    if backend == "gloo" and _loopback_interface():
+    if backend == "gloo" and (loopback := _loopback_interface()):
         # Gloo binds a listener for each group it creates at the address of the machine's hostname unless told an
-        # interface; a loopback test once caught one on '::' in the learner. One rank needs no network at all.
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", _loopback_interface())
+        # interface. One rank needs no network at all: keep it on loopback.
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
     os.environ.setdefault("MASTER_PORT", str(free_port()))  # read by some DeepSpeed code paths; nothing binds it
     rendezvous = Path(tempfile.mkdtemp(prefix="videorl-pg-")) / "store"
     deepspeed.init_distributed(dist_backend=backend, init_method=f"file://{rendezvous}", rank=0, world_size=1)
