@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything videorl needs on a fresh CPU machine. Idempotent and cached:
-# - system packages (redis-server) only when missing;
+# - system packages (redis-server, prometheus) only when missing;
 # - one virtualenv shared by every clone, under $VIDEORL_CACHE (default ~/.cache/videorl), reinstalled
 #   only when the dependency lists in pyproject.toml, the torchvision fix or DEPS_REV change; ./.venv links to it.
 set -euo pipefail
@@ -21,11 +21,15 @@ pip() {
     || { grep -v "^WARNING: Location" "$cache/pip.log" | tail -40 >&2; log "pip $1 failed; full log: $cache/pip.log"; exit 1; }
 }
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  log "installing redis-server (apt)"
+# System packages: redis-server (the control plane), prometheus (the dashboards' test scrapes a real one).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]} (apt)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 mkdir -p "$cache"
