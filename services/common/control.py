@@ -150,10 +150,14 @@ class ControlPlane:
     def add_prompt(self, payload: bytes) -> str:
         return self.r.xadd(self.key(PROMPTS), {"prompt": payload}).decode()
 
-    def _backlog(self, stream: str, group: str) -> int:
+    def group_backlog(self, stream: str, group: str) -> tuple[int, int]:
+        """(entries not yet delivered to `group`, entries delivered to it but not acked)."""
         info = {g["name"].decode(): g for g in self.r.xinfo_groups(self.key(stream))}
         g = info.get(group)
-        return 0 if g is None else int(g.get("lag") or 0) + int(g["pending"])
+        return (0, 0) if g is None else (int(g.get("lag") or 0), int(g["pending"]))
+
+    def _backlog(self, stream: str, group: str) -> int:
+        return sum(self.group_backlog(stream, group))
 
     def prompts_queued(self) -> int:
         """Prompts not yet delivered to any actor, plus those delivered but not acknowledged."""

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from services.common.config import RunConfig
 from services.common.control import EVALS, GROUPS, ControlPlane
 from services.common.dataset import Row
-from services.common.metrics import check_name
+from services.common.metrics import ControlPlaneCollector, check_name
 from services.common.metrics import serve as serve_metrics
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.weights import write_version
@@ -39,6 +39,7 @@ from services.learner.feeder import PromptFeeder
 
 log = logging.getLogger("videorl.learner")
 CONSUMER = "learner-0"
+DROP_REASONS = ("stale", "already_trained", "zero_variance", "prompt_mismatch")
 
 
 def zero_variance(rewards: list[float], tol: float) -> bool:
@@ -68,6 +69,28 @@ class LearnerMetrics:
         self.loss = Gauge(check_name("videorl_learner_loss_value"), "GRPO loss of the last step", registry=registry)
         self.reward = Gauge(check_name("videorl_learner_reward_mean_value"), "mean reward of the last step's groups",
                             registry=registry)
+        self.kl = Gauge(check_name("videorl_learner_kl_value"), "mean per-token KL to the reference of the last step",
+                        registry=registry)
+        self.clip = Gauge(check_name("videorl_learner_clip_fraction_ratio"),
+                          "fraction of the last step's tokens whose ratio was clipped", registry=registry)
+        self.advantage = Gauge(check_name("videorl_learner_advantage_value"),
+                               "advantages of the last step's completions (abs_mean, std, min, max)", ["stat"],
+                               registry=registry)
+        self.staleness = Histogram(check_name("videorl_learner_group_staleness_versions"),
+                                   "versions between the learner's policy and a group's, for every group read",
+                                   registry=registry, buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16))
+        for reason in DROP_REASONS:  # 0 from the start: a clean run shows no drops, not "no data"
+            self.dropped.labels(reason)
+
+    def step(self, m: dict[str, float]) -> None:
+        """The last step's training statistics (train_step's metrics)."""
+        self.steps.inc()
+        self.loss.set(m["loss"])
+        self.reward.set(m["reward_mean"])
+        self.kl.set(m["kl_mean"])
+        self.clip.set(m["clip_frac"])
+        for stat in ("abs_mean", "std", "min", "max"):
+            self.advantage.labels(stat).set(m[f"adv_{stat}"])
 
 
 def _mean(values: list[float]) -> float:
@@ -116,6 +139,8 @@ class LearnerDriver:
                                    sampling=cfg.data)
         self.registry = registry or CollectorRegistry()
         self.metrics = LearnerMetrics(self.registry)
+        # The control plane's gauges live here: one learner driver exists in every kind of run (metrics.py).
+        self.registry.register(ControlPlaneCollector(self.control, live_timeout_s=5 * cfg.rollout.heartbeat_s))
         self.stats_path = Path(cfg.run_dir) / "stats.jsonl"
         self.eval_rounds: dict[int, list[EvalGroup]] = defaultdict(list)
         self.eval_fed: dict[int, tuple[int, float]] = {}                 # round -> (step fed after, time)
@@ -190,6 +215,9 @@ class LearnerDriver:
             for g in groups:
                 self.feeder.observe(g.prompt.sample_id, list(g.rewards))
             seen = self.control.trained([g.group_id for g in groups])
+            for g, trained in zip(groups, seen, strict=True):
+                if not trained:
+                    self.metrics.staleness.observe(self.version - g.policy_version)
             for (entry_id, _), g, trained in zip(entries, groups, seen, strict=True):
                 if trained:
                     self._drop(entry_id, "already_trained")
@@ -319,9 +347,7 @@ class LearnerDriver:
                "seconds": {k: round(v, 4) for k, v in self.timings.items()}, **{k: round(v, 5) for k, v in m.items()}}
         if summary := self._eval_summary():
             rec["eval"] = summary
-        self.metrics.steps.inc()
-        self.metrics.loss.set(m["loss"])
-        self.metrics.reward.set(m["reward_mean"])
+        self.metrics.step(m)
         with open(self.stats_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         self.control.record_step(rec)

@@ -192,7 +192,8 @@ class LearnerEngine:
                     sums[k] += w * v / cfg.num_iterations
             self.engine.step()
         finite = batch.rewards[torch.isfinite(batch.rewards)]
-        return {"adv_abs_mean": float(adv.abs().mean()),
+        return {"adv_abs_mean": float(adv.abs().mean()), "adv_std": float(adv.std(correction=0)),
+                "adv_min": float(adv.min()), "adv_max": float(adv.max()),
                 "reward_mean": float(finite.mean()) if finite.numel() else float("nan"),
                 "micro_batches": float(len(micro)), **sums}
 

@@ -182,6 +182,10 @@ class JudgeMetrics:
                                     "answers sent to the judge", registry=registry)
         self.inflight = Gauge(check_name("videorl_reward_judge_inflight_count"),
                               "judge requests in flight", registry=registry)
+        for label in ("ok", "timeout", "error"):  # 0 from the start: a healthy judge shows 0 failures, not "no data"
+            self.requests.labels(label)
+        for label in ("timeout", "error", "unparseable"):
+            self.unscorable.labels(label)
 
 
 class _Unscorable(Exception):

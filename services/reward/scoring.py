@@ -92,6 +92,11 @@ class ScoringMetrics:
                          f"std of each component's last {STATS_WINDOW} scorable values", label, registry=registry)
         self._window: dict[str, deque[float]] = {}
 
+    def declare(self, key: str) -> None:
+        """Create a component's counters at 0, so a clean run shows 0 unscorable, not "no data"."""
+        for counter in (self.completions, self.unscorable, self.gated, self.errors):
+            counter.labels(key)
+
     def observe(self, key: str, values: list[float], gated: int, seconds: float) -> None:
         self.completions.labels(key).inc(len(values))
         self.seconds.labels(key).observe(seconds)
@@ -135,6 +140,7 @@ class Scorer:
                 except KeyError as e:
                     raise ConfigError(f"{where}[{i}].name: {e.args[0]}") from None
             built.append(Component(c.key, c.weight, c.gate, c.gate_min, reward))
+            self.metrics.declare(c.key)
         return built
 
     def components_for(self, task: str) -> list[Component]:

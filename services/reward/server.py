@@ -47,6 +47,8 @@ class RewardMetrics:
                                        registry=registry)
         self.inflight = Gauge(check_name("videorl_reward_groups_inflight_count"), "groups being scored",
                               registry=registry)
+        for status in (pb.GroupAck.SCORED, pb.GroupAck.DUPLICATE, pb.GroupAck.REJECTED):
+            self.groups.labels(pb.GroupAck.Status.Name(status).lower())  # 0 from the start, not "no data"
 
 
 @dataclass

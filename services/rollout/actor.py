@@ -38,17 +38,35 @@ log = logging.getLogger("videorl.rollout")
 
 
 class RolloutMetrics:
-    def __init__(self, registry: CollectorRegistry):
+    """One actor's metrics, labelled with its id: a Ray node (or pod) may host several actors, each with its own
+    exporter, and dashboards show them side by side."""
+
+    def __init__(self, registry: CollectorRegistry, actor_id: str):
+        a = ["actor"]
         self.tokens = Counter(check_name("videorl_rollout_generated_tokens_total"), "completion tokens generated",
-                              registry=registry)
+                              a, registry=registry).labels(actor_id)
         self.generate = Histogram(check_name("videorl_rollout_generate_seconds"), "time to sample one group",
-                                  registry=registry)
+                                  a, registry=registry).labels(actor_id)
         self.swap = Histogram(check_name("videorl_rollout_swap_seconds"), "generation paused per weight swap",
-                              registry=registry)
+                              a, registry=registry).labels(actor_id)
         self.version = Gauge(check_name("videorl_rollout_loaded_policy_version"), "policy version loaded",
-                             registry=registry)
-        self.quarantined = Counter(check_name("videorl_rollout_prompts_quarantined_total"),
-                                   "prompts whose video could not be read", ["reason"], registry=registry)
+                             a, registry=registry).labels(actor_id)
+        self.requests = Gauge(check_name("videorl_rollout_requests_inflight_count"),
+                              "engine requests (one group each) being generated", a, registry=registry).labels(actor_id)
+        self.unacked = Gauge(check_name("videorl_rollout_groups_unacked_count"),
+                             "groups sent to the reward service and not yet acked", a,
+                             registry=registry).labels(actor_id)
+        self.retry = Gauge(check_name("videorl_rollout_prompts_retry_count"),
+                           "prompts a weight swap aborted, waiting to be generated again", a,
+                           registry=registry).labels(actor_id)
+        self._quarantined = Counter(check_name("videorl_rollout_prompts_quarantined_total"),
+                                    "prompts whose video could not be read", ["actor", "reason"], registry=registry)
+        self.actor_id = actor_id
+        for reason in MediaError.REASONS:   # every series exists from the start: a clean run shows 0, not "no data"
+            self._quarantined.labels(actor_id, reason)
+
+    def quarantined(self, reason: str) -> None:
+        self._quarantined.labels(self.actor_id, reason).inc()
 
 
 class RolloutActor:
@@ -72,7 +90,11 @@ class RolloutActor:
         self._write_lock = asyncio.Lock()
         self.engine: VLLMEngine | None = None
         self.registry = CollectorRegistry()
-        self.metrics = RolloutMetrics(self.registry)
+        self.metrics = RolloutMetrics(self.registry, actor_id)
+        self.metrics.version.set_function(lambda: self.loaded_version)   # read at scrape time: -1 while loading
+        self.metrics.requests.set_function(lambda: len(self._requests))
+        self.metrics.unacked.set_function(lambda: len(self.inflight))
+        self.metrics.retry.set_function(lambda: len(self.retry))
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def run(self) -> dict:
@@ -87,7 +109,9 @@ class RolloutActor:
             call = pb_grpc.RewardServiceStub(channel).StreamCompletions()
             acks = asyncio.create_task(self._read_acks(call))
             try:
-                while not self._stop.is_set():
+                # After stop(): finish the prompts a swap aborted (they are this actor's, pending in Redis), take
+                # no new ones, so a scaled-down actor hands back nothing half done.
+                while not self._stop.is_set() or self.retry:
                     for task in background:
                         if task.done():
                             task.result()   # a dead watcher or heartbeat is this actor's failure too
@@ -107,7 +131,7 @@ class RolloutActor:
     # -- phases ----------------------------------------------------------------------------------
     async def _one_batch(self, call) -> None:
         entries, self.retry = self.retry, []
-        want = self.cfg.rollout.prompts_per_batch - len(entries)
+        want = 0 if self._stop.is_set() else self.cfg.rollout.prompts_per_batch - len(entries)
         if want > 0:
             entries += await asyncio.to_thread(self.control.take_prompts, self.actor_id, want, 200, 300_000)
         if entries:
@@ -121,7 +145,7 @@ class RolloutActor:
             frames = await asyncio.to_thread(self.frames.get_for_prompt, prompt, self.cfg.media)
         except MediaError as e:
             log.warning("prompt %s quarantined: %s", prompt.prompt_id, e)
-            self.metrics.quarantined.labels(e.reason).inc()
+            self.metrics.quarantined(e.reason)
             await asyncio.to_thread(self._quarantine, entry_id, e.reason)
             return
         t0 = time.perf_counter()
@@ -225,7 +249,6 @@ class RolloutActor:
         self.stats["swaps"] += 1
         self.stats["swap_seconds"] += paused
         self.metrics.swap.observe(paused)
-        self.metrics.version.set(current)
         await asyncio.to_thread(self.control.heartbeat, self.actor_id, current, "running", last_swap_s=round(paused, 4),
                                 **self._rates())
         log.info("%s loaded version %d in %.3fs", self.actor_id, current, paused)

@@ -86,6 +86,9 @@ class MediaError(Exception):
     """A video (or frame folder) that cannot be sampled. `reason` is one of:
     missing, unreadable, unsupported, empty, corrupt, truncated, too_large, no_video_stream, bad_aspect."""
 
+    REASONS = ("missing", "unreadable", "unsupported", "empty", "corrupt", "truncated", "too_large", "no_video_stream",
+               "bad_aspect")
+
     def __init__(self, path: str | Path, reason: str, detail: str = ""):
         self.path, self.reason, self.detail = str(path), reason, detail
         super().__init__(f"cannot sample video {self.path!r}: {reason}" + (f" ({detail})" if detail else ""))

@@ -27,6 +27,9 @@ def test_groups_older_than_max_staleness_are_dropped_counted_and_acked(control, 
     got = d._collect(2)
     assert [g.prompt_id for _, g in got] == ["edge", "new"]         # 5 - 3 = 2 is allowed, 5 - 2 = 3 is not
     assert control.counters()["groups_dropped:stale"] == 1
+    assert d.registry.get_sample_value("videorl_learner_groups_dropped_total", {"reason": "stale"}) == 1
+    assert d.registry.get_sample_value("videorl_learner_group_staleness_versions_count") == 3   # dropped ones too
+    assert d.registry.get_sample_value("videorl_learner_group_staleness_versions_sum") == 3 + 2 + 0
     pending = control.r.xpending(control.key(GROUPS), "learner")["pending"]
     assert pending == 2            # the dropped one is acked; the two taken stay pending until trained on
     for entry_id, _ in got:
