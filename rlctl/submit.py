@@ -1,0 +1,295 @@
+"""`rlctl submit`: render deploy/k8s for one run and apply it to a Kubernetes cluster.
+
+What is printed (`--dry-run`) or applied is an overlay rendered by `kubectl kustomize`, changed in exactly these
+ways and no other: every object of the run is named `videorl-<run>-<part>` (references to it follow), carries the
+run's label and selects only the run's pods, lives in one namespace, runs the chosen image, the rollout worker group
+has rollout.num_actors replicas, and the config ConfigMap holds the run's config, validated by RunConfig.
+
+Invariants:
+- No password is printed or written into a manifest. Pods read the Redis password from the Secret
+  `videorl-<run>-redis-auth` (key `password`); submit creates that Secret, with a random password, only when it
+  applies and only when the Secret is missing, and never echoes its value.
+- The embedded config is valid and fit for the cluster: no redis.url (the pods build it from the Secret), run_dir
+  on the shared volume, the reward server listening on the pod network at REWARD_PORT.
+- The Grafana dashboards ConfigMap is shared by every run of a namespace and keeps its name.
+- Every pod carries the exact run_id (annotation videorl.io/run-id): the scrape config makes it the `run` label
+  that every dashboard query filters on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import click
+import yaml
+
+from services.common.config import ConfigError, RunConfig, load_config
+
+K8S_DIR = Path(__file__).resolve().parents[1] / "deploy" / "k8s"
+OVERLAYS = ("dev-cpu", "gpu")
+PREFIX = "videorl-"
+SECRET = "videorl-redis-auth"                  # referenced by the manifests, created by submit or the operator
+CONFIG_MAP = "videorl-config"
+SHARED = frozenset({"videorl-grafana-dashboards"})
+OPTIONAL_KINDS = frozenset({"PodMonitor"})    # skipped, with a warning, where the cluster lacks the operator
+RUN_LABEL = "videorl.io/run"
+RUN_ANNOTATION = "videorl.io/run-id"
+REWARD_PORT = 50051
+DATA_MOUNT = Path("/data")
+FIELD_MANAGER = "rlctl"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the config, run.sh, dashboards) as readable `|` blocks."""
+
+
+_Dumper.add_representer(str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s
+                                                            else None))
+
+
+class SubmitError(click.ClickException):
+    """A run that cannot be rendered or applied; the message says why and what to do."""
+
+
+def run_slug(run_id: str) -> str:
+    """The run's part of object names and its label value: a DNS label, short enough that every name stays under
+    63 characters; a short hash keeps run ids that differ only in case or punctuation apart."""
+    slug = re.sub(r"[^a-z0-9]+", "-", run_id.lower()).strip("-")
+    if slug == run_id and len(slug) <= 30:
+        return slug
+    digest = hashlib.sha256(run_id.encode()).hexdigest()[:6]
+    return f"{slug[:30].strip('-')}-{digest}".strip("-")
+
+
+def render_overlay(overlay: str, k8s_dir: Path | None = None) -> list[dict]:
+    """The overlay as `kubectl kustomize` renders it (the dashboards live outside deploy/k8s, hence the flag)."""
+    k8s_dir = k8s_dir or K8S_DIR
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        raise SubmitError("kubectl is not on PATH: it renders deploy/k8s (`kubectl kustomize`); install it first")
+    out = subprocess.run([kubectl, "kustomize", "--load-restrictor=LoadRestrictionsNone",
+                          str(k8s_dir / "overlays" / overlay)], capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise SubmitError(f"kubectl kustomize {k8s_dir / 'overlays' / overlay} failed:\n{out.stderr.strip()}")
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def cluster_config(cfg: RunConfig) -> str:
+    """The run's config as the cluster runs it, as YAML: redis.url removed (a URL may hold a password; pods build
+    theirs from the Secret), run_dir on the shared volume, the reward server on the pod network."""
+    data = cfg.model_dump(mode="json", exclude_unset=True)
+    data.pop("redis", None)
+    data["run_id"] = cfg.run_id
+    data["run_dir"] = str(DATA_MOUNT / "runs" / cfg.run_id)
+    data["reward"] = {**data.get("reward", {}), "host": "0.0.0.0", "port": REWARD_PORT}
+    RunConfig.model_validate(data)  # what the pods read must load
+    header = ("# Rendered by `rlctl submit`. redis.url comes from the environment (its Secret), run_dir is on the\n"
+              "# shared volume, the reward server listens on the pod network.\n")
+    return header + yaml.safe_dump(data, sort_keys=False)
+
+
+def customize(docs: list[dict], cfg: RunConfig, namespace: str, image: str | None) -> list[dict]:
+    """The rendered overlay made into this run's manifests (see the module docstring for the full list)."""
+    slug = run_slug(cfg.run_id)
+    names = {d["metadata"]["name"] for d in docs} | {SECRET}
+    renames = {n: n.replace(PREFIX, f"{PREFIX}{slug}-", 1) for n in names - SHARED if n.startswith(PREFIX)}
+    pattern = re.compile(r"(?<![a-z0-9-])(" + "|".join(map(re.escape, sorted(renames, key=len, reverse=True)))
+                         + r")(?![a-z0-9-])")
+    out = []
+    for doc in docs:
+        shared = doc["metadata"]["name"] in SHARED
+        content = {k: dict(v) for k, v in doc.items() if doc["kind"] == "ConfigMap" and k in ("data", "binaryData")}
+        doc = {**_map_strings({k: v for k, v in doc.items() if k not in content},
+                              lambda s: pattern.sub(lambda m: renames[m.group(1)], s)), **content}
+        meta = doc["metadata"]
+        meta["namespace"] = namespace
+        if not shared:
+            meta.setdefault("labels", {})[RUN_LABEL] = slug
+            meta.setdefault("annotations", {})[RUN_ANNOTATION] = cfg.run_id
+            _select_run(doc, slug, cfg.run_id)
+        if image:
+            _set_image(doc, image)
+        if doc["kind"] == "ConfigMap" and meta["name"] == renames[CONFIG_MAP]:
+            doc["data"]["config.yaml"] = cluster_config(cfg)
+        if doc["kind"] == "RayJob":
+            _set_rollout_replicas(doc, cfg.rollout.num_actors)
+        out.append(doc)
+    return out
+
+
+def _map_strings(node, fn: Callable[[str], str]):
+    if isinstance(node, dict):
+        return {k: _map_strings(v, fn) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_map_strings(v, fn) for v in node]
+    return fn(node) if isinstance(node, str) else node
+
+
+def _dicts(node) -> Iterator[dict]:
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from _dicts(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _dicts(v)
+
+
+def _select_run(doc: dict, slug: str, run_id: str) -> None:
+    """The run label on every pod template and in every selector, so two runs in a namespace never mix pods; the
+    run_id annotation on every pod template, which the scrape config turns into the metrics' `run` label."""
+    if doc["kind"] == "Service":
+        doc["spec"]["selector"][RUN_LABEL] = slug
+    for d in list(_dicts(doc)):
+        if "matchLabels" in d:
+            d["matchLabels"][RUN_LABEL] = slug
+        for key in ("template", "submitterPodTemplate"):
+            if isinstance(d.get(key), dict) and "spec" in d[key]:
+                meta = d[key].setdefault("metadata", {})
+                meta.setdefault("labels", {})[RUN_LABEL] = slug
+                meta.setdefault("annotations", {})[RUN_ANNOTATION] = run_id
+
+
+def _set_image(doc: dict, image: str) -> None:
+    """Every videorl container runs `image`; other images (Redis) stay."""
+    for d in _dicts(doc):
+        if "image" in d and "name" in d:  # a container
+            repo = d["image"].split("@")[0].rsplit(":", 1)[0]
+            if repo.rsplit("/", 1)[-1] == "videorl":
+                d["image"] = image
+
+
+def _set_rollout_replicas(rayjob: dict, n: int) -> None:
+    groups = {g["groupName"]: g for g in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]}
+    rollout = groups["rollout"]
+    rollout["replicas"] = n
+    rollout["minReplicas"] = min(rollout.get("minReplicas", 0), n)
+    rollout["maxReplicas"] = max(rollout.get("maxReplicas", n), n)
+
+
+def path_warnings(cfg: RunConfig) -> list[str]:
+    """Paths the pods will read that are not on the shared volume (they were probably meant for this machine)."""
+    paths = {"model.path": cfg.model.path, "data.train": cfg.data.train, "data.eval": cfg.data.eval,
+             **{f"sft.data[{i}]": p for i, p in enumerate(cfg.sft.data)}}
+    return [f"{field}={p} is read inside the pods; put it on the data volume (under {DATA_MOUNT}/)"
+            for field, p in paths.items() if p is not None and not Path(p).is_relative_to(DATA_MOUNT)]
+
+
+def connect():
+    """A dynamic client for the current kubeconfig context (or the pod's service account)."""
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+    from kubernetes.dynamic import DynamicClient
+
+    try:
+        config.load_kube_config(os.environ.get("KUBECONFIG"))  # read now: the library's default froze at import
+    except ConfigException as e:
+        try:
+            config.load_incluster_config()
+        except ConfigException:
+            raise SubmitError(f"no Kubernetes cluster configured ({e}): set KUBECONFIG or write ~/.kube/config, "
+                              "or run inside a pod; `--dry-run` prints the manifests without a cluster") from None
+    api = client.ApiClient()
+    try:
+        return DynamicClient(api)
+    except Exception as e:  # noqa: BLE001 - any transport or API failure here means the cluster is unreachable
+        raise SubmitError(f"cannot reach the Kubernetes API at {api.configuration.host}: {_why(e)}") from None
+
+
+def apply(docs: list[dict], dyn, namespace: str, slug: str, echo: Callable[[str], None]) -> None:
+    """Create the run's Redis Secret when missing, then server-side apply every manifest, in order."""
+    from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+
+    try:
+        dyn.get(dyn.resources.get(api_version="v1", kind="Namespace"), name=namespace)
+    except NotFoundError:
+        raise SubmitError(f"namespace {namespace!r} does not exist: kubectl create namespace {namespace}") from None
+    secret_api = dyn.resources.get(api_version="v1", kind="Secret")
+    secret = SECRET.replace(PREFIX, f"{PREFIX}{slug}-", 1)
+    try:
+        dyn.get(secret_api, name=secret, namespace=namespace)
+        echo(f"secret/{secret}: exists, its password is kept")
+    except NotFoundError:
+        dyn.create(secret_api, namespace=namespace, body={
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": secret, "namespace": namespace, "labels": {RUN_LABEL: slug}},
+            "stringData": {"password": secrets.token_hex(24)}})
+        echo(f"secret/{secret}: created with a random Redis password")
+    for doc in docs:
+        try:
+            api = dyn.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+        except ResourceNotFoundError:
+            if doc["kind"] in OPTIONAL_KINDS:
+                echo(f"warning: the cluster does not serve {doc['apiVersion']} {doc['kind']}: "
+                     f"{doc['metadata']['name']} skipped; Prometheus can scrape the pods by their annotations "
+                     "(deploy/k8s/prometheus-scrape.yaml)")
+                continue
+            hint = " (install the KubeRay operator, >= 1.1)" if doc["apiVersion"].startswith("ray.io/") else ""
+            raise SubmitError(f"the cluster does not serve {doc['apiVersion']} {doc['kind']}{hint}") from None
+        dyn.server_side_apply(api, body=doc, namespace=namespace, field_manager=FIELD_MANAGER, force_conflicts=True)
+        echo(f"{doc['kind'].lower()}/{doc['metadata']['name']}: applied")
+
+
+def _why(e: Exception) -> str:
+    """A failure in one line, without response bodies (they can echo what was sent)."""
+    status, reason = getattr(e, "status", None), getattr(e, "reason", None)
+    if status is not None:
+        try:  # a Kubernetes Status names the object and the rule, never a submitted value
+            message = json.loads(getattr(e, "body", None) or "{}").get("message", "")
+        except (ValueError, AttributeError):
+            message = ""
+        return " ".join(str(x) for x in ("HTTP", status, reason, message) if x)
+    return str(getattr(e, "reason", None) or e).splitlines()[0]
+
+
+@click.command("submit")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--namespace", "-n", default="default", show_default=True, help="Kubernetes namespace of the run.")
+@click.option("--overlay", type=click.Choice(OVERLAYS), default="dev-cpu", show_default=True,
+              help="deploy/k8s overlay: dev-cpu (small CPU cluster) or gpu (GPU requests on rollout and learner).")
+@click.option("--image", default=None, metavar="IMAGE",
+              help="Image of every videorl pod (default: the overlay's, videorl:cpu or videorl:gpu).")
+@click.option("--dry-run", is_flag=True, help="Print the manifests as multi-document YAML; apply nothing.")
+def submit(config: Path, namespace: str, overlay: str, image: str | None, dry_run: bool) -> None:
+    """Run CONFIG on Kubernetes: render deploy/k8s/overlays/OVERLAY with `kubectl kustomize`, make it this run's
+    (objects named videorl-<run_id>-*, the config in a ConfigMap, the image, rollout.num_actors rollout pods) and
+    apply it with server-side apply: Redis with AUTH, the reward Deployment, a KubeRay RayJob whose cluster has a
+    `rollout` and a `learner` worker group, the data volume, Grafana dashboards.
+
+    Needs kubectl (rendering), a kubeconfig (or a pod's service account) and, on the cluster, the KubeRay
+    operator. The Redis password lives only in the Secret videorl-<run_id>-redis-auth: submit creates it with a
+    random password when it is missing and never prints it. Paths in CONFIG are read inside the pods, so data
+    and models belong on the data volume (/data)."""
+    if not _DNS_LABEL.match(namespace):
+        raise click.BadParameter(f"{namespace!r} is not a namespace name (a DNS label)", param_hint="--namespace")
+    if image is not None and (not image or any(ch.isspace() for ch in image)):
+        raise click.BadParameter(f"{image!r} is not an image reference", param_hint="--image")
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    for warning in path_warnings(cfg):
+        click.echo(f"warning: {warning}", err=True)
+    docs = customize(render_overlay(overlay), cfg, namespace, image)
+    if dry_run:
+        sys.stdout.write(yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False))
+        return
+    dyn = connect()
+    try:
+        apply(docs, dyn, namespace, run_slug(cfg.run_id), click.echo)
+    except SubmitError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an API or transport failure: name it, not a traceback
+        raise SubmitError(f"applying to {dyn.configuration.host} failed: {_why(e)}") from None
+    click.echo(f"run {cfg.run_id} submitted to namespace {namespace}; watch it with: "
+               f"kubectl -n {namespace} get rayjob,pods -l {RUN_LABEL}={run_slug(cfg.run_id)}")
