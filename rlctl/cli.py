@@ -114,13 +114,19 @@ def data() -> None:
 def _register_subcommands() -> None:
     from rlctl.data_convert import convert
     from rlctl.data_synth import synth
+    from rlctl.operate import logs, scale, status
     from rlctl.rewards_cmd import rewards
     from rlctl.sft_cmd import sft
+    from rlctl.submit import submit
 
     data.add_command(convert)
     data.add_command(synth)
     main.add_command(rewards)
     main.add_command(sft)
+    main.add_command(submit)
+    main.add_command(status)
+    main.add_command(scale)
+    main.add_command(logs)
 
 
 _register_subcommands()

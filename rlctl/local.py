@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from rich.console import Console
 
@@ -33,7 +35,50 @@ CACHE = Path(os.environ.get("VIDEORL_CACHE", Path.home() / ".cache" / "videorl")
 LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
                  "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
                  "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
-for _k, _v in LOCAL_RAY_ENV.items():
+
+
+@dataclass(frozen=True)
+class ClusterTarget:
+    """Where `rlctl run` puts its processes, read from the environment once.
+
+    Local (neither variable set): a Ray of its own on loopback and a reward server of its own, as always.
+    Cluster: the RayJob entrypoint (deploy/k8s/base/config/run.sh) runs with RAY_ADDRESS set by Ray's job
+    supervisor, so the run joins that Ray and places each actor by the custom resource its worker group offers
+    (rayjob.yaml: one `videorl_rollout` per rollout pod, one `videorl_learner` per learner pod), never on the head
+    (num-cpus 0, no custom resource). With VIDEORL_REWARD_ADDRESS set it uses that reward server (the reward
+    Deployment's Service) instead of starting one."""
+
+    ray_address: str | None = None      # None: start a local Ray
+    reward_address: str | None = None   # None: start our own reward server
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> ClusterTarget:
+        return cls(env.get("RAY_ADDRESS") or None, env.get("VIDEORL_REWARD_ADDRESS") or None)
+
+    def process_env(self) -> dict[str, str]:
+        """Variables to default before Ray is imported. Joining a cluster, its own node and auth settings rule:
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 would give this driver the node IP 127.0.0.1, which no node of a
+        cluster has, so it could not attach to the head's raylet."""
+        if self.ray_address is None:
+            return dict(LOCAL_RAY_ENV)
+        return {k: v for k, v in LOCAL_RAY_ENV.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
+                                                                      "RAY_AUTH_MODE")}
+
+    def ray_init_kwargs(self) -> dict:
+        if self.ray_address is None:
+            return dict(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
+                        _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
+                        _temp_dir=str(Path("/tmp") / "videorl-ray"))
+        # "auto": Ray resolves RAY_ADDRESS (the GCS address the job supervisor set); the actors run on other pods,
+        # so their logs come to the driver's (the job's) log instead of staying in a pod's emptyDir.
+        return dict(address="auto", log_to_driver=True, configure_logging=False)
+
+    def placement(self, role: Literal["rollout", "learner"]) -> dict:
+        """Extra Ray actor options for a rollout actor or the learner: none locally (one node)."""
+        return {} if self.ray_address is None else {"resources": {f"videorl_{role}": 1}}
+
+
+for _k, _v in ClusterTarget.from_env().process_env().items():
     os.environ.setdefault(_k, _v)
 
 
@@ -81,30 +126,40 @@ def embedded_model(seed: int, console: Console) -> Path:
         return build_tiny_qwen2vl(CACHE / f"tiny-qwen2vl-s{seed}", seed=seed, videos_jsonl=warm_train)
 
 
-def _ray_init() -> None:
+def _ray_init(target: ClusterTarget) -> None:
     import ray
     from ray._private import ray_constants
 
-    if ray_constants.ENABLE_RAY_CLUSTER:
+    if target.ray_address is None and ray_constants.ENABLE_RAY_CLUSTER:
         raise RuntimeError("ray was imported before rlctl.local set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; "
                            "it would listen on non-loopback addresses")
-    ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
-             _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
-             _temp_dir=str(Path("/tmp") / "videorl-ray"))
+    ray.init(**target.ray_init_kwargs())
+
+
+def _pid(handle) -> int:
+    import ray
+
+    return ray.get(handle.__ray_call__.remote(lambda _self: os.getpid()), timeout=30)
 
 
 class LocalRun:
     """Owns every process of a local run; `close()` stops them all."""
 
-    def __init__(self, cfg: RunConfig, console: Console | None = None, resume: bool = False, learner: bool = True):
+    def __init__(self, cfg: RunConfig, console: Console | None = None, resume: bool = False, learner: bool = True,
+                 target: ClusterTarget | None = None):
         self.cfg, self.console, self.resume, self.with_learner = cfg, console or Console(), resume, learner
+        self.target = target or ClusterTarget.from_env()
         self.redis: EmbeddedRedis | None = None
         self.reward = None
-        self.actors: dict[str, object] = {}
+        self.actors: dict[str, object] = {}            # live actors (not retiring)
         self.actor_runs: dict[str, object] = {}
+        self.retiring: dict[str, object] = {}          # scaled down: asked to stop, finishing what they hold
+        self.retired: list[dict] = []                  # totals of actors that stopped after a scale-down
+        self.started_at: dict[str, float] = {}         # monotonic time each actor was asked to start
+        self.next_index = 0
+        self.pids: dict[str, int] = {}                 # service -> pid of its Ray worker (for `rlctl logs`)
         self.learner = None
         self.ray_started = False
-        self.actors_started: float | None = None       # monotonic time the first actor was asked to start
 
     def start(self) -> ControlPlane:
         cfg = self.cfg
@@ -119,16 +174,26 @@ class LocalRun:
             self._resume_version()
         if self.control.current_version() is None:
             self.control.publish_version(manifest_for_dir(self.assets.model_dir, version=0))
-        with self.console.status("starting Ray"):
-            _ray_init()
+        with self.console.status("starting Ray" if self.target.ray_address is None else "joining the Ray cluster"):
+            _ray_init(self.target)
             self.ray_started = True
         self._start_reward()
-        self.actors_started = time.monotonic()
-        for i in range(cfg.rollout.num_actors):
-            self.add_actor(f"rollout-{i}")
+        self.control.set_desired_actors(cfg.rollout.num_actors)
+        self.scale()
         if self.with_learner:
             self._start_learner()
+        self._write_record()
         return self.control
+
+    def _write_record(self) -> None:
+        """RUN_DIR/run.json, for `rlctl status|scale|logs` from another terminal (rlctl.operate)."""
+        import ray
+
+        from rlctl.operate import write_record
+
+        write_record(Path(self.cfg.run_dir), run_id=self.cfg.run_id, redis_url=self.url, pid=os.getpid(),
+                     started=time.time(), finished=None, heartbeat_s=self.cfg.rollout.heartbeat_s, pids=self.pids,
+                     ray_logs=ray._private.worker._global_node.get_logs_dir_path())
 
     def _resume_version(self) -> None:
         """Make the newest published version on disk current again (a fresh embedded Redis starts empty), so the
@@ -144,6 +209,9 @@ class LocalRun:
             self.control.publish_version(manifest_for_dir(versions[-1], version=int(versions[-1].name[1:])))
 
     def _start_reward(self) -> None:
+        if self.target.reward_address is not None:   # a cluster's reward Deployment
+            self.reward_addr = self.target.reward_address
+            return
         import ray
 
         from services.reward.server import RewardService
@@ -151,6 +219,7 @@ class LocalRun:
         self.reward = ray.remote(num_cpus=0)(RewardService).options(name=f"{self.cfg.run_id}-reward").remote(
             self.cfg, self.url)
         port = ray.get(self.reward.start.remote(), timeout=60)
+        self.pids["reward"] = _pid(self.reward)
         self.reward_addr = f"127.0.0.1:{port}"
 
     def add_actor(self, actor_id: str) -> None:
@@ -159,18 +228,45 @@ class LocalRun:
         from services.rollout.actor import RolloutActor
 
         handle = ray.remote(num_cpus=0, max_concurrency=64)(RolloutActor).options(
-            name=f"{self.cfg.run_id}-{actor_id}").remote(self.cfg, self.url, self.reward_addr, actor_id,
-                                                          str(self.assets.model_dir))
+            name=f"{self.cfg.run_id}-{actor_id}", **self.target.placement("rollout")).remote(
+            self.cfg, self.url, self.reward_addr, actor_id, str(self.assets.model_dir))
         self.actors[actor_id] = handle
         self.actor_runs[actor_id] = handle.run.remote()
+        self.started_at[actor_id] = time.monotonic()
+
+    def scale(self) -> None:
+        """Match the live actors to the desired count in Redis (`rlctl scale rollout N` sets it).
+
+        Up: new actors `rollout-<next index>`; each loads the current version before it takes a prompt.
+        Down: the newest actors are asked to stop; they take no new prompts, finish and send what they hold and
+        wait for its acks, then exit (see RolloutActor.run), so no prompt is lost or generated twice. The learner
+        is never paused: the other actors keep generating meanwhile."""
+        import ray
+
+        want = self.control.desired_actors()
+        if want is None:
+            return
+        while len(self.actors) < want:
+            self.add_actor(f"rollout-{self.next_index}")
+            self.next_index += 1
+        for actor_id in sorted(self.actors, key=lambda a: self.started_at[a])[want:]:
+            self.actors.pop(actor_id).stop.remote()
+            self.retiring[actor_id] = self.actor_runs.pop(actor_id)
+            log.info("scaling down: %s stops after the prompts it holds", actor_id)
+        for actor_id, ref in list(self.retiring.items()):
+            if ray.wait([ref], timeout=0)[0]:
+                del self.retiring[actor_id]
+                self.retired.append(ray.get(ref))   # an actor that failed while stopping fails the run
 
     def _start_learner(self) -> None:
         import ray
 
         from services.learner.driver import LearnerDriver
 
-        self.learner = ray.remote(num_cpus=0)(LearnerDriver).options(name=f"{self.cfg.run_id}-learner").remote(
+        self.learner = ray.remote(num_cpus=0)(LearnerDriver).options(
+            name=f"{self.cfg.run_id}-learner", **self.target.placement("learner")).remote(
             self.cfg, self.url, self.assets.model_dir, self.assets.train, self.assets.eval_rows, resume=self.resume)
+        self.pids["learner"] = _pid(self.learner)   # before run(): the driver serves one call at a time
         self.learner_run = self.learner.run.remote()
 
     def wait(self, on_tick=None, tick_s: float = 0.5) -> list[dict]:
@@ -184,6 +280,7 @@ class LocalRun:
             if ready:
                 return ray.get(self.learner_run)
             self.check_actors()
+            self.scale()
 
     def check_actors(self) -> None:
         """Raise if an actor stopped (with its error) or is still loading its engine after rollout.start_timeout_s:
@@ -194,13 +291,13 @@ class LocalRun:
         for a in failed:
             ray.get(self.actor_runs.pop(a))  # raises the actor's error; a clean return is a bug too
             raise RuntimeError(f"rollout actor {a} stopped before the run finished")
-        limit = self.cfg.rollout.start_timeout_s
-        waited = 0.0 if self.actors_started is None else time.monotonic() - self.actors_started
-        if waited > limit:
-            stuck = [a.actor_id for a in self.control.actors() if a.actor_id in self.actors and a.loaded_version < 0]
+        limit, now = self.cfg.rollout.start_timeout_s, time.monotonic()
+        late = {a for a in self.actors if now - self.started_at[a] > limit}
+        if late:
+            stuck = [a.actor_id for a in self.control.actors() if a.actor_id in late and a.loaded_version < 0]
             if stuck:
-                raise RuntimeError(f"rollout actors {', '.join(stuck)} still loading their engine after {waited:.0f}s "
-                                   f"(rollout.start_timeout_s={limit:.0f}); their logs are under "
+                raise RuntimeError(f"rollout actors {', '.join(stuck)} still loading their engine after "
+                                   f"{limit:.0f}s (rollout.start_timeout_s); their logs are under "
                                    f"/tmp/videorl-ray/session_latest/logs (worker-*.err)")
 
     def wait_for_actors_at(self, version: int, timeout_s: float = 60.0) -> bool:
@@ -217,13 +314,14 @@ class LocalRun:
 
         for h in self.actors.values():
             h.stop.remote()
-        results = []
-        for a, ref in self.actor_runs.items():
+        results, self.retired = self.retired, []
+        for a, ref in {**self.actor_runs, **self.retiring}.items():
             try:
                 results.append(ray.get(ref, timeout=timeout_s))
             except Exception as e:  # noqa: BLE001 - shutting down: report, then kill below
                 log.warning("actor %s did not stop cleanly: %s", a, e)
         self.actor_runs.clear()
+        self.retiring.clear()
         return results
 
     def close(self) -> None:
@@ -232,7 +330,7 @@ class LocalRun:
             if self.ray_started:
                 import ray
 
-                if self.actor_runs:
+                if self.actor_runs or self.retiring:
                     self.stop_actors(timeout_s=30)
                 if self.reward is not None:
                     try:
@@ -245,6 +343,10 @@ class LocalRun:
             if self.redis is not None:
                 self.redis.stop()
                 self.redis = None
+            if (Path(self.cfg.run_dir) / "run.json").exists():
+                from rlctl.operate import write_record
+
+                write_record(Path(self.cfg.run_dir), finished=time.time())
 
 
 def version_lag(control: ControlPlane, records: list[dict], actor_ids: list[str]) -> list[dict]:

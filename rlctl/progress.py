@@ -57,16 +57,26 @@ class Progress:
             self.live.update(Group(self.bar, self._table()))
 
     def _table(self) -> Table:
-        t = Table(box=None, show_header=True, header_style="bold")
-        for col in ("actor", "state", "version", "tok/s", "groups"):
-            t.add_column(col)
-        now = time.time()
-        for a in self.control.actors():
-            state = a.state if a.alive(5 * self.cfg.rollout.heartbeat_s, now) else "silent"
-            t.add_row(a.actor_id, state, str(a.loaded_version), a.fields.get("tokens_per_s", "-"),
-                      a.fields.get("groups_sent", "-"))
-        c = self.control.counters()
-        t.caption = (f"policy v{self.control.current_version()}  prompts queued {self.control.prompts_queued()}  "
-                     f"groups written {c.get('groups_written', 0)} (stream {self.control.stream_len(GROUPS)})  "
-                     f"completions {c.get('completions_received', 0)}")
+        t = actors_table(self.control, self.cfg.rollout.heartbeat_s)
+        t.caption = queues_line(self.control)
         return t
+
+
+def actors_table(control: ControlPlane, heartbeat_s: float) -> Table:
+    """One row per actor: state ("silent" when its heartbeat is 5 periods old), loaded version, tok/s, groups."""
+    t = Table(box=None, show_header=True, header_style="bold")
+    for col in ("actor", "state", "version", "tok/s", "groups"):
+        t.add_column(col)
+    now = time.time()
+    for a in control.actors():
+        state = a.state if a.alive(5 * heartbeat_s, now) else "silent"
+        t.add_row(a.actor_id, state, str(a.loaded_version), a.fields.get("tokens_per_s", "-"),
+                  a.fields.get("groups_sent", "-"))
+    return t
+
+
+def queues_line(control: ControlPlane) -> str:
+    c = control.counters()
+    return (f"policy v{control.current_version()}  prompts queued {control.prompts_queued()}  "
+            f"groups written {c.get('groups_written', 0)} (stream {control.stream_len(GROUPS)}, "
+            f"queued for the learner {control.groups_queued()})  completions {c.get('completions_received', 0)}")

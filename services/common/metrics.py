@@ -14,7 +14,9 @@ The control plane's own state (stream lengths and lag, live actors) is read from
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 import time
 from collections.abc import Iterator
 
@@ -36,10 +38,33 @@ def check_name(name: str) -> str:
     return name
 
 
-def serve(registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0) -> int:
-    """Start an exporter thread for `registry`; returns the bound port."""
+HOST_ENV, PORT_ENV, POD_IP_ENV = "VIDEORL_METRICS_HOST", "VIDEORL_METRICS_PORT", "POD_IP"
+_WILDCARDS = ("0.0.0.0", "::")
+
+
+def serve(registry: CollectorRegistry, host: str | None = None, port: int | None = None) -> int:
+    """Start an exporter thread for `registry`; returns the bound port.
+
+    Host and port default to VIDEORL_METRICS_HOST / VIDEORL_METRICS_PORT when set (a pod: 0.0.0.0:9400, the port
+    Prometheus scrapes, see deploy/k8s), else a free loopback port (a local run: nothing listens off the machine)."""
+    host = host or os.environ.get(HOST_ENV) or "127.0.0.1"
+    if port is None:
+        raw = os.environ.get(PORT_ENV) or "0"
+        if not raw.isdigit() or int(raw) > 65535:
+            raise ValueError(f"{PORT_ENV}={raw!r}: expected a port number")
+        port = int(raw)
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server.server_address[1]
+
+
+def exporter_address(port: int, host: str | None = None) -> str:
+    """`host:port` where other machines reach an exporter that `serve(registry, host)` bound, for Redis: the bind
+    host itself, or for a wildcard bind the pod's IP (POD_IP, from the downward API) or else this host name's
+    address (a pod's hostname resolves to its IP)."""
+    host = host or os.environ.get(HOST_ENV) or "127.0.0.1"
+    if host in _WILDCARDS:
+        host = os.environ.get(POD_IP_ENV) or socket.gethostbyname(socket.gethostname())
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def file_sd_targets(exporters: dict[str, str], run_id: str, namespace: str = "local") -> list[dict]:

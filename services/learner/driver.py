@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from services.common.config import RunConfig
 from services.common.control import EVALS, GROUPS, ControlPlane
 from services.common.dataset import Row
-from services.common.metrics import ControlPlaneCollector, check_name
+from services.common.metrics import ControlPlaneCollector, check_name, exporter_address
 from services.common.metrics import serve as serve_metrics
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.weights import write_version
@@ -164,7 +164,7 @@ class LearnerDriver:
         from services.learner.engine import LearnerEngine
 
         lc, k = self.cfg.learner, self.cfg.rollout.group_size
-        self.control.register_exporter("learner", f"127.0.0.1:{serve_metrics(self.registry)}")
+        self.control.register_exporter("learner", exporter_address(serve_metrics(self.registry)))
         self.engine = LearnerEngine(self.model_dir, lc, batch_size=lc.groups_per_step * k,
                                     max_len=self.cfg.rollout.max_new_tokens)
         self.builder = BatchBuilder(AutoProcessor.from_pretrained(str(self.model_dir)), self.cfg.media)
@@ -321,14 +321,16 @@ class LearnerDriver:
             self.control.ack_group(EVALS, entry_id)
 
     def _eval_summary(self) -> dict | None:
-        """The newest evaluation round whose every held-out prompt is scored, once: accuracy per task (the mean of
-        each task's first reward component, e.g. mcq) and the mean of every component per task."""
+        """The oldest evaluation round whose every held-out prompt is scored and that no record reported yet:
+        accuracy per task (the mean of each task's first reward component, e.g. mcq) and the mean of every
+        component per task. Oldest first, one per record, so a round that finishes late is still a point of the
+        curve (round 0 included)."""
         n_eval = len(self.feeder.eval_rows)
         done = [r for r, groups in self.eval_rounds.items() if len(groups) >= n_eval and r not in self.eval_reported]
         if not done:
             return None
-        round_no = max(done)
-        self.eval_reported.update(r for r in done)
+        round_no = min(done)
+        self.eval_reported.add(round_no)
         fed_step, fed_time = self.eval_fed.get(round_no, (None, None))
         summary = {"round": round_no, **summarise_eval(self.eval_rounds[round_no]), "fed_at_step": fed_step,
                    "fed_at": fed_time, "done_at": time.time()}

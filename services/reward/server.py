@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common.config import RunConfig
 from services.common.control import ControlPlane
-from services.common.metrics import check_name
+from services.common.metrics import check_name, exporter_address
 from services.common.metrics import serve as serve_metrics
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.pb.videorl.v1 import rollout_pb2_grpc as pb_grpc
@@ -197,7 +197,7 @@ class RewardService:
         self.scorer = Scorer(self.cfg.reward, self.registry)
         self.server, port = await start_server(self.control, self.scorer, self.registry,
                                                self.cfg.reward.host, self.cfg.reward.port)
-        self.control.register_exporter("reward", f"127.0.0.1:{serve_metrics(self.registry)}")
+        self.control.register_exporter("reward", exporter_address(serve_metrics(self.registry)))
         return port
 
     async def stop(self, grace_s: float = 5.0) -> None:

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common.config import RunConfig
 from services.common.control import ControlPlane
-from services.common.metrics import check_name
+from services.common.metrics import check_name, exporter_address
 from services.common.metrics import serve as serve_metrics
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.pb.videorl.v1 import rollout_pb2_grpc as pb_grpc
@@ -99,7 +99,7 @@ class RolloutActor:
     # -- lifecycle -------------------------------------------------------------------------------
     async def run(self) -> dict:
         """Serve until `stop()`; returns this actor's totals."""
-        self.control.register_exporter(f"rollout:{self.actor_id}", f"127.0.0.1:{serve_metrics(self.registry)}")
+        self.control.register_exporter(f"rollout:{self.actor_id}", exporter_address(serve_metrics(self.registry)))
         self.control.heartbeat(self.actor_id, self.loaded_version, "loading")
         self.engine = VLLMEngine.create(Path(self.model_dir), self.cfg.rollout, seed=self.cfg.seed)
         self.loaded_version = 0

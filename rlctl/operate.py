@@ -1,0 +1,225 @@
+"""Operating a running local run from another terminal: `rlctl status`, `rlctl scale rollout N`, `rlctl logs`.
+
+Invariants this module keeps:
+- A run is found by its run record, RUN_DIR/run.json, which `rlctl run` writes once every service has started
+  (run id, Redis URL, the pid of the `rlctl run` process, each service's pid and the Ray logs folder) and marks
+  finished when it stops. Without RUN_DIR, the newest record under ./runs is used.
+- Read-only except `scale`, which only sets the desired actor count in Redis: the run's own process starts and
+  stops actors (rlctl.local.LocalRun.scale), so there is one owner of every process.
+- A finished run (its embedded Redis gone) still gets a status, from stats.jsonl and summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from pathlib import Path
+
+import click
+from rich.console import Console, Group
+from rich.table import Table
+
+RECORD = "run.json"
+
+
+def write_record(run_dir: Path, **fields: object) -> None:
+    """Create or update RUN_DIR/run.json atomically (readers never see half a file)."""
+    path = Path(run_dir) / RECORD
+    record = json.loads(path.read_text()) if path.exists() else {}
+    record.update(fields)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+
+
+def find_run(run_dir: Path | None) -> tuple[Path, dict]:
+    """The run's folder and record: RUN_DIR's, else the newest under ./runs that has one."""
+    if run_dir is None:
+        found = sorted(Path("runs").glob(f"*/{RECORD}"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise click.ClickException("no run record (runs/*/run.json) here; give the run folder: RUN_DIR")
+        run_dir = found[-1].parent
+    path = Path(run_dir) / RECORD
+    if not path.exists():
+        raise click.ClickException(f"{path}: no run record; is {run_dir} a run folder of `rlctl run`?")
+    return Path(run_dir), json.loads(path.read_text())
+
+
+def is_live(record: dict) -> bool:
+    """True while the run's `rlctl run` process exists and has not marked the record finished."""
+    if record.get("finished"):
+        return False
+    try:
+        os.kill(int(record["pid"]), 0)
+    except (ProcessLookupError, KeyError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _control(record: dict):
+    from services.common.control import ControlPlane
+
+    return ControlPlane(record["redis_url"], record["run_id"])
+
+
+def _live_run(run_dir: Path | None) -> tuple[Path, dict]:
+    run_dir, record = find_run(run_dir)
+    if not is_live(record):
+        raise click.ClickException(f"run {record.get('run_id')} in {run_dir} is not running "
+                                   f"({'finished' if record.get('finished') else 'its process is gone'})")
+    return run_dir, record
+
+
+# -- status ---------------------------------------------------------------------------------------------------------
+def status_view(record: dict, control, heartbeat_s: float) -> Group:
+    """Versions per actor, queue depths, throughput, staleness and recent rewards of a live run."""
+    from rlctl.progress import actors_table, queues_line
+
+    records = control.step_records()
+    lines = [f"run [cyan]{record['run_id']}[/] pid {record['pid']}  policy v{control.current_version()}  "
+             f"desired rollout actors {control.desired_actors()}", queues_line(control)]
+    if records:
+        lines.append(_learner_line(records))
+    return Group(*lines, actors_table(control, heartbeat_s))
+
+
+def _learner_line(records: list[dict]) -> str:
+    last = records[-1]
+    recent = records[-10:]
+    span = recent[-1]["time"] - recent[0]["time"] if len(recent) > 1 else 0.0
+    rate = f"{(len(recent) - 1) / span:.2f} steps/s" if span > 0 else "-"
+    rewards = " ".join(f"{r['reward_mean']:.2f}" for r in records[-5:])
+    ev = next((r["eval"] for r in reversed(records) if r.get("eval")), None)
+    acc = f"  held-out {ev['accuracy']:.3f} (round {ev['round']})" if ev else ""
+    return (f"learner step {last['step']}  {rate}  staleness max {last['staleness_max']}  "
+            f"recent rewards {rewards}{acc}")
+
+
+def finished_view(run_dir: Path, record: dict) -> Group:
+    stats = run_dir / "stats.jsonl"
+    recs = [json.loads(x) for x in stats.read_text().splitlines() if x.strip()] if stats.exists() else []
+    state = "finished" if record.get("finished") else "not running (its process is gone)"
+    lines = [f"run [cyan]{record['run_id']}[/] {state}; {len(recs)} learner steps in {stats}"]
+    if recs:
+        lines.append(_learner_line(recs))
+    return Group(*lines)
+
+
+@click.command()
+@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--watch", "watch_s", type=float, default=None, metavar="SECONDS",
+              help="Refresh every SECONDS until Ctrl-C.")
+def status(run_dir: Path | None, watch_s: float | None) -> None:
+    """Show a run: policy version per actor, queue depths, learner throughput, staleness, recent rewards and
+    held-out accuracy. RUN_DIR defaults to the newest run under ./runs."""
+    console = Console()
+    run_dir, record = find_run(run_dir)
+    if not is_live(record):
+        console.print(finished_view(run_dir, record))
+        return
+    control = _control(record)
+    heartbeat_s = float(record.get("heartbeat_s", 2.0))
+    if watch_s is None:
+        console.print(status_view(record, control, heartbeat_s))
+        return
+    from rich.live import Live
+
+    with Live(console=console, refresh_per_second=2) as live:
+        try:
+            while True:
+                live.update(status_view(record, control, heartbeat_s))
+                time.sleep(watch_s)
+        except KeyboardInterrupt:
+            pass
+
+
+# -- scale ----------------------------------------------------------------------------------------------------------
+@click.group()
+def scale() -> None:
+    """Change the capacity of a running run."""
+
+
+@scale.command("rollout")
+@click.argument("n", type=click.IntRange(1, 1024))
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The run folder (default: the newest running run under ./runs).")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait until N actors serve the current policy version.")
+@click.option("--timeout", "timeout_s", type=float, default=300.0, show_default=True,
+              help="Seconds to wait with --wait.")
+def scale_rollout(n: int, run_dir: Path | None, wait: bool, timeout_s: float) -> None:
+    """Set the number of rollout actors of a running local run to N. New actors load the current policy version
+    before they take a prompt; removed actors finish and send the prompts they hold first, so no prompt is lost
+    or generated twice, and the learner keeps training meanwhile."""
+    run_dir, record = _live_run(run_dir)
+    control = _control(record)
+    before = control.desired_actors()
+    control.set_desired_actors(n)
+    click.echo(f"run {record['run_id']}: rollout actors {before} -> {n}")
+    if not wait:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        serving = _serving(control)
+        if len(serving) == n:
+            click.echo(f"{n} actors serve v{control.current_version()}: {', '.join(sorted(serving))}")
+            return
+        time.sleep(0.5)
+    raise click.ClickException(f"after {timeout_s:.0f}s, {len(_serving(control))} of {n} actors serve the current "
+                               f"version; see `rlctl status {run_dir}` and `rlctl logs {run_dir}`")
+
+
+def _serving(control) -> set[str]:
+    """Actors that are running (not stopped, heartbeat fresh) with a loaded policy."""
+    now = time.time()
+    return {a.actor_id for a in control.actors()
+            if a.state == "running" and a.loaded_version >= 0 and now - a.heartbeat < 30}
+
+
+# -- logs -----------------------------------------------------------------------------------------------------------
+@click.command()
+@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--service", "service", default=None, metavar="NAME",
+              help="One service's log: learner, reward or an actor id like rollout-0 (default: list them all).")
+@click.option("-n", "--lines", default=40, show_default=True, help="Lines from the end of the log.")
+def logs(run_dir: Path | None, service: str | None, lines: int) -> None:
+    """Where each service of a run writes its log, or the last lines of one (--service). Services run as Ray
+    workers: stdout and stderr go to RAY_LOGS/worker-*-<pid>.out/.err."""
+    run_dir, record = find_run(run_dir)
+    files = service_logs(record)
+    if service is None:
+        t = Table(box=None)
+        for col in ("service", "pid", "log files"):
+            t.add_column(col)
+        for name, (pid, paths) in sorted(files.items()):
+            t.add_row(name, str(pid), "\n".join(str(p) for p in paths) or "(none found)")
+        Console().print(t)
+        click.echo(f"learner steps: {run_dir / 'stats.jsonl'}")
+        return
+    if service not in files:
+        raise click.ClickException(f"no service {service!r} in run {record['run_id']}; "
+                                   f"known: {', '.join(sorted(files))}")
+    for path in files[service][1]:
+        click.echo(f"==> {path} <==")
+        with open(path, errors="replace") as f:
+            click.echo("".join(deque(f, maxlen=lines)), nl=False)
+
+
+def service_logs(record: dict) -> dict[str, tuple[int, list[Path]]]:
+    """service name -> (pid, its Ray worker log files). Actors' pids come from their heartbeats when the run is
+    live, else from the record."""
+    pids = dict(record.get("pids", {}))
+    if is_live(record):
+        import redis
+
+        try:
+            pids.update({a.actor_id: int(a.fields["pid"]) for a in _control(record).actors() if "pid" in a.fields})
+        except redis.RedisError:
+            pass   # the run is stopping: the record's pids are what is left
+    folder = Path(record.get("ray_logs", "/tmp/videorl-ray/session_latest/logs"))
+    return {name: (pid, sorted(folder.glob(f"worker-*-{pid}.out")) + sorted(folder.glob(f"worker-*-{pid}.err")))
+            for name, pid in pids.items()}

@@ -1,0 +1,116 @@
+"""`rlctl scale rollout N` on a real local run (Redis, Ray, gRPC reward service, vLLM actors, DeepSpeed learner):
+1 -> 3 -> 1 actors while the learner trains.
+
+Asserted: the new actors generate nothing with a policy older than the one current when they were asked for
+(they load it before their first prompt); while there are 3, train groups arrive faster than with 1; the
+learner keeps stepping while actors start and stop; no prompt is scored twice (no duplicate prompt id in the
+streams, no duplicate ack), and the retired actors hold no prompt (nothing of theirs pending in Redis) and stop
+cleanly with every group they sent acknowledged.
+"""
+
+import os
+import time
+
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+from rlctl.cli import main
+from rlctl.local import LocalRun
+from rlctl.operate import find_run
+from services.common.config import load_config
+from services.common.control import EVALS, GROUPS, PROMPTS, ROLLOUT_GROUP
+from services.common.pb.videorl.v1 import rollout_pb2 as pb
+
+pytestmark = pytest.mark.integration
+SPARE_CORES = 6   # learner, reward service and 3 engines each with a core to themselves
+
+
+class Done(Exception):
+    """Raised from the tick hook once the scenario has played out: the test stops the run itself."""
+
+
+def _scale(run_dir, n):
+    r = CliRunner().invoke(main, ["scale", "rollout", str(n), "--run", str(run_dir), "--no-wait"])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def test_scale_rollout_1_to_3_to_1_while_training(tiny_assets, tmp_path):
+    run_dir = tmp_path / "run"
+    # Generation-bound on purpose (32 completions per step, a learner step is ~0.1 s): more actors, more steps/s.
+    cfg = load_config(None, ["learner.steps=1000", "learner.publish_every=10", "learner.eval_every=0",
+                             "learner.groups_per_step=4", "rollout.group_size=8", "learner.max_staleness=8",
+                             "rollout.num_actors=1", f"run_dir={run_dir}"])
+    run = LocalRun(cfg, Console(quiet=True))
+    log = []   # (phase, monotonic time, learner steps, train groups written)
+    state = {"phase": "one"}
+
+    def sample():
+        steps = len(control.step_records())
+        log.append((state["phase"], time.monotonic(), steps, control.counters().get("groups_written", 0)))
+        return steps
+
+    def serving():
+        return {a.actor_id for a in control.actors() if a.state == "running" and a.loaded_version >= 0}
+
+    def tick():
+        steps, phase = sample(), state["phase"]
+        if phase == "one" and steps >= 14:
+            state["v_at_scale_up"] = control.current_version()
+            state["steps_at_scale_up"] = steps
+            assert "rollout actors 1 -> 3" in _scale(run_dir, 3)
+            state["phase"] = "starting"
+        elif phase == "starting" and len(serving()) == 3:
+            state["steps_when_serving"] = steps
+            state["phase"] = "three"
+            state["three_from"] = steps
+        elif phase == "three" and steps >= state["three_from"] + 12:
+            _scale(run_dir, 1)
+            state["phase"] = "stopping"
+        elif phase == "stopping" and not run.retiring and len(run.retired) == 2:
+            state["phase"] = "one again"
+            state["again_from"] = steps
+        elif phase == "one again" and steps >= state["again_from"] + 4:
+            raise Done
+
+    try:
+        control = run.start()
+        _, record = find_run(run_dir)
+        assert record["redis_url"] == run.url and record["pids"].keys() == {"reward", "learner"}
+        with pytest.raises(Done):
+            run.wait(on_tick=tick, tick_s=0.2)
+        groups = [pb.ScoredGroup.FromString(f[b"group"]) for _, f in control.r.xrange(control.key(GROUPS))]
+        evals = [pb.ScoredGroup.FromString(f[b"group"]) for _, f in control.r.xrange(control.key(EVALS))]
+        pending = {c["name"].decode(): c["pending"]
+                   for c in control.r.xinfo_consumers(control.key(PROMPTS), ROLLOUT_GROUP)}
+        counters = control.counters()
+        retired = list(run.retired)
+    finally:
+        run.close()
+
+    # The new actors never generated with a policy older than the one current when they were requested.
+    new = [g for g in groups if g.actor_id in ("rollout-1", "rollout-2")]
+    assert {g.actor_id for g in new} == {"rollout-1", "rollout-2"}, "both new actors contributed"
+    assert min(g.policy_version for g in new) >= state["v_at_scale_up"] >= 1
+    # The learner kept training while the two engines started.
+    assert state["steps_when_serving"] > state["steps_at_scale_up"]
+    # Exactly once: no prompt id twice in the streams, no duplicate ack; retired actors hold nothing.
+    ids = [g.prompt_id for g in groups + evals]
+    assert len(ids) == len(set(ids))
+    assert counters.get("groups_duplicate", 0) == 0
+    assert {r["actor_id"] for r in retired} == {"rollout-1", "rollout-2"}
+    assert pending.get("rollout-1", 0) == 0 and pending.get("rollout-2", 0) == 0
+    # Throughput: train groups and learner steps per second with 3 actors serving vs with 1 (before the scale-up),
+    # from the fourth learner step on: the first engine's start and the prefetched backlog are not throughput.
+    def rate(phase, col):
+        pts = [row for row in log if row[0] == phase and row[2] >= 4]
+        return (pts[-1][col] - pts[0][col]) / (pts[-1][1] - pts[0][1])
+
+    (one, three), (one_s, three_s) = ((rate("one", c), rate("three", c)) for c in (3, 2))
+    print(f"train groups/s: 1 actor {one:.2f}, 3 actors {three:.2f} ({three / one:.2f}x); "
+          f"learner steps/s {one_s:.2f} -> {three_s:.2f}")
+    # On 2 cores one actor and the learner already use both: 3 engines only compete for them (measured: 10.8 -> 5.6
+    # groups/s, the learner's steps/s halved). More actors can only add throughput where there are cores for them.
+    if (os.cpu_count() or 1) >= SPARE_CORES:
+        assert three > 1.2 * one, f"3 actors {three:.2f} groups/s, 1 actor {one:.2f}"
