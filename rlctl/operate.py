@@ -87,6 +87,14 @@ def status_view(record: dict, control, heartbeat_s: float) -> Group:
     return Group(*lines, actors_table(control, heartbeat_s))
 
 
+def status_json(control) -> dict:
+    """The live state scripts need: versions, desired count, queues, and each actor with its host and state."""
+    return {"policy_version": control.current_version(), "desired_actors": control.desired_actors(),
+            "prompts_queued": control.prompts_queued(), "groups_queued": control.groups_queued(),
+            "actors": [{"actor_id": a.actor_id, "state": a.state, "loaded_version": a.loaded_version,
+                        "host": a.fields.get("host"), "heartbeat": a.heartbeat} for a in control.actors()]}
+
+
 def _learner_line(records: list[dict]) -> str:
     last = records[-1]
     recent = records[-10:]
@@ -113,15 +121,21 @@ def finished_view(run_dir: Path, record: dict) -> Group:
 @click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--watch", "watch_s", type=float, default=None, metavar="SECONDS",
               help="Refresh every SECONDS until Ctrl-C.")
-def status(run_dir: Path | None, watch_s: float | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the live run's state as one JSON object (for scripts).")
+def status(run_dir: Path | None, watch_s: float | None, as_json: bool) -> None:
     """Show a run: policy version per actor, queue depths, learner throughput, staleness, recent rewards and
     held-out accuracy. RUN_DIR defaults to the newest run under ./runs."""
     console = Console()
     run_dir, record = find_run(run_dir)
     if not is_live(record):
+        if as_json:
+            raise click.ClickException(f"run {record.get('run_id')} in {run_dir} is not running")
         console.print(finished_view(run_dir, record))
         return
     control = _control(record)
+    if as_json:
+        click.echo(json.dumps(status_json(control)))
+        return
     heartbeat_s = float(record.get("heartbeat_s", 2.0))
     if watch_s is None:
         console.print(status_view(record, control, heartbeat_s))
@@ -151,10 +165,24 @@ def scale() -> None:
               help="Wait until N actors serve the current policy version.")
 @click.option("--timeout", "timeout_s", type=float, default=300.0, show_default=True,
               help="Seconds to wait with --wait.")
-def scale_rollout(n: int, run_dir: Path | None, wait: bool, timeout_s: float) -> None:
-    """Set the number of rollout actors of a running local run to N. New actors load the current policy version
+@click.option("-n", "--namespace", default=None,
+              help="Scale a run on Kubernetes (started by `rlctl submit`) in this namespace; needs --run-id.")
+@click.option("--run-id", default=None, help="The run_id of the Kubernetes run (its config's run_id).")
+def scale_rollout(n: int, run_dir: Path | None, wait: bool, timeout_s: float, namespace: str | None,
+                  run_id: str | None) -> None:
+    """Set the number of rollout actors of a running run to N. New actors load the current policy version
     before they take a prompt; removed actors finish and send the prompts they hold first, so no prompt is lost
-    or generated twice, and the learner keeps training meanwhile."""
+    or generated twice, and the learner keeps training meanwhile.
+
+    Locally (default) through the run's Redis; on Kubernetes (--namespace, --run-id) also through the RayCluster's
+    `rollout` worker group: pods are added before actors, and removed after their actors retired."""
+    if namespace is not None or run_id is not None:
+        if namespace is None or run_id is None:
+            raise click.UsageError("scaling a Kubernetes run needs both --namespace and --run-id")
+        from rlctl.k8s_scale import connect_k8s
+
+        connect_k8s(namespace, run_id).scale(n, timeout_s, click.echo)
+        return
     run_dir, record = _live_run(run_dir)
     control = _control(record)
     before = control.desired_actors()

@@ -6,11 +6,15 @@ run's label and selects only the run's pods, lives in one namespace, runs the ch
 has rollout.num_actors replicas, and the config ConfigMap holds the run's config, validated by RunConfig.
 
 Invariants:
-- No password is printed or written into a manifest. Pods read the Redis password from the Secret
-  `videorl-<run>-redis-auth` (key `password`); submit creates that Secret, with a random password, only when it
-  applies and only when the Secret is missing, and never echoes its value.
+- No secret is printed or written into a manifest; the manifests name the Secrets (SECRETS), nothing more. Pods read
+  the Redis password from `videorl-<run>-redis-auth` (key `password`), the reward token from
+  `videorl-<run>-reward-token` (key `token`) and the reward service's certificate, key and CA from
+  `videorl-<run>-reward-tls`; submit creates each of them (random password and token, a fresh CA and certificate)
+  only when it applies and only when that Secret is missing, and never echoes a value.
 - The embedded config is valid and fit for the cluster: no redis.url (the pods build it from the Secret), run_dir
-  on the shared volume, the reward server listening on the pod network at REWARD_PORT.
+  on the shared volume, the reward server listening on the pod network at REWARD_PORT with TLS and the token
+  required, gRPC health in plaintext on REWARD_HEALTH_PORT for the probes; the actors verify the server against the
+  run's CA and expect the reward Service's name, which the certificate carries (reward_dns_names).
 - The Grafana dashboards ConfigMap is shared by every run of a namespace and keeps its name.
 - Every pod carries the exact run_id (annotation videorl.io/run-id): the scrape config makes it the `run` label
   that every dashboard query filters on.
@@ -26,7 +30,9 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -38,12 +44,18 @@ K8S_DIR = Path(__file__).resolve().parents[1] / "deploy" / "k8s"
 OVERLAYS = ("dev-cpu", "gpu")
 PREFIX = "videorl-"
 SECRET = "videorl-redis-auth"                  # referenced by the manifests, created by submit or the operator
+REWARD_TOKEN_SECRET = "videorl-reward-token"   # key `token`: VIDEORL_REWARD_TOKEN of the reward and rollout pods
+REWARD_TLS_SECRET = "videorl-reward-tls"       # tls.crt, tls.key, ca.crt; mounted at TLS_DIR (rollout: ca.crt only)
+REWARD_SERVICE = "videorl-reward"              # the Service the rollout actors dial (VIDEORL_REWARD_ADDRESS)
 CONFIG_MAP = "videorl-config"
 SHARED = frozenset({"videorl-grafana-dashboards"})
 OPTIONAL_KINDS = frozenset({"PodMonitor"})    # skipped, with a warning, where the cluster lacks the operator
 RUN_LABEL = "videorl.io/run"
 RUN_ANNOTATION = "videorl.io/run-id"
 REWARD_PORT = 50051
+REWARD_HEALTH_PORT = 50052                     # plaintext gRPC health only: the probes speak neither TLS nor tokens
+TLS_DIR = Path("/etc/videorl/tls")
+CERT_DAYS = 365                                # a longer run: delete the TLS Secret, submit again, restart the pods
 DATA_MOUNT = Path("/data")
 FIELD_MANAGER = "rlctl"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -71,6 +83,18 @@ def run_slug(run_id: str) -> str:
     return f"{slug[:30].strip('-')}-{digest}".strip("-")
 
 
+def run_name(name: str, slug: str) -> str:
+    """`videorl-<part>` as the run names it: `videorl-<slug>-<part>`."""
+    return name.replace(PREFIX, f"{PREFIX}{slug}-", 1)
+
+
+def reward_dns_names(slug: str, namespace: str) -> list[str]:
+    """The names of the run's reward Service, short to fully qualified (default cluster domain): the server
+    certificate's SANs, so whichever form an actor dials verifies."""
+    svc = run_name(REWARD_SERVICE, slug)
+    return [svc, f"{svc}.{namespace}", f"{svc}.{namespace}.svc", f"{svc}.{namespace}.svc.cluster.local"]
+
+
 def render_overlay(overlay: str, k8s_dir: Path | None = None) -> list[dict]:
     """The overlay as `kubectl kustomize` renders it (the dashboards live outside deploy/k8s, hence the flag)."""
     k8s_dir = k8s_dir or K8S_DIR
@@ -86,23 +110,34 @@ def render_overlay(overlay: str, k8s_dir: Path | None = None) -> list[dict]:
 
 def cluster_config(cfg: RunConfig) -> str:
     """The run's config as the cluster runs it, as YAML: redis.url removed (a URL may hold a password; pods build
-    theirs from the Secret), run_dir on the shared volume, the reward server on the pod network."""
+    theirs from the Secret), run_dir on the shared volume, the reward server on the pod network with TLS and the
+    token (the reward section's other fields stay the run's)."""
     data = cfg.model_dump(mode="json", exclude_unset=True)
     data.pop("redis", None)
     data["run_id"] = cfg.run_id
     data["run_dir"] = str(DATA_MOUNT / "runs" / cfg.run_id)
-    data["reward"] = {**data.get("reward", {}), "host": "0.0.0.0", "port": REWARD_PORT}
+    data["reward"] = {**data.get("reward", {}), **cluster_reward(run_slug(cfg.run_id))}
     RunConfig.model_validate(data)  # what the pods read must load
     header = ("# Rendered by `rlctl submit`. redis.url comes from the environment (its Secret), run_dir is on the\n"
-              "# shared volume, the reward server listens on the pod network.\n")
+              "# shared volume, the reward server listens on the pod network with TLS (certificate and CA from the\n"
+              "# Secret mounted at /etc/videorl/tls) and requires the token (VIDEORL_REWARD_TOKEN, from its Secret).\n")
     return header + yaml.safe_dump(data, sort_keys=False)
+
+
+def cluster_reward(slug: str) -> dict:
+    """The reward fields the cluster sets: where the server listens (and its plaintext health port, for the probes),
+    its certificate and key, the CA and the name the actors verify it by (the Service they dial), the token."""
+    return {"host": "0.0.0.0", "port": REWARD_PORT, "health_port": REWARD_HEALTH_PORT,
+            "tls_cert": str(TLS_DIR / "tls.crt"), "tls_key": str(TLS_DIR / "tls.key"),
+            "tls_ca": str(TLS_DIR / "ca.crt"), "tls_server_name": run_name(REWARD_SERVICE, slug),
+            "require_token": True}
 
 
 def customize(docs: list[dict], cfg: RunConfig, namespace: str, image: str | None) -> list[dict]:
     """The rendered overlay made into this run's manifests (see the module docstring for the full list)."""
     slug = run_slug(cfg.run_id)
-    names = {d["metadata"]["name"] for d in docs} | {SECRET}
-    renames = {n: n.replace(PREFIX, f"{PREFIX}{slug}-", 1) for n in names - SHARED if n.startswith(PREFIX)}
+    names = {d["metadata"]["name"] for d in docs} | {s.name for s in SECRETS}
+    renames = {n: run_name(n, slug) for n in names - SHARED if n.startswith(PREFIX)}
     pattern = re.compile(r"(?<![a-z0-9-])(" + "|".join(map(re.escape, sorted(renames, key=len, reverse=True)))
                          + r")(?![a-z0-9-])")
     out = []
@@ -206,8 +241,61 @@ def connect():
         raise SubmitError(f"cannot reach the Kubernetes API at {api.configuration.host}: {_why(e)}") from None
 
 
+def reward_tls(dns_names: list[str], secret: str = REWARD_TLS_SECRET, days: int = CERT_DAYS) -> dict[str, str]:
+    """A fresh CA and a server certificate it signs for `dns_names` (SANs; the first is also the CN), made with the
+    openssl command line in a temporary directory that is deleted with everything in it: the Secret's tls.crt,
+    tls.key and ca.crt (of the Secret `secret`, named in the error without openssl). The CA's key is thrown away,
+    so that CA never signs anything else."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise SubmitError(f"openssl is not on PATH: submit makes the reward service's certificate with it; install "
+                          f"openssl, or create the Secret {secret} yourself (deploy/k8s/README.md, Secrets)")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    with tempfile.TemporaryDirectory(prefix="videorl-tls-") as tmp:
+        work = Path(tmp)
+        # our own config: the system's openssl.cnf may add extensions of its own to the CA
+        (work / "ca.cnf").write_text("[req]\ndistinguished_name = dn\nx509_extensions = ca\n[dn]\n[ca]\n"
+                                     "basicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n"
+                                     "subjectKeyIdentifier = hash\n")
+        (work / "server.ext").write_text("basicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n"
+                                         "extendedKeyUsage = serverAuth\nauthorityKeyIdentifier = keyid\n"
+                                         f"subjectAltName = {','.join(f'DNS:{n}' for n in dns_names)}\n")
+        for args in (["req", "-config", "ca.cnf", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt",
+                      "-days", str(days), "-subj", f"/CN={dns_names[0]} CA"],
+                     ["req", "-config", "ca.cnf", "-new", *ec, "-keyout", "tls.key", "-out", "tls.csr",
+                      "-subj", f"/CN={dns_names[0]}"],
+                     ["x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-days", str(days),
+                      "-set_serial", str(secrets.randbits(120)), "-extfile", "server.ext", "-out", "tls.crt"]):
+            out = subprocess.run([openssl, *args], cwd=work, capture_output=True, text=True, timeout=60)
+            if out.returncode != 0:   # openssl's stderr names the step and the reason, never a key
+                raise SubmitError(f"openssl {' '.join(args[:2])} failed making the reward service's certificate:\n"
+                                  f"{out.stderr.strip()}")
+        return {name: (work / name).read_text() for name in ("tls.crt", "tls.key", "ca.crt")}
+
+
+@dataclass(frozen=True)
+class RunSecret:
+    """A Secret the manifests reference by name and submit creates, per run, when it is missing. `make(slug,
+    namespace)` gives its stringData and runs only then, so a kept Secret keeps its values."""
+
+    name: str                                   # as the manifests spell it; the run's is run_name(name, slug)
+    what: str                                   # what it is created with, for the one line submit prints
+    make: Callable[[str, str], dict[str, str]]
+    type: str = "Opaque"
+
+
+SECRETS = (
+    RunSecret(SECRET, "a random Redis password", lambda slug, ns: {"password": secrets.token_hex(24)}),
+    RunSecret(REWARD_TOKEN_SECRET, "a random reward service token",
+              lambda slug, ns: {"token": secrets.token_urlsafe(32)}),
+    RunSecret(REWARD_TLS_SECRET, "a fresh CA and a reward server certificate for its Service names",
+              lambda slug, ns: reward_tls(reward_dns_names(slug, ns), run_name(REWARD_TLS_SECRET, slug)),
+              type="kubernetes.io/tls"),
+)
+
+
 def apply(docs: list[dict], dyn, namespace: str, slug: str, echo: Callable[[str], None]) -> None:
-    """Create the run's Redis Secret when missing, then server-side apply every manifest, in order."""
+    """Create the run's Secrets that are missing, then server-side apply every manifest, in order."""
     from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
     try:
@@ -215,16 +303,17 @@ def apply(docs: list[dict], dyn, namespace: str, slug: str, echo: Callable[[str]
     except NotFoundError:
         raise SubmitError(f"namespace {namespace!r} does not exist: kubectl create namespace {namespace}") from None
     secret_api = dyn.resources.get(api_version="v1", kind="Secret")
-    secret = SECRET.replace(PREFIX, f"{PREFIX}{slug}-", 1)
-    try:
-        dyn.get(secret_api, name=secret, namespace=namespace)
-        echo(f"secret/{secret}: exists, its password is kept")
-    except NotFoundError:
-        dyn.create(secret_api, namespace=namespace, body={
-            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": secret, "namespace": namespace, "labels": {RUN_LABEL: slug}},
-            "stringData": {"password": secrets.token_hex(24)}})
-        echo(f"secret/{secret}: created with a random Redis password")
+    for spec in SECRETS:
+        name = run_name(spec.name, slug)
+        try:
+            dyn.get(secret_api, name=name, namespace=namespace)
+            echo(f"secret/{name}: exists, kept as it is")
+        except NotFoundError:
+            dyn.create(secret_api, namespace=namespace, body={
+                "apiVersion": "v1", "kind": "Secret", "type": spec.type,
+                "metadata": {"name": name, "namespace": namespace, "labels": {RUN_LABEL: slug}},
+                "stringData": spec.make(slug, namespace)})
+            echo(f"secret/{name}: created with {spec.what}")
     for doc in docs:
         try:
             api = dyn.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
@@ -266,10 +355,11 @@ def submit(config: Path, namespace: str, overlay: str, image: str | None, dry_ru
     apply it with server-side apply: Redis with AUTH, the reward Deployment, a KubeRay RayJob whose cluster has a
     `rollout` and a `learner` worker group, the data volume, Grafana dashboards.
 
-    Needs kubectl (rendering), a kubeconfig (or a pod's service account) and, on the cluster, the KubeRay
-    operator. The Redis password lives only in the Secret videorl-<run_id>-redis-auth: submit creates it with a
-    random password when it is missing and never prints it. Paths in CONFIG are read inside the pods, so data
-    and models belong on the data volume (/data)."""
+    Needs kubectl (rendering), openssl (the reward service's certificate), a kubeconfig (or a pod's service
+    account) and, on the cluster, the KubeRay operator. The Redis password, the reward service's token and its
+    TLS certificate and key live only in the Secrets videorl-<run_id>-redis-auth, -reward-token and -reward-tls:
+    submit creates each one that is missing (random password and token, a fresh CA) and never prints them.
+    Paths in CONFIG are read inside the pods, so data and models belong on the data volume (/data)."""
     if not _DNS_LABEL.match(namespace):
         raise click.BadParameter(f"{namespace!r} is not a namespace name (a DNS label)", param_hint="--namespace")
     if image is not None and (not image or any(ch.isspace() for ch in image)):

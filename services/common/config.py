@@ -125,6 +125,9 @@ class JudgeConfig(_Strict):
     cache_size: int = Field(50_000, ge=0, description="scores kept, keyed by (rubric, question, reference, answer)")
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 class RewardConfig(_Strict):
     host: str = Field("127.0.0.1", description="address the gRPC server binds (local default: loopback only)")
     port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one")
@@ -137,9 +140,25 @@ class RewardConfig(_Strict):
     tasks: dict[str, list[RewardComponentConfig]] = Field(
         default_factory=dict, description="per task type (Prompt.task), its own components instead of `components`")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="the LLM judge endpoint, if one is used")
+    tls_cert: Path | None = Field(None, description="PEM certificate (chain) the reward server presents; TLS is on "
+                                                    "when set (needs tls_key); required off loopback")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_ca: Path | None = Field(None, description="PEM CA bundle the actors verify the server with "
+                                                  "(None: the system's)")
+    tls_server_name: str | None = Field(None, description="name the actors expect in the server certificate, when "
+                                                          "it differs from the address's host (e.g. a Service name)")
+    require_token: bool = Field(False, description="refuse calls without `authorization: Bearer <token>`, the token "
+                                                   "read from env VIDEORL_REWARD_TOKEN; required off loopback")
+    health_port: int | None = Field(None, ge=0, le=65535, description="also serve only gRPC health, in plaintext, on "
+                                    "this port (Kubernetes' gRPC probes speak neither TLS nor tokens)")
 
     @model_validator(mode="after")
     def _check(self) -> RewardConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key: give both or neither")
+        if self.host not in LOOPBACK_HOSTS and (self.tls_cert is None or not self.require_token):
+            raise ValueError(f"host {self.host!r} is not loopback: set tls_cert, tls_key and require_token (plaintext "
+                             "and unauthenticated gRPC is only for the local default on 127.0.0.1)")
         lists = {"components": self.components, **{f"tasks.{t}": c for t, c in self.tasks.items()}}
         for where, comps in lists.items():
             if not comps:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -114,7 +115,7 @@ class ControlPlane:
     # -- actor registry --------------------------------------------------------------------------
     def heartbeat(self, actor_id: str, loaded_version: int, state: str, **extra: object) -> None:
         fields = {"loaded_version": loaded_version, "heartbeat": time.time(), "state": state, "pid": os.getpid(),
-                  **extra}
+                  "host": socket.gethostname(), **extra}   # host: the pod's name on Kubernetes (rlctl scale)
         pipe = self.r.pipeline()
         pipe.sadd(self.key("actors"), actor_id)
         pipe.hset(self.key(f"actor:{actor_id}"), mapping={k: str(v) for k, v in fields.items()})

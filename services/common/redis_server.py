@@ -50,15 +50,18 @@ def find_redis_server() -> str:
 class EmbeddedRedis:
     """Start with `start()`, stop with `stop()`; also a context manager. `url` is valid once started."""
 
-    def __init__(self, data_dir: Path | None = None, port: int | None = None, appendonly: bool = False):
+    def __init__(self, data_dir: Path | None = None, port: int | None = None, appendonly: bool = False,
+                 password: str | None = None):
         self.port = port or free_port()
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="videorl-redis-"))
         self.appendonly = appendonly
+        self.password = password   # AUTH (--requirepass); passed on the command line: for tests and local use
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
         exe = find_redis_server()
@@ -66,6 +69,8 @@ class EmbeddedRedis:
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.data_dir),
                 "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning"]
+        if self.password:
+            args += ["--requirepass", self.password]
         log = open(self.data_dir / "redis.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
@@ -75,7 +80,7 @@ class EmbeddedRedis:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):   # up; with AUTH, PING needs a password
                         return self
             except OSError:
                 time.sleep(0.05)

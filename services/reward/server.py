@@ -23,7 +23,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.common.config import RunConfig
+from services.common import grpc_security
+from services.common.config import RewardConfig, RunConfig
 from services.common.control import ControlPlane
 from services.common.metrics import check_name, exporter_address
 from services.common.metrics import serve as serve_metrics
@@ -169,19 +170,39 @@ def _invalid(c: pb.Completion) -> str:
 
 
 async def start_server(control: ControlPlane, scorer: Scorer, registry: CollectorRegistry,
-                       host: str = "127.0.0.1", port: int = 0) -> tuple[grpc.aio.Server, int]:
-    """Start the reward gRPC server with the standard health service; returns (server, bound port)."""
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+                       host: str = "127.0.0.1", port: int = 0,
+                       security: RewardConfig | None = None) -> tuple[grpc.aio.Server, int]:
+    """Start the reward gRPC server with the standard health service; returns (server, bound port).
+
+    With `security` (the run's reward config): TLS and the token check as it sets them (grpc_security)."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)],
+                             interceptors=grpc_security.server_interceptors(security) if security else None)
     pb_grpc.add_RewardServiceServicer_to_server(RewardServicer(control, scorer, RewardMetrics(registry)), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    creds = grpc_security.server_credentials(security) if security else None
+    address = f"{host}:{port}"
+    bound = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
     if bound == 0:
         raise RuntimeError(f"reward service cannot bind {host}:{port}")
     await server.start()
     for name in (SERVICE_NAME, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, bound
+
+
+async def start_health_server(host: str, port: int) -> grpc.aio.Server:
+    """A plaintext server with only the health service, SERVING: for Kubernetes' gRPC probes, which speak neither
+    TLS nor tokens. Started after the main server, so SERVING here means the main server is up too."""
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    if server.add_insecure_port(f"{host}:{port}") == 0:
+        raise RuntimeError(f"reward service cannot bind its health port {host}:{port}")
+    await server.start()
+    for name in (SERVICE_NAME, ""):
+        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server
 
 
 class RewardService:
@@ -191,16 +212,21 @@ class RewardService:
         self.cfg, self.control = cfg, ControlPlane(redis_url, cfg.run_id)
         self.registry = CollectorRegistry()
         self.server: grpc.aio.Server | None = None
+        self.probe: grpc.aio.Server | None = None      # the plaintext health-only server (reward.health_port)
         self.scorer: Scorer | None = None
 
     async def start(self) -> int:
         self.scorer = Scorer(self.cfg.reward, self.registry)
         self.server, port = await start_server(self.control, self.scorer, self.registry,
-                                               self.cfg.reward.host, self.cfg.reward.port)
+                                               self.cfg.reward.host, self.cfg.reward.port, security=self.cfg.reward)
+        if self.cfg.reward.health_port is not None:
+            self.probe = await start_health_server(self.cfg.reward.host, self.cfg.reward.health_port)
         self.control.register_exporter("reward", exporter_address(serve_metrics(self.registry)))
         return port
 
     async def stop(self, grace_s: float = 5.0) -> None:
+        if self.probe is not None:
+            await self.probe.stop(0)
         if self.server is not None:
             await self.server.stop(grace_s)
         if self.scorer is not None:

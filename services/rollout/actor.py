@@ -20,9 +20,9 @@ import logging
 import time
 from pathlib import Path
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.common import grpc_security
 from services.common.config import RunConfig
 from services.common.control import ControlPlane
 from services.common.metrics import check_name, exporter_address
@@ -105,8 +105,9 @@ class RolloutActor:
         self.loaded_version = 0
         await self._maybe_swap()   # an actor that joins late starts from the current version
         background = [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._watch_versions())]
-        async with grpc.aio.insecure_channel(self.reward_addr) as channel:
-            call = pb_grpc.RewardServiceStub(channel).StreamCompletions()
+        async with grpc_security.open_channel(self.cfg.reward, self.reward_addr) as channel:
+            call = pb_grpc.RewardServiceStub(channel).StreamCompletions(metadata=grpc_security.call_metadata(
+                self.cfg.reward))
             acks = asyncio.create_task(self._read_acks(call))
             try:
                 # After stop(): finish the prompts a swap aborted (they are this actor's, pending in Redis), take

@@ -3,8 +3,9 @@ Kubernetes' own schema in strict mode (kubernetes_validate: unknown fields are e
 (KubeRay RayJob, prometheus-operator PodMonitor) against the trimmed CRD schemas in tests/data, and every pod
 template inside them against Kubernetes' PodTemplateSpec, strictly. Then what the design asks of the manifests:
 separate rollout and learner worker groups, GPUs only in the gpu overlay, Redis behind a password from a Secret,
-native gRPC probes on the reward service, non-root read-only pods, metrics scraped with the labels the dashboards
-filter on, the dashboards in a ConfigMap for Grafana's sidecar.
+the reward service behind TLS and a token from Secrets (only the rollout pods get the token and the CA, never the
+key) with native gRPC probes on its plaintext health port, non-root read-only pods, metrics scraped with the labels
+the dashboards filter on, the dashboards in a ConfigMap for Grafana's sidecar.
 
 The helpers without a test_ prefix (validation_errors, pod_specs, containers) are shared with
 test_rlctl_submit.py."""
@@ -21,7 +22,16 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from rlctl.submit import K8S_DIR, OVERLAYS, SECRET, render_overlay
+from rlctl.submit import (
+    K8S_DIR,
+    OVERLAYS,
+    REWARD_HEALTH_PORT,
+    REWARD_TLS_SECRET,
+    REWARD_TOKEN_SECRET,
+    SECRET,
+    TLS_DIR,
+    render_overlay,
+)
 from services.common.config import RunConfig
 from services.reward.server import SERVICE_NAME
 
@@ -101,6 +111,20 @@ def one(docs: list[dict], kind: str, component: str | None = None) -> dict:
 
 def worker_groups(docs: list[dict]) -> dict[str, dict]:
     return {g["groupName"]: g for g in one(docs, "RayJob")["spec"]["rayClusterSpec"]["workerGroupSpecs"]}
+
+
+def reward_secrets_by_pod(docs: list[dict]) -> dict[str, tuple[dict | None, dict | None, dict | None]]:
+    """For every container that gets any reward Secret: (its VIDEORL_REWARD_TOKEN env entry, the volume of the
+    reward TLS Secret (the base's or a run's), that volume's mount in the container), each None when missing."""
+    found = {}
+    for where, spec, c in containers(docs):
+        token = next((e for e in c.get("env", []) if e["name"] == "VIDEORL_REWARD_TOKEN"), None)
+        volume = next((v for v in spec.get("volumes", []) if "secret" in v
+                       and "reward-tls" in v["secret"]["secretName"]), None)
+        mount = next((m for m in c.get("volumeMounts", []) if volume and m["name"] == volume["name"]), None)
+        if token or volume:
+            found[where] = (token, volume, mount)
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -205,15 +229,35 @@ def test_redis_requires_a_password_that_only_a_secret_holds(rendered, overlay):
 
 
 @each_overlay
-def test_reward_service_has_native_grpc_probes_on_its_served_port(rendered, overlay):
+def test_reward_service_has_native_grpc_probes_on_its_plaintext_health_port(rendered, overlay):
     docs = rendered[overlay]
     c = one(docs, "Deployment", "reward")["spec"]["template"]["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert c["readinessProbe"]["grpc"] == {"port": ports["grpc"], "service": SERVICE_NAME}
-    assert c["livenessProbe"]["grpc"] == {"port": ports["grpc"]}   # "": the whole server
+    assert ports["grpc-health"] == REWARD_HEALTH_PORT != ports["grpc"]
+    # the main port has TLS and wants a token, which the kubelet's gRPC probe cannot give
+    assert c["readinessProbe"]["grpc"] == {"port": ports["grpc-health"], "service": SERVICE_NAME}
+    assert c["livenessProbe"]["grpc"] == {"port": ports["grpc-health"]}   # "": the whole server
     assert f"reward.port={ports['grpc']}" in c["args"] and "reward.host=0.0.0.0" in c["args"]
+    assert f"reward.health_port={ports['grpc-health']}" in c["args"]
     service = one(docs, "Service", "reward")["spec"]
     assert {p["name"]: p["targetPort"] for p in service["ports"]} == {"grpc": "grpc", "metrics": "metrics"}
+
+
+@each_overlay
+def test_reward_tls_and_token_reach_the_reward_pod_and_the_rollout_pods_only(rendered, overlay):
+    docs = rendered[overlay]
+    found = reward_secrets_by_pod(docs)
+    reward = "Deployment/videorl-reward spec.template"
+    rollout = "RayJob/videorl-run spec.rayClusterSpec.workerGroupSpecs.0.template"
+    assert set(found) == {reward, rollout}   # not the head (only actors call it), the learner, Redis, the submitter
+    for where, (token, volume, mount) in found.items():
+        assert token == {"name": "VIDEORL_REWARD_TOKEN",
+                         "valueFrom": {"secretKeyRef": {"name": REWARD_TOKEN_SECRET, "key": "token"}}}, where
+        assert volume["secret"]["secretName"] == REWARD_TLS_SECRET, where
+        assert mount == {"name": volume["name"], "mountPath": str(TLS_DIR), "readOnly": True}, where
+    assert "items" not in found[reward][1]["secret"]   # the server: tls.crt, tls.key and ca.crt
+    assert found[reward][1]["secret"]["defaultMode"] == 0o440
+    assert found[rollout][1]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]   # never the key
 
 
 @each_overlay
@@ -265,6 +309,14 @@ def test_the_run_config_and_entrypoint_come_from_one_configmap(rendered, overlay
     config_map = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "videorl-config")
     cfg = RunConfig.model_validate(yaml.safe_load(config_map["data"]["config.yaml"]))
     assert cfg.redis.url is None and str(cfg.run_dir).startswith("/data/") and cfg.reward.host == "0.0.0.0"
+    reward = cfg.reward   # TLS from the mounted Secret, the token, the name of the Service the actors dial
+    assert (reward.tls_cert, reward.tls_key, reward.tls_ca) == (TLS_DIR / "tls.crt", TLS_DIR / "tls.key",
+                                                                TLS_DIR / "ca.crt")
+    assert reward.require_token is True and reward.health_port == REWARD_HEALTH_PORT
+    rollout_env = {e["name"]: e.get("value") for e in worker_groups(docs)["rollout"]["template"]["spec"]
+                   ["containers"][0]["env"]}
+    assert rollout_env["VIDEORL_REWARD_ADDRESS"] == f"{reward.tls_server_name}:50051"
+    assert reward.tls_server_name == one(docs, "Service", "reward")["metadata"]["name"]
     assert "/etc/videorl/config.yaml" in config_map["data"]["run.sh"]
     assert "${VIDEORL_REDIS_URL}" in config_map["data"]["run.sh"]
     head = one(docs, "RayJob")["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]

@@ -1,12 +1,16 @@
 """`rlctl submit`: the dry run of the shipped configs gives valid manifests named after the run (references
-follow), the run's config in the ConfigMap, GPU requests only with the gpu overlay, and never a password; applying
-goes through the Kubernetes API (a fake dynamic client here: no cluster in CI) and fails with a clear message
-when there is no cluster, no namespace or no KubeRay."""
+follow), the run's config in the ConfigMap (the reward server with TLS and the token, its health port for the
+probes), GPU requests only with the gpu overlay, and never a secret; applying goes through the Kubernetes API (a fake
+dynamic client here: no cluster in CI), creates the run's missing Secrets (Redis password, reward token, a CA and a
+certificate for the reward Service's names, made with the openssl CLI) without printing them, and fails with a
+clear message when there is no cluster, no namespace, no KubeRay or no openssl."""
 
 from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +19,7 @@ import yaml
 from click.testing import CliRunner
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
-from test_k8s_manifests import GPU, containers, one, validation_errors, worker_groups
+from test_k8s_manifests import GPU, containers, one, reward_secrets_by_pod, validation_errors, worker_groups
 
 from rlctl import submit as sub
 from rlctl.cli import DEFAULT_CONFIG, main
@@ -23,7 +27,8 @@ from services.common.config import RunConfig, load_config
 
 LEARN_CONFIG = DEFAULT_CONFIG.parent / "learn.yaml"
 BASE_NAMES = ("videorl-redis", "videorl-reward", "videorl-config", "videorl-data", "videorl-ray", "videorl-run",
-              "videorl-redis-auth", "videorl-redis-data", "videorl-metrics")
+              "videorl-redis-auth", "videorl-redis-data", "videorl-metrics", "videorl-reward-tls",
+              "videorl-reward-token")
 
 
 
@@ -51,8 +56,11 @@ def test_dry_run_of_a_shipped_config_is_a_valid_run_with_its_config_embedded(con
             assert d["metadata"]["labels"][sub.RUN_LABEL] == slug
     text = config_map(docs, f"videorl-{slug}-config")["data"]["config.yaml"]
     embedded = RunConfig.model_validate(yaml.safe_load(text))
-    cluster = {"run_dir": Path(f"/data/runs/{cfg.run_id}"), "reward": cfg.reward.model_copy(
-        update={"host": "0.0.0.0", "port": sub.REWARD_PORT})}
+    tls = Path("/etc/videorl/tls")
+    cluster = {"run_dir": Path(f"/data/runs/{cfg.run_id}"), "reward": cfg.reward.model_copy(update={
+        "host": "0.0.0.0", "port": 50051, "health_port": 50052, "tls_cert": tls / "tls.crt",
+        "tls_key": tls / "tls.key", "tls_ca": tls / "ca.crt", "tls_server_name": f"videorl-{slug}-reward",
+        "require_token": True})}
     assert embedded == cfg.model_copy(update=cluster)   # the run's config; only the cluster's fields differ
     assert worker_groups(docs)["rollout"]["replicas"] == cfg.rollout.num_actors
     has_gpu = {where for where, _, c in containers(docs) if GPU in c["resources"].get("limits", {})}
@@ -68,7 +76,7 @@ def test_dry_run_of_a_shipped_config_is_a_valid_run_with_its_config_embedded(con
 def test_every_reference_follows_the_run_names_and_selectors_pick_only_the_runs_pods():
     out, docs = dry_run(LEARN_CONFIG, "--overlay", "gpu")
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    secret = "videorl-learn-redis-auth"
+    secrets = {"videorl-learn-redis-auth", "videorl-learn-reward-token", "videorl-learn-reward-tls"}
     for where, spec, c in containers(docs):
         assert ("ServiceAccount", spec["serviceAccountName"]) in names, where
         for v in spec.get("volumes", []):
@@ -76,9 +84,11 @@ def test_every_reference_follows_the_run_names_and_selectors_pick_only_the_runs_
                 assert ("ConfigMap", v["configMap"]["name"]) in names, where
             if "persistentVolumeClaim" in v:
                 assert ("PersistentVolumeClaim", v["persistentVolumeClaim"]["claimName"]) in names, where
+            if "secret" in v:
+                assert v["secret"]["secretName"] in secrets, where
         for e in c.get("env", []):
             if "secretKeyRef" in e.get("valueFrom", {}):
-                assert e["valueFrom"]["secretKeyRef"]["name"] == secret, where
+                assert e["valueFrom"]["secretKeyRef"]["name"] in secrets, where
             for host in re.findall(r"(?:@|^)(videorl-[a-z0-9-]+):\d+", e.get("value", "")):
                 assert ("Service", host) in names, (where, host)
     without_content = yaml.safe_dump_all([d for d in docs if d["kind"] != "ConfigMap"])
@@ -121,18 +131,45 @@ def test_run_slugs_are_dns_labels_that_keep_distinct_runs_apart():
     assert sub.run_slug("local") == "local"
 
 
-def test_no_password_ever_reaches_the_output(tmp_path):
+def test_no_secret_ever_reaches_the_output(tmp_path, monkeypatch):
     config = tmp_path / "with-url.yaml"
     config.write_text("run_id: leak\nredis:\n  url: redis://:hunter2-s3cret@redis.internal:6379/0\n")
+    monkeypatch.setenv("VIDEORL_REWARD_TOKEN", "t0ken-from-my-shell")
     out, docs = dry_run(config, "--overlay", "dev-cpu")
-    assert "hunter2-s3cret" not in out and "redis.internal" not in out
+    assert "hunter2-s3cret" not in out and "redis.internal" not in out and "t0ken-from-my-shell" not in out
+    assert "-----BEGIN" not in out   # no certificate, no key: the pods mount the Secret
     assert "Secret" not in {d["kind"] for d in docs}
     embedded = yaml.safe_load(config_map(docs, "videorl-leak-config")["data"]["config.yaml"])
     assert "redis" not in embedded
+    assert not {k for k in embedded["reward"] if "token" in k} - {"require_token"}   # the token is never config
     for where, _, c in containers(docs):
         for e in c.get("env", []):
-            if "PASSWORD" in e["name"] or "AUTH" in e["name"]:
+            if any(word in e["name"] for word in ("PASSWORD", "AUTH", "TOKEN")):
                 assert "value" not in e, where
+
+
+def test_the_reward_server_is_verified_by_the_name_the_actors_dial_and_probed_on_its_health_port():
+    _, docs = dry_run(LEARN_CONFIG, "--overlay", "gpu", "-n", "ml")
+    reward = RunConfig.model_validate(yaml.safe_load(config_map(docs, "videorl-learn-config")["data"]
+                                                     ["config.yaml"])).reward
+    assert reward.tls_server_name == "videorl-learn-reward"
+    assert ("Service", reward.tls_server_name) in {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert reward.tls_server_name in sub.reward_dns_names("learn", "ml")
+    for where, _, c in containers(docs):
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        if "VIDEORL_REWARD_ADDRESS" in env:
+            assert env["VIDEORL_REWARD_ADDRESS"] == f"{reward.tls_server_name}:{reward.port}", where
+    pod = one(docs, "Deployment", "reward")["spec"]["template"]["spec"]["containers"][0]
+    assert pod["readinessProbe"]["grpc"]["port"] == pod["livenessProbe"]["grpc"]["port"] == reward.health_port
+    found = reward_secrets_by_pod(docs)   # the token and the CA: the reward pod and the rollout pods only
+    assert set(found) == {"Deployment/videorl-learn-reward spec.template",
+                          "RayJob/videorl-learn-run spec.rayClusterSpec.workerGroupSpecs.0.template"}
+    for where, (token, volume, mount) in found.items():
+        assert token["valueFrom"]["secretKeyRef"] == {"name": "videorl-learn-reward-token", "key": "token"}, where
+        assert volume["secret"]["secretName"] == "videorl-learn-reward-tls", where
+        assert mount["mountPath"] == str(reward.tls_ca.parent) and mount["readOnly"] is True, where
+    rollout = found["RayJob/videorl-learn-run spec.rayClusterSpec.workerGroupSpecs.0.template"][1]
+    assert [i["path"] for i in rollout["secret"]["items"]] == [reward.tls_ca.name]   # not tls.key
 
 
 class FakeDynamic:
@@ -171,18 +208,65 @@ def _docs() -> list[dict]:
     return sub.customize(sub.render_overlay("dev-cpu"), load_config(LEARN_CONFIG), "team-a", None)
 
 
-def test_apply_creates_the_redis_secret_once_with_a_random_password_and_never_prints_it():
+def test_apply_creates_the_runs_secrets_once_with_random_values_and_never_prints_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))   # where openssl's files go, then go away
+    (tmp_path / "tmp").mkdir()
     docs, lines = _docs(), []
     fake = FakeDynamic(BUILTIN | {"RayJob", "PodMonitor"}, {("Namespace", "team-a")})
     sub.apply(docs, fake, "team-a", "learn", lines.append)
-    [secret] = fake.created
-    password = secret["stringData"]["password"]
-    assert secret["metadata"]["name"] == "videorl-learn-redis-auth" and len(password) >= 32
-    assert not any(password in line for line in lines)
+    created = {s["metadata"]["name"]: s for s in fake.created}
+    assert set(created) == {"videorl-learn-redis-auth", "videorl-learn-reward-token", "videorl-learn-reward-tls"}
+    assert all(s["metadata"]["namespace"] == "team-a" and s["metadata"]["labels"] == {sub.RUN_LABEL: "learn"}
+               for s in created.values())
+    password = created["videorl-learn-redis-auth"]["stringData"]["password"]
+    token = created["videorl-learn-reward-token"]["stringData"]["token"]
+    tls = created["videorl-learn-reward-tls"]
+    assert len(password) >= 32 and len(token) >= 32 and tls["type"] == "kubernetes.io/tls"
+    assert set(tls["stringData"]) == {"tls.crt", "tls.key", "ca.crt"}
+    assert "PRIVATE KEY" in tls["stringData"]["tls.key"]
+    names = ["videorl-learn-reward", "videorl-learn-reward.team-a", "videorl-learn-reward.team-a.svc",
+             "videorl-learn-reward.team-a.svc.cluster.local"]
+    assert _sans(tls["stringData"]["tls.crt"], tmp_path) == names
+    for name in names:   # the certificate chains to the Secret's CA and is valid for every name of the Service
+        assert _verify(tls["stringData"], name, tmp_path), name
+    assert not _verify(tls["stringData"], "videorl-other-reward", tmp_path)
+    assert list((tmp_path / "tmp").iterdir()) == []   # the CA key and the rest are deleted
+    printed = "\n".join(lines)
+    for value in (password, token, *tls["stringData"].values()):
+        assert value not in printed
+    assert "-----BEGIN" not in printed
     assert [b["metadata"]["name"] for b, *_ in fake.applied] == [d["metadata"]["name"] for d in docs]
     assert {(ns, manager, force) for _, ns, manager, force in fake.applied} == {("team-a", "rlctl", True)}
-    sub.apply(docs, fake, "team-a", "learn", lines.append)   # a second submit keeps the password
-    assert len(fake.created) == 1 and any("exists" in line for line in lines)
+    sub.apply(docs, fake, "team-a", "learn", lines.append)   # a second submit keeps them all
+    assert len(fake.created) == 3 and sum("exists" in line for line in lines) == 3
+
+
+def test_apply_without_openssl_says_so_and_how_to_do_without(tmp_path, monkeypatch):
+    docs = _docs()
+    monkeypatch.setenv("PATH", str(tmp_path))   # no openssl on it
+    fake = FakeDynamic(BUILTIN | {"RayJob", "PodMonitor"}, {("Namespace", "team-a")})
+    with pytest.raises(sub.SubmitError, match="openssl is not on PATH.*create the Secret videorl-learn-reward-tls"):
+        sub.apply(docs, fake, "team-a", "learn", print)
+    assert "videorl-learn-reward-tls" not in {s["metadata"]["name"] for s in fake.created} and not fake.applied
+    fake.existing.add(("Secret", "videorl-learn-reward-tls"))   # made by hand: openssl is not needed then
+    sub.apply(docs, fake, "team-a", "learn", print)
+    assert len(fake.applied) == len(docs)
+
+
+def _sans(cert: str, tmp_path: Path) -> list[str]:
+    (tmp_path / "cert.pem").write_text(cert)
+    text = subprocess.run(["openssl", "x509", "-noout", "-text", "-in", str(tmp_path / "cert.pem")],
+                          capture_output=True, text=True, check=True, timeout=30).stdout
+    line = text.split("X509v3 Subject Alternative Name:")[1].strip().splitlines()[0]
+    return [n.strip().removeprefix("DNS:") for n in line.split(",")]
+
+
+def _verify(pem: dict[str, str], hostname: str, tmp_path: Path) -> bool:
+    for name in ("tls.crt", "ca.crt"):
+        (tmp_path / name).write_text(pem[name])
+    out = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "ca.crt"), "-verify_hostname", hostname,
+                          str(tmp_path / "tls.crt")], capture_output=True, text=True, timeout=30)
+    return out.returncode == 0
 
 
 def test_apply_skips_the_podmonitor_without_the_operator_but_stops_without_kuberay():
