@@ -185,8 +185,9 @@ def _select_run(doc: dict, slug: str, run_id: str) -> None:
     run_id annotation on every pod template, which the scrape config turns into the metrics' `run` label."""
     if doc["kind"] == "Service":
         doc["spec"]["selector"][RUN_LABEL] = slug
+    namespaces = {id(d["namespaceSelector"]) for d in _dicts(doc) if isinstance(d.get("namespaceSelector"), dict)}
     for d in list(_dicts(doc)):
-        if "matchLabels" in d:
+        if "matchLabels" in d and id(d) not in namespaces:   # namespaces carry no run label
             d["matchLabels"][RUN_LABEL] = slug
         for key in ("template", "submitterPodTemplate"):
             if isinstance(d.get(key), dict) and "spec" in d[key]:

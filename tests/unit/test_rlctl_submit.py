@@ -97,8 +97,9 @@ def test_every_reference_follows_the_run_names_and_selectors_pick_only_the_runs_
     for d in docs:
         if d["kind"] == "Service":
             assert d["spec"]["selector"][sub.RUN_LABEL] == "learn"
+        namespaces = [n["namespaceSelector"] for n in _dicts(d) if "namespaceSelector" in n]
         for node in _dicts(d):
-            if "matchLabels" in node:
+            if "matchLabels" in node and not any(node is ns for ns in namespaces):   # namespaces: no run label
                 assert node["matchLabels"][sub.RUN_LABEL] == "learn", d["metadata"]["name"]
     for where, _, _c in containers(docs):
         d = next(d for d in docs if f"{d['kind']}/{d['metadata']['name']}" == where.split()[0])
@@ -343,3 +344,66 @@ def _at(doc: dict, path: str) -> dict:
     for part in path.split("."):
         doc = doc[int(part)] if part.isdigit() else doc[part]
     return doc
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        assert e["operator"] == "In", e                       # the only operator the manifests use
+        if labels.get(e["key"]) not in e["values"]:
+            return False
+    return True
+
+
+def _ingress_allowed(policies: list[dict], src: dict, dst: dict, port: int) -> bool:
+    """Kubernetes' ingress semantics for pods of one namespace (src["ns"] marks a pod of another namespace, with
+    that namespace's labels): denied when a policy selects dst and no rule of any selecting policy admits src."""
+    selecting = [p for p in policies if _selects(p["spec"]["podSelector"], dst)]
+    if not selecting:
+        return True
+
+    def peer_ok(peer: dict) -> bool:
+        if "namespaceSelector" in peer:
+            return "ns" in src and _selects(peer["namespaceSelector"], src["ns"])
+        return "ns" not in src and _selects(peer["podSelector"], src)
+
+    for p in selecting:
+        for rule in p["spec"].get("ingress", []):
+            ports = [x["port"] for x in rule.get("ports", [])]
+            if (not ports or port in ports) and (not rule.get("from") or any(peer_ok(x) for x in rule["from"])):
+                return True
+    return False
+
+
+def test_network_policies_admit_only_the_designed_flows():
+    _, docs = dry_run(LEARN_CONFIG, "--overlay", "gpu", "-n", "ml")
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    run = policies[0]["spec"]["podSelector"]["matchLabels"]["videorl.io/run"]
+
+    def pod(component, run_label=run):
+        return {"app.kubernetes.io/part-of": "videorl", "app.kubernetes.io/component": component,
+                "videorl.io/run": run_label}
+
+    reward, head, rollout, learner, redis = (pod(c) for c in ("reward", "ray-head", "rollout", "learner", "redis"))
+    submitter, other_run = pod("submitter"), pod("rollout", "another-run")
+    stranger = {"app": "something-else"}
+    prometheus = {"ns": {"videorl.io/scrape": "true"}}
+    outsider = {"ns": {"team": "b"}}
+    expect = [
+        ((rollout, reward, 50051), True), ((learner, reward, 50051), False), ((head, reward, 50051), False),
+        ((other_run, reward, 50051), False), ((stranger, reward, 50051), False), ((outsider, reward, 50051), False),
+        ((stranger, reward, 50052), True), ((head, reward, 9400), True), ((prometheus, reward, 9400), True),
+        ((prometheus, reward, 50051), False),
+        ((rollout, learner, 29500), True), ((learner, head, 6379), True), ((head, rollout, 10001), True),
+        ((reward, head, 6379), False), ((other_run, learner, 29500), False), ((submitter, head, 8265), True),
+        ((submitter, head, 6379), False), ((prometheus, rollout, 9400), True), ((outsider, learner, 9400), False),
+        ((reward, redis, 6379), True), ((learner, redis, 6379), True), ((stranger, redis, 6379), False),
+        ((other_run, redis, 6379), False), ((head, submitter, 8080), False),
+    ]
+    def name(p):
+        return f"{p['app.kubernetes.io/component']}@{p['videorl.io/run']}" if "videorl.io/run" in p else str(p)
+
+    wrong = [(name(s), name(d), port, want) for (s, d, port), want in expect
+             if _ingress_allowed(policies, s, d, port) != want]
+    assert not wrong, f"flows the policies get wrong (from, to, port, expected): {wrong}"
