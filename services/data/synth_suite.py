@@ -1,5 +1,5 @@
 """Synthetic spatio-temporal task suite: coloured shapes on a dark plane, rendered to real mp4 files, with exact
-ground truth for eight tasks (direction, order, count, distance, when, where, layout, route).
+ground truth for nine tasks (direction, order, count, distance, when, where, layout, route, camera).
 
 Invariants this module keeps:
 - Determinism: the same (task, split, index, seed, pan) gives the same row and the same decoded pixels, whatever
@@ -55,7 +55,7 @@ PALETTE = {
 }
 KINDS = ("square", "disc", "triangle")
 # Append only: a task's index is part of every clip's seed.
-TASKS = ("direction", "order", "count", "distance", "when", "where", "layout", "route")
+TASKS = ("direction", "order", "count", "distance", "when", "where", "layout", "route", "camera")
 _SPLIT_CODES = {"train": 0, "eval": 1}
 _STEP = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}  # (dx, dy); image y points down
 _FLIP = {"up": "down", "down": "up", "left": "right", "right": "left"}
@@ -543,6 +543,26 @@ def _route_reasoning(name: str, legs: Sequence[str], turns: Sequence[float]) -> 
 
 
 # Labels: MCQ answer letters cycle fastest, so every prefix of the cycle is balanced in letters.
+def _camera(rng: np.random.Generator, direction: str, pan: bool) -> Item:
+    """Ego-motion: shapes stand still on a gridded ground while the camera moves; on screen everything, grid
+    included, slides the opposite way. Always pans (the pan is the task), whatever `pan` says."""
+    n_frames = 16
+    cam = np.arange(n_frames)[:, None] * np.array(_STEP[direction]) * int(rng.integers(1, 3))  # 1 or 2 px a frame
+    looks = _looks(rng, int(rng.integers(2, 4)), 8, 10)
+    # Still shapes slide by -cam on screen: keep the whole slide in frame.
+    bounds = [(int(cam[:, 0].max()), SIZE - s + int(cam[:, 0].min()), int(cam[:, 1].max()),
+               SIZE - s + int(cam[:, 1].min())) for _, _, s in looks]
+    corners = _place(rng, [s for _, _, s in looks], bounds)
+    sprites = [_sprite(k, c, s, _still(xy, n_frames)) for (k, c, s), xy in zip(looks, corners, strict=True)]
+    frames = render(Scene(_background(rng), sprites, cam, grid=True))
+    reasoning = (f"Everything in the picture, the grid lines included, slides {_FLIP[direction]}, so the camera "
+                 f"moves {direction}.")
+    return Item(frames, {"task": "mcq", "question": "The shapes stand still on the ground. Which way does the camera "
+                                                    "move?",
+                         "options": list(synth.DIRECTIONS), "answer": LETTERS[synth.DIRECTIONS.index(direction)]},
+                reasoning)
+
+
 _TASK_SPECS: dict[str, tuple[Callable[[np.random.Generator, Any, bool], Item], list[Any]]] = {
     "direction": (_direction, list(synth.DIRECTIONS)),
     "order": (_order, [(o, letter) for o in _ORDINALS for letter in range(3)]),
@@ -552,4 +572,5 @@ _TASK_SPECS: dict[str, tuple[Callable[[np.random.Generator, Any, bool], Item], l
     "where": (_where, [(b, p) for p in (False, True) for b in range(4)]),
     "layout": (_layout, [(r, letter) for r in _RELATIONS for letter in range(3)]),
     "route": (_route, [2, 3, 4]),
+    "camera": (_camera, list(synth.DIRECTIONS)),
 }

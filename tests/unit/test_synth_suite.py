@@ -20,7 +20,7 @@ from services.rollout.media import frame_indices, smart_nframes
 
 N_TRAIN, N_EVAL, SEED = 4, 3, 5
 TASK_TYPES = {"direction": "mcq", "order": "mcq", "count": "numeric", "distance": "numeric", "when": "temporal",
-              "where": "bbox", "layout": "mcq", "route": "route"}
+              "where": "bbox", "layout": "mcq", "route": "route", "camera": "mcq"}
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +134,7 @@ def test_build_once_is_idempotent_and_keyed_by_params(tmp_path):
     ("route", 9, "legs", {2: 3, 3: 3, 4: 3}),
     ("where", 8, "time", {"0": 2, "0.5": 2, "1": 2, "1.5": 2}),
     ("when", 6, "variant", {"visible": 3, "move": 3}),
+    ("camera", 8, "answer", {"A": 2, "B": 2, "C": 2, "D": 2}),
 ])
 def test_answers_are_balanced(task, n, key, expected):
     def value(row):
@@ -238,6 +239,26 @@ def test_distance_is_measured_on_the_ground_grid(rows):
         world = (end - start)[:2] + camera
         assert abs(np.abs(world).sum() - ss.CELL * int(row["answer"])) <= 1
         assert min(np.abs(world)) <= 1  # along one axis
+
+
+def test_camera_answer_is_the_opposite_of_how_the_picture_slides(rows):
+    """Every shape and the grid slide the same way on screen; the camera moved the other way."""
+    for row, frames in _of(rows, "camera"):
+        colors = [c for c in ss.PALETTE if _pixels_of(frames[0], c).any()]
+        assert len(colors) >= 2
+        moves = [(_bbox(_pixels_of(frames[-1], c)) - _bbox(_pixels_of(frames[0], c)))[:2] for c in colors]
+        slides = set()
+        for dx, dy in moves:                           # 15-30 px along one axis, within a pixel on the other
+            assert max(abs(dx), abs(dy)) >= 14 and min(abs(dx), abs(dy)) <= 1, (dx, dy)
+            slides.add(("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up"))
+        assert len(slides) == 1, slides                # the whole picture slides together
+        slide, = slides
+        dx, dy = {"right": (1, 0), "left": (1, 0), "down": (0, 1), "up": (0, 1)}[slide]
+        camera = row["options"][ss.LETTERS.index(row["answer"])]
+        assert camera == {"up": "down", "down": "up", "left": "right", "right": "left"}[slide]
+        for axis in (0, 1):                            # and the grid slides with them
+            phase = [_grid_phase(f, axis) for f in (frames[0], frames[-1])]
+            assert (phase[0] != phase[1]) == bool((dx, dy)[axis])
 
 
 def _legs_from_pixels(frames: np.ndarray, color: str) -> list[str]:
