@@ -81,7 +81,7 @@ def plot(points: list[dict], png: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("held-out accuracy")
     axes[0].set_ylim(0, 1.02)
-    axes[1].legend(loc="lower right", fontsize=8)
+    axes[1].legend(loc="center right", fontsize=8)
     fig.suptitle("embedded tiny Qwen2-VL, GRPO on synthetic videos, held-out split (2-core CPU)")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,14 @@
 Story: control plane (Redis) -> assets (model, data) -> version 0 -> Ray -> reward server -> rollout
 actors -> learner; then watch until the learner finishes, and stop everything by handle or pid, also
 on Ctrl-C or an error, so no process is left behind.
+
+While watching, a service whose process died (kill -9, out of memory) is replaced rather than ending the run,
+since nothing it held is lost (DESIGN.md invariant 4): a dead rollout actor by a new actor under a new id (its
+prompts are reclaimed by the others after rollout.reclaim_idle_s), up to rollout.max_restarts times; a dead
+reward service by a new one on the same port (the actors reconnect and resend what it had not acked), up to
+REWARD_RESTARTS times. Both are counted in Redis (`actors_restarted`, `reward_restarted`). An actor that fails
+with an error of its own (a bug, a reward service gone past rollout.reward_outage_s) still fails the run:
+replacing it would only repeat the error.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from services.common.redis_server import EmbeddedRedis
 from services.common.weights import manifest_for_dir
 
 log = logging.getLogger("videorl.rlctl")
+REWARD_RESTARTS = 5
 CACHE = Path(os.environ.get("VIDEORL_CACHE", Path.home() / ".cache" / "videorl"))
 
 # Ray reads these when it is first imported (and its agents inherit them), so they are set here, before
@@ -160,6 +169,8 @@ class LocalRun:
         self.pids: dict[str, int] = {}                 # service -> pid of its Ray worker (for `rlctl logs`)
         self.learner = None
         self.ray_started = False
+        self.reward_run = None                         # the reward service's wait(): fails when its process dies
+        self.restarts = {"actors": 0, "reward": 0}
 
     def start(self) -> ControlPlane:
         cfg = self.cfg
@@ -208,7 +219,8 @@ class LocalRun:
         if versions and int(versions[-1].name[1:]) > (self.control.current_version() or -1):
             self.control.publish_version(manifest_for_dir(versions[-1], version=int(versions[-1].name[1:])))
 
-    def _start_reward(self) -> None:
+    def _start_reward(self, port: int | None = None) -> None:
+        """Start the local reward service (on `port`, else reward.port: 0 picks a free one)."""
         if self.target.reward_address is not None:   # a cluster's reward Deployment
             self.reward_addr = self.target.reward_address
             return
@@ -216,9 +228,14 @@ class LocalRun:
 
         from services.reward.server import RewardService
 
-        self.reward = ray.remote(num_cpus=0)(RewardService).options(name=f"{self.cfg.run_id}-reward").remote(
-            self.cfg, self.url)
+        cfg = self.cfg
+        if port is not None:
+            cfg = cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"port": port})})
+        n = self.restarts["reward"]
+        self.reward = ray.remote(num_cpus=0)(RewardService).options(
+            name=f"{cfg.run_id}-reward" + (f"-{n}" if n else "")).remote(cfg, self.url)
         port = ray.get(self.reward.start.remote(), timeout=60)
+        self.reward_run = self.reward.wait.remote()
         self.pids["reward"] = _pid(self.reward)
         self.reward_addr = f"127.0.0.1:{port}"
 
@@ -279,17 +296,43 @@ class LocalRun:
                 on_tick()
             if ready:
                 return ray.get(self.learner_run)
+            self.check_reward()
             self.check_actors()
             self.scale()
 
+    def check_reward(self) -> None:
+        """Start a new reward service on the same port if this run's one died (see the module docstring)."""
+        import ray
+
+        if self.reward_run is None or not ray.wait([self.reward_run], timeout=0)[0]:
+            return
+        try:
+            ray.get(self.reward_run)
+            why = "its server stopped"
+        except ray.exceptions.RayActorError as e:
+            why = f"its process died: {str(e).splitlines()[0]}"
+        if self.restarts["reward"] >= REWARD_RESTARTS:
+            raise RuntimeError(f"the reward service at {self.reward_addr} stopped ({why}) and was already replaced "
+                               f"{REWARD_RESTARTS} times")
+        log.warning("the reward service at %s stopped (%s): starting another on the same port", self.reward_addr, why)
+        self.restarts["reward"] += 1
+        self.control.incr("reward_restarted")
+        self._start_reward(port=int(self.reward_addr.rsplit(":", 1)[1]))
+        self._write_record()
+
     def check_actors(self) -> None:
-        """Raise if an actor stopped (with its error) or is still loading its engine after rollout.start_timeout_s:
-        a run must fail loudly, not wait forever on an actor that will never generate."""
+        """Replace an actor whose process died (up to rollout.max_restarts); raise if one stopped otherwise (with its
+        error) or is still loading its engine after rollout.start_timeout_s: a run must fail loudly, not wait forever
+        on an actor that will never generate."""
         import ray
 
         failed = [a for a, ref in self.actor_runs.items() if ray.wait([ref], timeout=0)[0]]
         for a in failed:
-            ray.get(self.actor_runs.pop(a))  # raises the actor's error; a clean return is a bug too
+            try:
+                ray.get(self.actor_runs.pop(a))  # raises the actor's error; a clean return is a bug too
+            except ray.exceptions.RayActorError as e:   # the process died; RayTaskError (its own error) propagates
+                self._replace_actor(a, str(e).splitlines()[0])
+                continue
             raise RuntimeError(f"rollout actor {a} stopped before the run finished")
         limit, now = self.cfg.rollout.start_timeout_s, time.monotonic()
         late = {a for a in self.actors if now - self.started_at[a] > limit}
@@ -299,6 +342,20 @@ class LocalRun:
                 raise RuntimeError(f"rollout actors {', '.join(stuck)} still loading their engine after "
                                    f"{limit:.0f}s (rollout.start_timeout_s); their logs are under "
                                    f"/tmp/videorl-ray/session_latest/logs (worker-*.err)")
+
+    def _replace_actor(self, actor_id: str, why: str) -> None:
+        limit = self.cfg.rollout.max_restarts
+        if self.restarts["actors"] >= limit:
+            raise RuntimeError(f"rollout actor {actor_id} died ({why}) and {limit} actors were already replaced "
+                               "(rollout.max_restarts)")
+        self.actors.pop(actor_id, None)
+        new = f"rollout-{self.next_index}"
+        self.next_index += 1
+        log.warning("rollout actor %s died (%s): %s replaces it; the prompts it held go to the others after "
+                    "rollout.reclaim_idle_s=%gs", actor_id, why, new, self.cfg.rollout.reclaim_idle_s)
+        self.restarts["actors"] += 1
+        self.control.incr("actors_restarted")
+        self.add_actor(new)
 
     def wait_for_actors_at(self, version: int, timeout_s: float = 60.0) -> bool:
         """Let every live actor load `version` before the run stops, so the final policy is what they serve."""

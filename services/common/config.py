@@ -83,6 +83,16 @@ class RolloutConfig(_Strict):
     eval_temperature: float = Field(0.0, ge=0, le=5, description="sampling temperature for held-out prompts")
     swap: Literal["abort", "wait"] = Field(
         "abort", description="on a new version: abort in-flight requests and redo them, or let them finish")
+    reclaim_idle_s: float = Field(300.0, ge=0.1, le=86_400, description=(
+        "a prompt an actor took and has not finished after this long is reclaimed by another (its holder is presumed "
+        "dead); keep it well above the time to generate and score one batch"))
+    reconnect_max_s: float = Field(5.0, gt=0, le=300, description=(
+        "cap of the backoff between reconnects to the reward service (from 0.1 s, doubling)"))
+    reward_outage_s: float = Field(120.0, gt=0, le=86_400, description=(
+        "an actor whose reward service acks nothing this long after its stream broke fails, naming the address"))
+    max_restarts: int = Field(3, ge=0, le=1000, description=(
+        "rlctl run: rollout actors whose process died are replaced by new ones up to this many times, then the run "
+        "fails"))
 
 
 class RewardComponentConfig(_Strict):

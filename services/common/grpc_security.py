@@ -89,7 +89,7 @@ def _refusal(handler: grpc.RpcMethodHandler, reason: str) -> grpc.RpcMethodHandl
 def open_channel(cfg: RewardConfig, address: str) -> grpc.aio.Channel:
     """A channel to the reward service as `cfg` says: TLS (verifying the server against tls_ca) when the server
     has it, plaintext for the local default."""
-    options = [("grpc.max_receive_message_length", 64 << 20)]
+    options: list[tuple[str, int | str]] = [("grpc.max_receive_message_length", 64 << 20)]
     if cfg.tls_cert is None:
         return grpc.aio.insecure_channel(address, options=options)
     roots = _read(cfg.tls_ca, "tls_ca") if cfg.tls_ca else None

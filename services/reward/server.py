@@ -224,6 +224,12 @@ class RewardService:
         self.control.register_exporter("reward", exporter_address(serve_metrics(self.registry)))
         return port
 
+    async def wait(self) -> None:
+        """Return when the server has stopped. `rlctl run` keeps this call pending: its error is how the run
+        learns that the service's process died (and starts another on the same port)."""
+        assert self.server is not None, "start() first"
+        await self.server.wait_for_termination()
+
     async def stop(self, grace_s: float = 5.0) -> None:
         if self.probe is not None:
             await self.probe.stop(0)

@@ -2,7 +2,9 @@
 
 Invariants kept here:
 - a prompt is acked in Redis only after the reward service acked its group (SCORED or DUPLICATE), so a
-  prompt held by an actor that dies stays pending and is reclaimed by another actor;
+  prompt held by an actor that dies stays pending and is reclaimed by another actor after rollout.reclaim_idle_s;
+- a reward service that dies or restarts costs nothing: the stream is reopened and every unacked group resent
+  (services/rollout/reward_link.py); while it is down the actor takes no new prompts;
 - weights change only while no request is in flight: a published version is picked up at once (pub/sub
   event, polled as a fallback); the gate stops new requests, in-flight ones are aborted (rollout.swap=abort)
   or finished (=wait), and aborted prompts are generated again under the new version. So every completion
@@ -22,17 +24,16 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.common import grpc_security
 from services.common.config import RunConfig
 from services.common.control import ControlPlane
 from services.common.metrics import check_name, exporter_address
 from services.common.metrics import serve as serve_metrics
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
-from services.common.pb.videorl.v1 import rollout_pb2_grpc as pb_grpc
 from services.common.prompts import chat_text
 from services.common.weights import WeightIntegrityError, verify
 from services.rollout.engine import VLLMEngine
 from services.rollout.media import FrameCache, MediaError
+from services.rollout.reward_link import RewardLink
 
 log = logging.getLogger("videorl.rollout")
 
@@ -75,7 +76,7 @@ class RolloutActor:
         self.control = ControlPlane(redis_url, cfg.run_id)
         self.frames = FrameCache(max_bytes=256 << 20)
         self.loaded_version = -1
-        self.inflight: dict[str, str] = {}   # group_id -> prompt stream entry id, until acked
+        self.link = RewardLink(cfg, reward_addr, self._on_ack)   # holds each sent group until it is acked
         self.refused: set[int] = set()       # versions whose files failed their hash check
         # gen_seconds sums each group's own generation latency (groups of a batch overlap); batch_seconds is wall time.
         self.stats = {"tokens": 0, "gen_seconds": 0.0, "batch_seconds": 0.0, "groups_sent": 0, "swaps": 0,
@@ -87,13 +88,12 @@ class RolloutActor:
         self._gate = asyncio.Condition()              # guards _requests, _swapping and loaded_version changes
         self._swap_lock = asyncio.Lock()
         self._stop = asyncio.Event()
-        self._write_lock = asyncio.Lock()
         self.engine: VLLMEngine | None = None
         self.registry = CollectorRegistry()
         self.metrics = RolloutMetrics(self.registry, actor_id)
         self.metrics.version.set_function(lambda: self.loaded_version)   # read at scrape time: -1 while loading
         self.metrics.requests.set_function(lambda: len(self._requests))
-        self.metrics.unacked.set_function(lambda: len(self.inflight))
+        self.metrics.unacked.set_function(lambda: len(self.link.held))
         self.metrics.retry.set_function(lambda: len(self.retry))
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -104,43 +104,42 @@ class RolloutActor:
         self.engine = VLLMEngine.create(Path(self.model_dir), self.cfg.rollout, seed=self.cfg.seed)
         self.loaded_version = 0
         await self._maybe_swap()   # an actor that joins late starts from the current version
-        background = [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._watch_versions())]
-        async with grpc_security.open_channel(self.cfg.reward, self.reward_addr) as channel:
-            call = pb_grpc.RewardServiceStub(channel).StreamCompletions(metadata=grpc_security.call_metadata(
-                self.cfg.reward))
-            acks = asyncio.create_task(self._read_acks(call))
-            try:
-                # After stop(): finish the prompts a swap aborted (they are this actor's, pending in Redis), take
-                # no new ones, so a scaled-down actor hands back nothing half done.
-                while not self._stop.is_set() or self.retry:
-                    for task in background:
-                        if task.done():
-                            task.result()   # a dead watcher or heartbeat is this actor's failure too
-                    await self._one_batch(call)
-                await self._drain(call, acks)
-            finally:
-                acks.cancel()
+        link = asyncio.create_task(self.link.run())
+        background = [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._watch_versions()), link]
+        try:
+            # After stop(): finish the prompts a swap aborted (they are this actor's, pending in Redis), take
+            # no new ones, so a scaled-down actor hands back nothing half done.
+            while not self._stop.is_set() or self.retry:
                 for task in background:
-                    task.cancel()
-                self.engine.shutdown()
-                self.control.heartbeat(self.actor_id, self.loaded_version, "stopped", **self._rates())
-        return dict(self.stats, actor_id=self.actor_id, loaded_version=self.loaded_version)
+                    if task.done():
+                        task.result()   # a dead watcher, heartbeat or reward link is this actor's failure too
+                if await self.link.wait_up(0.5):   # no new work while the reward service is away
+                    await self._one_batch()
+            await self.link.close(link)
+        finally:
+            for task in background:
+                task.cancel()
+            self.engine.shutdown()
+            self.control.heartbeat(self.actor_id, self.loaded_version, "stopped", **self._rates())
+        return dict(self.stats, actor_id=self.actor_id, loaded_version=self.loaded_version,
+                    reconnects=self.link.reconnects, groups_resent=self.link.resent)
 
     async def stop(self) -> None:
         self._stop.set()
 
     # -- phases ----------------------------------------------------------------------------------
-    async def _one_batch(self, call) -> None:
+    async def _one_batch(self) -> None:
         entries, self.retry = self.retry, []
         want = 0 if self._stop.is_set() else self.cfg.rollout.prompts_per_batch - len(entries)
         if want > 0:
-            entries += await asyncio.to_thread(self.control.take_prompts, self.actor_id, want, 200, 300_000)
+            entries += await asyncio.to_thread(self.control.take_prompts, self.actor_id, want, 200,
+                                               int(self.cfg.rollout.reclaim_idle_s * 1000))
         if entries:
             t0 = time.perf_counter()
-            await asyncio.gather(*(self._rollout(eid, payload, call) for eid, payload in entries))
+            await asyncio.gather(*(self._rollout(eid, payload) for eid, payload in entries))
             self.stats["batch_seconds"] += time.perf_counter() - t0
 
-    async def _rollout(self, entry_id: str, payload: bytes, call) -> None:
+    async def _rollout(self, entry_id: str, payload: bytes) -> None:
         prompt = pb.Prompt.FromString(payload)
         try:
             frames = await asyncio.to_thread(self.frames.get_for_prompt, prompt, self.cfg.media)
@@ -159,14 +158,11 @@ class RolloutActor:
         self.metrics.generate.observe(time.perf_counter() - t0)
         self.metrics.tokens.inc(sum(len(s.token_ids) for s in samples))
         group_id = f"{prompt.prompt_id}/v{version}"
-        self.inflight[group_id] = entry_id
-        async with self._write_lock:
-            for i, s in enumerate(samples):
-                await call.write(pb.Completion(
-                    run_id=self.cfg.run_id, prompt_id=prompt.prompt_id, group_id=group_id, sample_index=i,
-                    group_size=len(samples), policy_version=version, prompt_token_ids=s.prompt_token_ids,
-                    completion_token_ids=s.token_ids, logprobs=s.logprobs, text=s.text,
-                    finish_reason=s.finish_reason, actor_id=self.actor_id, prompt=prompt))
+        await self.link.send(group_id, entry_id, [pb.Completion(
+            run_id=self.cfg.run_id, prompt_id=prompt.prompt_id, group_id=group_id, sample_index=i,
+            group_size=len(samples), policy_version=version, prompt_token_ids=s.prompt_token_ids,
+            completion_token_ids=s.token_ids, logprobs=s.logprobs, text=s.text,
+            finish_reason=s.finish_reason, actor_id=self.actor_id, prompt=prompt) for i, s in enumerate(samples)])
         self.stats["groups_sent"] += 1
 
     async def _generate(self, prompt: pb.Prompt, frames) -> tuple[int, list | None]:
@@ -194,15 +190,12 @@ class RolloutActor:
         self.control.incr(f"prompts_quarantined:{reason}")
         self.control.ack_prompt(entry_id)
 
-    async def _read_acks(self, call) -> None:
-        async for ack in call:
-            entry_id = self.inflight.pop(ack.group_id, None)
-            if entry_id is None:
-                continue
-            if ack.status == pb.GroupAck.REJECTED:
-                log.warning("group %s rejected by the reward service: %s", ack.group_id, ack.reason)
-                await asyncio.to_thread(self.control.incr, "groups_rejected")
-            await asyncio.to_thread(self.control.ack_prompt, entry_id)
+    async def _on_ack(self, ack: pb.GroupAck, entry_id: str) -> None:
+        """The reward service is done with a group (SCORED, DUPLICATE: scored before, or REJECTED): ack its prompt."""
+        if ack.status == pb.GroupAck.REJECTED:
+            log.warning("group %s rejected by the reward service: %s", ack.group_id, ack.reason)
+            await asyncio.to_thread(self.control.incr, "groups_rejected")
+        await asyncio.to_thread(self.control.ack_prompt, entry_id)
 
     async def _watch_versions(self) -> None:
         """Swap as soon as a version is published: on its pub/sub event, and by polling once a second."""
@@ -254,13 +247,6 @@ class RolloutActor:
                                 **self._rates())
         log.info("%s loaded version %d in %.3fs", self.actor_id, current, paused)
 
-    async def _drain(self, call, acks: asyncio.Task, timeout_s: float = 30.0) -> None:
-        """Wait for the acks of groups already sent, then close the stream."""
-        deadline = time.monotonic() + timeout_s
-        while self.inflight and time.monotonic() < deadline and not acks.done():
-            await asyncio.sleep(0.05)
-        await call.done_writing()
-
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.to_thread(self.control.heartbeat, self.actor_id, self.loaded_version, "running",
@@ -270,4 +256,5 @@ class RolloutActor:
     def _rates(self) -> dict:
         s = self.stats
         return {"tokens": s["tokens"], "groups_sent": s["groups_sent"], "swaps": s["swaps"],
+                "reconnects": self.link.reconnects, "groups_resent": self.link.resent,
                 "tokens_per_s": round(s["tokens"] / s["batch_seconds"], 1) if s["batch_seconds"] else 0.0}

@@ -1,0 +1,119 @@
+"""Chaos on a real local run (embedded Redis, Ray, gRPC reward service, 2 vLLM actors, DeepSpeed learner): a service
+is killed with SIGKILL mid-run and the run must finish losing nothing (DESIGN.md invariant 4).
+
+a. a rollout actor dies mid-generation: LocalRun replaces it, the prompts it held are reclaimed by the others after
+   rollout.reclaim_idle_s and scored once;
+b. the reward service dies: LocalRun starts another on the same port, the actors reconnect and resend what was not
+   acked (a group the dead one had written comes back DUPLICATE and counts as done).
+
+Each asserts from Redis, after the actors stopped: every prompt delivered was scored exactly once, none is pending,
+no group is in the ledger twice, and the learner ran all its steps. Each prints the counts it asserted.
+"""
+
+import os
+import signal
+import time
+
+import pytest
+from ledger_checks import assert_exactly_once, pending, scored_groups, scored_ids
+from rich.console import Console
+
+from rlctl.local import LocalRun
+from rlctl.summary import scrape
+from services.common.config import load_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+STEPS = 30
+IN_FLIGHT = "videorl_rollout_requests_inflight_count"
+# Every actor must have stopped before Redis is read: a replacement still loading its engine on a loaded machine
+# (2 shared cores) can take longer than stop_actors' default minute, and one still working holds prompts.
+STOP_S = 300
+
+
+def _config(tmp_path, *extra):
+    return load_config(None, [f"learner.steps={STEPS}", "learner.publish_every=5", "learner.eval_every=10",
+                              "data.synth_eval=4", "rollout.num_actors=2", f"run_dir={tmp_path / 'run'}", *extra])
+
+
+def _steps(control):
+    return len(control.step_records())
+
+
+def test_kill_9_a_rollout_actor_mid_generation(tiny_assets, tmp_path):
+    cfg = _config(tmp_path, "rollout.reclaim_idle_s=3")
+    run = LocalRun(cfg, Console(quiet=True))
+    state = {}
+
+    def tick():
+        if "killed" in state or _steps(control) < 6:
+            return
+        # Mid-generation: rollout-0's engine is sampling, for prompts whose groups are not scored yet.
+        sampling = scrape(control.exporters()["rollout:rollout-0"], (IN_FLIGHT,)).get(IN_FLIGHT, 0)
+        held = pending(control, "rollout-0")
+        if not sampling or not [p for _, p in held if p not in scored_ids(control)]:
+            return
+        (info,) = [a for a in control.actors() if a.actor_id == "rollout-0"]
+        os.kill(int(info.fields["pid"]), signal.SIGKILL)
+        state.update(killed=time.time(), step=_steps(control), held=[p for _, p in held])
+
+    try:
+        control = run.start()
+        records = run.wait(on_tick=tick, tick_s=0.2)
+        stopped = run.stop_actors(timeout_s=STOP_S)
+        print("\nactors at the end:", stopped, {a.actor_id: (a.state, a.loaded_version) for a in control.actors()})
+        counts = assert_exactly_once(control, records)
+        groups = scored_groups(control)
+        counters = control.counters()
+    finally:
+        run.close()
+
+    assert "killed" in state, "the run ended before rollout-0 was caught mid-generation"
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))      # the run finished
+    assert run.restarts == {"actors": 1, "reward": 0} and counters["actors_restarted"] == 1
+    by_prompt = {g.prompt_id: g for g in groups}
+    held = state["held"]
+    assert set(held) <= set(by_prompt), "a prompt the dead actor held was never scored"
+    reclaimed = [p for p in held if by_prompt[p].actor_id != "rollout-0"]
+    assert reclaimed, "no prompt the dead actor held was scored by another actor"
+    # The survivor kept generating after the kill (and the replacement, rollout-2, joined once its engine loaded).
+    after = {g.actor_id for g in groups if g.scored_at > state["killed"] + 1}
+    assert "rollout-1" in after and "rollout-0" not in after
+    print(f"\nkill -9 rollout-0 at step {state['step']}: {counts.line()}; held by the dead actor {len(held)}, "
+          f"reclaimed and scored by others {len(reclaimed)}, actors restarted {counters['actors_restarted']}, "
+          f"groups by actor after the kill {sorted(after)}, steps {len(records)}")
+
+
+def test_kill_9_the_reward_service_and_restart_it(tiny_assets, tmp_path):
+    cfg = _config(tmp_path, "rollout.reconnect_max_s=1")
+    run = LocalRun(cfg, Console(quiet=True))
+    state = {}
+
+    def tick():
+        if "killed" not in state and _steps(control) >= 6:
+            state.update(killed=time.time(), step=_steps(control), old_pid=run.pids["reward"],
+                         written=len(scored_ids(control)))
+            os.kill(run.pids["reward"], signal.SIGKILL)
+
+    try:
+        control = run.start()
+        records = run.wait(on_tick=tick, tick_s=0.2)
+        run.stop_actors(timeout_s=STOP_S)
+        counts = assert_exactly_once(control, records)
+        groups = scored_groups(control)
+        counters = control.counters()
+        actors = {a.actor_id: a.fields for a in control.actors()}
+    finally:
+        run.close()
+
+    assert "killed" in state
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))      # the run finished
+    assert run.restarts == {"actors": 0, "reward": 1} and counters["reward_restarted"] == 1
+    assert run.pids["reward"] != state["old_pid"]
+    # Both actors lived through it: they reconnected to the new service and both scored groups after the kill.
+    assert set(actors) == {"rollout-0", "rollout-1"}
+    assert all(int(f["reconnects"]) >= 1 for f in actors.values()), actors
+    assert {g.actor_id for g in groups if g.scored_at > state["killed"]} == {"rollout-0", "rollout-1"}
+    resent = sum(int(f["groups_resent"]) for f in actors.values())
+    print(f"\nkill -9 the reward service at step {state['step']} ({state['written']} groups written before): "
+          f"{counts.line()}; reward restarted {counters['reward_restarted']}, reconnects "
+          f"{ {a: int(f['reconnects']) for a, f in actors.items()} }, groups resent {resent}, steps {len(records)}")
