@@ -12,9 +12,11 @@ Invariants this module keeps:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -23,6 +25,7 @@ from services.common.config import RewardConfig
 
 TOKEN_ENV = "VIDEORL_REWARD_TOKEN"
 _HEADER = "authorization"
+REFUSE_READ_S = 1.0
 
 
 class SecurityError(RuntimeError):
@@ -79,9 +82,21 @@ def _refusal(handler: grpc.RpcMethodHandler, reason: str) -> grpc.RpcMethodHandl
     async def abort(_request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"reward service: {reason}")
 
+    async def abort_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        # Take the client's first message (at most a second's wait) before refusing: aborting while its messages
+        # were still arriving made gRPC core end about one call in five with INTERNAL instead of UNAUTHENTICATED
+        # (measured on loopback). Nothing reaches the real handler either way.
+        with contextlib.suppress(StopAsyncIteration, asyncio.TimeoutError):
+            await asyncio.wait_for(requests.__anext__(), REFUSE_READ_S)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"reward service: {reason}")
+        yield None
+
     kind = (handler.request_streaming, handler.response_streaming)
+    if kind == (True, True):
+        return grpc.stream_stream_rpc_method_handler(abort_stream, request_deserializer=handler.request_deserializer,
+                                                     response_serializer=handler.response_serializer)
     make = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+            (True, False): grpc.stream_unary_rpc_method_handler}
     return make[kind](abort, request_deserializer=handler.request_deserializer,
                       response_serializer=handler.response_serializer)
 

@@ -166,6 +166,15 @@ def test_every_panel_query_returns_data_from_a_real_scrape_of_a_local_run(tiny_a
 
         _wait_for(scraped_to_the_end, 30, "every exporter up and the last step scraped")
         window_s = int(time.time() - started) + 30
+
+        def scrapes() -> float:   # the fewest scrapes of any of the run's targets so far
+            got = prom.query(f"min(count_over_time(up{sel}[{window_s}s]))")
+            return float(got[0]["value"][1]) if got else 0.0
+
+        # Two more scrapes of every target: a series that first appeared in the last scrape (a short run can end
+        # between two scrapes) then has the two samples rate() needs, as it would on any dashboard a moment later.
+        enough = scrapes() + 2
+        _wait_for(lambda: scrapes() >= enough, 30, "two more scrapes of every target")
         failures, panels = [], _panels()
         assert len({board for board, *_ in panels}) == 4
         for board, title, ref, expr in panels:
