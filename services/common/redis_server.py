@@ -47,6 +47,20 @@ def find_redis_server() -> str:
     raise RuntimeError(f"videorl needs redis-server >= 7.0 (scripts/setup.sh installs it); found: {found}")
 
 
+def stop_process(proc: subprocess.Popen | None, term_timeout_s: float = 5.0) -> None:
+    """Stop a server this process started, by its pid: SIGTERM, then SIGKILL if it has not exited in time."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=term_timeout_s)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+    except ProcessLookupError:
+        pass
+
+
 class EmbeddedRedis:
     """Start with `start()`, stop with `stop()`; also a context manager. `url` is valid once started."""
 
@@ -88,16 +102,7 @@ class EmbeddedRedis:
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout_s}s")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-        except ProcessLookupError:
-            pass
+        stop_process(self.proc)
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()

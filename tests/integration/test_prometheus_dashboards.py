@@ -10,12 +10,9 @@ series with a finite value; each `namespace` / `run` variable must offer this ru
 
 import json
 import math
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -27,7 +24,7 @@ from rich.console import Console
 from rlctl.local import LocalRun
 from services.common.config import load_config
 from services.common.metrics import file_sd_targets
-from services.common.redis_server import free_port
+from services.common.redis_server import free_port, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -85,30 +82,12 @@ class LocalPrometheus:
         return self.api("query", query=expr)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-        except ProcessLookupError:
-            pass
+        stop_process(self.proc, term_timeout_s=10)
 
 
 @pytest.fixture
-def judge_url():
-    """The scripted judge (tests/integration/judge_server.py) on a free loopback port, stopped by pid."""
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("judge_server.py")), "--port", "0"],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("PORT "), f"judge server did not start: {line!r}"
-        yield f"http://127.0.0.1:{int(line.split()[1])}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+def judge_url(judge_server):
+    return judge_server + "/v1"
 
 
 def _wait_for(condition, timeout_s: float, what: str) -> None:

@@ -97,8 +97,8 @@ def test_every_reference_follows_the_run_names_and_selectors_pick_only_the_runs_
     for d in docs:
         if d["kind"] == "Service":
             assert d["spec"]["selector"][sub.RUN_LABEL] == "learn"
-        namespaces = [n["namespaceSelector"] for n in _dicts(d) if "namespaceSelector" in n]
-        for node in _dicts(d):
+        namespaces = [n["namespaceSelector"] for n in sub._dicts(d) if "namespaceSelector" in n]
+        for node in sub._dicts(d):
             if "matchLabels" in node and not any(node is ns for ns in namespaces):   # namespaces: no run label
                 assert node["matchLabels"][sub.RUN_LABEL] == "learn", d["metadata"]["name"]
     for where, _, _c in containers(docs):
@@ -328,16 +328,6 @@ def test_paths_outside_the_data_volume_are_warned_about(tmp_path):
     r = CliRunner().invoke(main, ["submit", str(config), "--dry-run"])
     assert r.exit_code == 0
     assert "data.train=videos/train.jsonl is read inside the pods" in r.stderr and "data.eval" not in r.stderr
-
-
-def _dicts(node):
-    if isinstance(node, dict):
-        yield node
-        for v in node.values():
-            yield from _dicts(v)
-    elif isinstance(node, list):
-        for v in node:
-            yield from _dicts(v)
 
 
 def _at(doc: dict, path: str) -> dict:
