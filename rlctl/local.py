@@ -8,7 +8,12 @@ While watching, a service whose process died (kill -9, out of memory) is replace
 since nothing it held is lost (DESIGN.md invariant 4): a dead rollout actor by a new actor under a new id (its
 prompts are reclaimed by the others after rollout.reclaim_idle_s), up to rollout.max_restarts times; a dead
 reward service by a new one on the same port (the actors reconnect and resend what it had not acked), up to
-REWARD_RESTARTS times. Both are counted in Redis (`actors_restarted`, `reward_restarted`). An actor that fails
+REWARD_RESTARTS times; a dead learner by a new one resumed from its last checkpoint (learner.checkpoint_every), up to
+learner.max_restarts times: the groups the dead one had taken are trained first, the ledger skips those it had
+trained; a dead embedded Redis by a new server on the same port and data dir, up to REDIS_RESTARTS times, when
+redis.persistence is on (the append-only file is fsynced on every write, so it comes back with everything
+acknowledged; the services retry their commands meanwhile, see control.py). All are counted in Redis
+(`actors_restarted`, `reward_restarted`, `learner_restarted`, `redis_restarted`). An actor or learner that fails
 with an error of its own (a bug, a reward service gone past rollout.reward_outage_s) still fails the run:
 replacing it would only repeat the error.
 """
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,12 +34,13 @@ from rich.console import Console
 
 from services.common.config import RunConfig
 from services.common.control import ControlPlane
-from services.common.dataset import Row, load_rows, rows_with_reverse
+from services.common.dataset import DatasetError, Row, load_rows, rows_with_reverse
 from services.common.redis_server import EmbeddedRedis
 from services.common.weights import manifest_for_dir
 
 log = logging.getLogger("videorl.rlctl")
 REWARD_RESTARTS = 5
+REDIS_RESTARTS = 5
 CACHE = Path(os.environ.get("VIDEORL_CACHE", Path.home() / ".cache" / "videorl"))
 
 # Ray reads these when it is first imported (and its agents inherit them), so they are set here, before
@@ -96,6 +104,18 @@ class Assets:
     model_dir: Path
     train: list[Row]
     eval_rows: list[Row]
+    skipped: list[str]        # the malformed dataset lines left out (data.skip_bad_rows), each as file:line: why
+
+
+def load_split(path: Path, cfg: RunConfig, skipped: list[str]) -> list[Row]:
+    """A split's rows with their reverse-time variants; with data.skip_bad_rows, malformed lines are left out and
+    named (logged and appended to `skipped`); a file with no good row still fails."""
+    errors: list[DatasetError] | None = [] if cfg.data.skip_bad_rows else None
+    rows = list(rows_with_reverse(load_rows(path, errors)))
+    for e in errors or []:
+        log.warning("skipping a malformed dataset line: %s", e)
+        skipped.append(str(e))
+    return rows
 
 
 def prepare_assets(cfg: RunConfig, console: Console) -> Assets:
@@ -120,8 +140,12 @@ def prepare_assets(cfg: RunConfig, console: Console) -> Assets:
     model_dir = cfg.model.path
     if model_dir is None:
         model_dir = embedded_model(cfg.model.seed, console)
-    return Assets(Path(model_dir), list(rows_with_reverse(load_rows(train_path))),
-                  list(rows_with_reverse(load_rows(eval_path))))  # lists: they travel to Ray actors by pickle
+    skipped: list[str] = []
+    train, eval_rows = load_split(train_path, cfg, skipped), load_split(eval_path, cfg, skipped)
+    if skipped:
+        console.print(f"[yellow]skipped {len(skipped)} malformed dataset lines[/] (first: {skipped[0]}); "
+                      "data.skip_bad_rows=false makes them an error", soft_wrap=True)
+    return Assets(Path(model_dir), train, eval_rows, skipped)  # lists: they travel to Ray actors by pickle
 
 
 def embedded_model(seed: int, console: Console) -> Path:
@@ -151,6 +175,49 @@ def _pid(handle) -> int:
     return ray.get(handle.__ray_call__.remote(lambda _self: os.getpid()), timeout=30)
 
 
+class RedisKeeper:
+    """Starts the run's embedded Redis again, on the same port and data dir, whenever its process dies.
+
+    A thread, so that a restart never waits on the main loop, which may itself be inside a Redis command that is
+    retrying until the server is back. `error` is set (and the keeper stops) after REDIS_RESTARTS restarts or a
+    failed start; LocalRun.wait raises it."""
+
+    def __init__(self, server: EmbeddedRedis, on_restart, poll_s: float = 0.2):
+        self.server, self.on_restart, self.poll_s = server, on_restart, poll_s
+        self.restarts = 0
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="redis-keeper", daemon=True)
+
+    def start(self) -> RedisKeeper:
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            code = self.server.proc.poll() if self.server.proc else None
+            if code is None:
+                continue
+            if self.restarts >= REDIS_RESTARTS:
+                self.error = f"the embedded Redis died (exit {code}) and was already restarted {REDIS_RESTARTS} times"
+                return
+            log.warning("the embedded Redis on port %d died (exit %s): starting it again on its data in %s",
+                        self.server.port, code, self.server.data_dir)
+            try:
+                self.server.start()
+            except RuntimeError as e:
+                self.error = f"the embedded Redis died (exit {code}) and could not be started again: {e}"
+                return
+            self.restarts += 1
+            self.on_restart()
+
+    def stop(self) -> None:
+        """Stop watching (before the server is stopped on purpose)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+
 class LocalRun:
     """Owns every process of a local run; `close()` stops them all."""
 
@@ -170,17 +237,26 @@ class LocalRun:
         self.learner = None
         self.ray_started = False
         self.reward_run = None                         # the reward service's wait(): fails when its process dies
-        self.restarts = {"actors": 0, "reward": 0}
+        self.restarts = {"actors": 0, "reward": 0, "learner": 0}
+        self.redis_keeper: RedisKeeper | None = None
+        self.learner_records: list[dict] = []          # steps recorded by learners that died (in Redis)
 
     def start(self) -> ControlPlane:
         cfg = self.cfg
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         if cfg.redis.url is None:
-            self.redis = EmbeddedRedis(Path(cfg.run_dir) / "redis").start()
+            data = Path(cfg.run_dir) / "redis"
+            if not self.resume:   # a new run in a used run dir must not inherit its Redis state
+                shutil.rmtree(data / "appendonlydir", ignore_errors=True)
+            self.redis = EmbeddedRedis(data, appendonly=cfg.redis.persistence).start()
         self.url = cfg.redis.url or self.redis.url
-        self.control = ControlPlane(self.url, cfg.run_id)
+        self.control = ControlPlane(self.url, cfg.run_id, cfg.redis.reconnect_s)
+        if self.redis is not None and cfg.redis.persistence:
+            self.redis_keeper = RedisKeeper(self.redis, lambda: self.control.incr("redis_restarted")).start()
         self.control.ensure_streams()
         self.assets = prepare_assets(cfg, self.console)
+        if self.assets.skipped and not self.resume:
+            self.control.incr("rows_skipped", len(self.assets.skipped))
         if self.resume:
             self._resume_version()
         if self.control.current_version() is None:
@@ -275,27 +351,36 @@ class LocalRun:
                 del self.retiring[actor_id]
                 self.retired.append(ray.get(ref))   # an actor that failed while stopping fails the run
 
-    def _start_learner(self) -> None:
+    def _start_learner(self, resume: bool | None = None) -> None:
         import ray
 
         from services.learner.driver import LearnerDriver
 
+        n = self.restarts["learner"]
         self.learner = ray.remote(num_cpus=0)(LearnerDriver).options(
-            name=f"{self.cfg.run_id}-learner", **self.target.placement("learner")).remote(
-            self.cfg, self.url, self.assets.model_dir, self.assets.train, self.assets.eval_rows, resume=self.resume)
+            name=f"{self.cfg.run_id}-learner" + (f"-{n}" if n else ""), **self.target.placement("learner")).remote(
+            self.cfg, self.url, self.assets.model_dir, self.assets.train, self.assets.eval_rows,
+            resume=self.resume if resume is None else resume)
         self.pids["learner"] = _pid(self.learner)   # before run(): the driver serves one call at a time
         self.learner_run = self.learner.run.remote()
 
     def wait(self, on_tick=None, tick_s: float = 0.5) -> list[dict]:
-        """Block until the learner finishes; re-raises its error. `on_tick()` runs between polls."""
+        """Block until the learner finishes; returns the step records of every learner of the run (those of one
+        that died first), re-raises a learner's own error. `on_tick()` runs between polls."""
         import ray
 
         while True:
             ready, _ = ray.wait([self.learner_run], timeout=tick_s)
+            if self.redis_keeper is not None and self.redis_keeper.error:
+                raise RuntimeError(self.redis_keeper.error)
             if on_tick:
                 on_tick()
             if ready:
-                return ray.get(self.learner_run)
+                try:
+                    return self.learner_records + ray.get(self.learner_run)
+                except ray.exceptions.RayActorError as e:   # the process died; its own error (RayTaskError) raises
+                    self._restart_learner(str(e).splitlines()[0])
+                    continue
             self.check_reward()
             self.check_actors()
             self.scale()
@@ -342,6 +427,26 @@ class LocalRun:
                 raise RuntimeError(f"rollout actors {', '.join(stuck)} still loading their engine after "
                                    f"{limit:.0f}s (rollout.start_timeout_s); their logs are under "
                                    f"/tmp/videorl-ray/session_latest/logs (worker-*.err)")
+
+    def _restart_learner(self, why: str) -> None:
+        """Start a new learner that resumes from the dead one's last checkpoint (LearnerDriver._restore)."""
+        from services.learner import checkpoint
+
+        lc = self.cfg.learner
+        if checkpoint.latest(Path(self.cfg.run_dir) / "checkpoints") is None:
+            hint = ("learner.checkpoint_every is 0" if not lc.checkpoint_every else
+                    f"it died before its first one, at step {lc.checkpoint_every} (learner.checkpoint_every)")
+            raise RuntimeError(f"the learner died ({why}) and there is no checkpoint to resume from: {hint}")
+        if self.restarts["learner"] >= lc.max_restarts:
+            raise RuntimeError(f"the learner died ({why}) and was already restarted {lc.max_restarts} times "
+                               "(learner.max_restarts)")
+        self.learner_records = self.control.step_records()
+        last = self.learner_records[-1]["step"] if self.learner_records else 0
+        log.warning("the learner died (%s) after step %d: a new one resumes from the last checkpoint", why, last)
+        self.restarts["learner"] += 1
+        self.control.incr("learner_restarted")
+        self._start_learner(resume=True)
+        self._write_record()
 
     def _replace_actor(self, actor_id: str, why: str) -> None:
         limit = self.cfg.rollout.max_restarts
@@ -397,6 +502,8 @@ class LocalRun:
                 ray.shutdown()
                 self.ray_started = False
         finally:
+            if self.redis_keeper is not None:
+                self.redis_keeper.stop()
             if self.redis is not None:
                 self.redis.stop()
                 self.redis = None

@@ -6,9 +6,10 @@ typo in a YAML file fails loudly with the field's path instead of being silently
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,6 +21,11 @@ class _Strict(BaseModel):
 
 class RedisConfig(_Strict):
     url: str | None = Field(None, description="redis:// URL of the control plane; None starts an embedded server")
+    persistence: bool = Field(True, description=(
+        "the embedded server keeps an append-only file fsynced on every write, and rlctl run restarts it on the same "
+        "data if it dies, losing nothing acknowledged (off: a crashed Redis ends the run)"))
+    reconnect_s: float = Field(60.0, ge=1, le=3600, description=(
+        "every service retries a lost Redis connection for this long (backoff to 1 s) before it fails"))
 
 
 class ModelConfig(_Strict):
@@ -45,6 +51,9 @@ class DataConfig(_Strict):
     target_pass: float = Field(0.5, ge=0, le=1, description="sampling=target favours rows near this pass rate")
     target_width: float = Field(0.2, gt=0, description="sampling=target: width of the preference around it")
     explore: float = Field(0.1, ge=0, le=1, description="share of draws that ignore the rule (re-measures rows)")
+    skip_bad_rows: bool = Field(True, description=(
+        "rlctl run skips malformed dataset lines, naming each (file:line: field) in a warning and counting them "
+        "(rows_skipped); false: the first one stops the run before it starts"))
 
     @field_validator("synth_tasks")
     @classmethod
@@ -161,6 +170,11 @@ class RewardConfig(_Strict):
                                                    "read from env VIDEORL_REWARD_TOKEN; required off loopback")
     health_port: int | None = Field(None, ge=0, le=65535, description="also serve only gRPC health, in plaintext, on "
                                     "this port (Kubernetes' gRPC probes speak neither TLS nor tokens)")
+    max_held_completions: int = Field(4096, ge=1, le=1_048_576, description=(
+        "completions held across all streams (K slots per group, from its first completion to its ack); at the cap "
+        "the service stops reading streams, so gRPC flow control pushes back on the actors"))
+    max_open_groups_per_stream: int = Field(8, ge=1, le=1024, description=(
+        "unfinished groups one stream may hold; opening one more rejects the stream's oldest unfinished group"))
 
     @model_validator(mode="after")
     def _check(self) -> RewardConfig:
@@ -214,7 +228,10 @@ class LearnerConfig(_Strict):
     kl_type: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (Schulman's k1/k2/k3)")
     freeze_vision: bool = Field(False, description="train only the language model; published dirs stay complete")
     num_iterations: int = Field(1, ge=1, le=16, description="updates per batch (old log-probs from the first)")
-    checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0 = never)")
+    checkpoint_every: int = Field(0, ge=0, description=(
+        "save a resumable checkpoint every N steps (0 = never; then a learner that dies ends the run)"))
+    max_restarts: int = Field(3, ge=0, le=1000, description=(
+        "rlctl run: a learner whose process died is restarted from its last checkpoint up to this many times"))
     keep_versions: int = Field(4, ge=2, description="published weight versions kept on disk (older ones deleted)")
     eval_every: int = Field(5, ge=0, description="feed the held-out split every N steps (0 = never)")
     prefetch_prompts: int = Field(4, ge=1, description="prompts in flight ahead of the learner (bounds staleness)")
@@ -302,11 +319,50 @@ def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) 
             raise ConfigError(f"override {item!r}: expected dotted.key=value")
         node = raw
         *parents, leaf = key.split(".")
-        for p in parents:
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parents[:i + 1])} is {node!r:.40}, not a mapping")
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not YAML: {e}") from None
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        lines = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        lines = [_error_line(err["loc"], err["type"], err["msg"]) for err in e.errors()]
         raise ConfigError(f"{path or 'config'}: invalid:\n  " + "\n  ".join(lines)) from None
+
+
+def _error_line(loc: tuple, kind: str, msg: str) -> str:
+    """One validation error as `field.path: message`. Our model validators start their message with the field
+    they are about, relative to the model ("components[0].gate: ..."): that joins the path."""
+    where = ".".join(str(x) for x in loc)
+    if kind == "extra_forbidden":
+        msg += _did_you_mean(loc)
+    elif kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        head, sep, rest = msg.partition(": ")
+        if sep and re.fullmatch(r"[\w.\[\]]+", head):
+            where, msg = f"{where}.{head}" if where else head, rest
+    return f"{where}: {msg}" if where else msg
+
+
+def _did_you_mean(loc: tuple) -> str:
+    """' (did you mean 'x'?)' when the unknown field at `loc` is close to a field of the model it was given in."""
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:  # list indices and dict keys (reward.tasks.<task>) keep the model they index into
+        if isinstance(part, str) and part in model.model_fields:
+            model = _inner_model(model.model_fields[part].annotation) or model
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _inner_model(tp: object) -> type[BaseModel] | None:
+    """The config model inside an annotation such as `X`, `X | None`, `list[X]` or `dict[str, list[X]]`."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in get_args(tp):
+        if (model := _inner_model(arg)) is not None:
+            return model
+    return None

@@ -10,10 +10,16 @@ Keys:
   stream:prompts          prompts for the actors (consumer group `rollout`)
   stream:groups           scored train groups (consumer group `learner`)
   stream:evals            scored held-out groups (consumer group `learner`)
+  fed                     set of prompt ids queued by the learner's feeder: a prompt is queued once
   scored                  set of prompt ids already scored: a prompt is written to a stream once
   counters                hash of run-wide counters (completions_received, groups_written, ...)
   learner:steps           list of the learner's step records (JSON), for status views
   ledger                  set of group ids the learner has trained on (a restarted learner skips them)
+
+Every client rides out a Redis restart (a pod rescheduled, the local server replaced after a crash): each command
+is retried on a lost connection, with backoff capped at 1 s, for up to `reconnect_s` (60 s by default), and then
+raises. Commands replayed after a reply was lost are safe: the scripts below are idempotent by prompt id and
+version, and a replayed publish of the version that is already current counts as done.
 
 Invariants kept here: a version becomes current in the same atomic step that records its manifest,
 and only if it is above the current one (so versions are monotonic across learner restarts); a scored
@@ -30,11 +36,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from services.common.weights import Manifest
 
 PROMPTS, GROUPS, EVALS = "stream:prompts", "stream:groups", "stream:evals"
 ROLLOUT_GROUP, LEARNER_GROUP = "rollout", "learner"
+RECONNECT_S = 60.0
+
+
+def retry_policy(reconnect_s: float) -> Retry:
+    """Retry a command on a lost connection for about `reconnect_s`: backoff from 50 ms doubling to 1 s, so
+    reconnects are quick after a short blip and about one a second during a longer outage."""
+    warmup = 5   # 0.1 + 0.2 + 0.4 + 0.8 s before the cap
+    return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=warmup + max(0, int(reconnect_s - 1.5)))
 
 _PUBLISH = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
@@ -57,6 +73,22 @@ redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
 return 1
 """
 
+_ADD_PROMPT = """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'prompt', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[3], 1) end
+return 1
+"""
+
+# Returns how many group ids were new to the ledger, or -1 when nothing changed at all: every id was in the ledger
+# and every entry acked already, which is this same call replayed after its reply was lost (the first one did it).
+_MARK_TRAINED = """
+local new = redis.call('SADD', KEYS[1], unpack(ARGV, 1, #ARGV / 2))
+local acked = redis.call('XACK', KEYS[2], 'learner', unpack(ARGV, #ARGV / 2 + 1))
+if new == 0 and acked == 0 then return -1 end
+return new
+"""
+
 
 @dataclass(frozen=True)
 class ActorInfo:
@@ -73,13 +105,17 @@ class ActorInfo:
 class ControlPlane:
     """Typed access to one run's keys. Thread-safe (redis-py pools connections)."""
 
-    def __init__(self, url: str, run_id: str):
+    def __init__(self, url: str, run_id: str, reconnect_s: float = RECONNECT_S):
         self.url, self.run_id = url, run_id
         # Any: redis-py types every reply as a union of its sync and async forms, which says nothing useful here.
-        self.r: Any = redis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
+        self.r: Any = redis.Redis.from_url(url, decode_responses=False, health_check_interval=30,
+                                           socket_connect_timeout=5, retry=retry_policy(reconnect_s),
+                                           retry_on_error=[redis.ConnectionError, redis.TimeoutError])
         self.prefix = f"videorl:{run_id}:"
         self._publish = self.r.register_script(_PUBLISH)
         self._write_group = self.r.register_script(_WRITE_GROUP)
+        self._add_prompt = self.r.register_script(_ADD_PROMPT)
+        self._mark_trained = self.r.register_script(_MARK_TRAINED)
 
     def key(self, name: str) -> str:
         return self.prefix + name
@@ -100,8 +136,14 @@ class ControlPlane:
     def publish_version(self, manifest: Manifest) -> None:
         """Record the manifest and make its version current, atomically; refuses non-increasing versions."""
         flat = [x for kv in manifest.to_redis().items() for x in kv]
-        self._publish(keys=[self.key("policy:version"), self.key(f"manifest:{manifest.version}")],
-                      args=[manifest.version, self.key("events"), *flat])
+        try:
+            self._publish(keys=[self.key("policy:version"), self.key(f"manifest:{manifest.version}")],
+                          args=[manifest.version, self.key("events"), *flat])
+        except redis.ResponseError:
+            # Replayed after a lost reply: the first call made it current. Anything else is a real refusal.
+            replayed = self.manifest(manifest.version)
+            if not (self.current_version() == manifest.version and replayed and replayed.sha256 == manifest.sha256):
+                raise
 
     def manifest(self, version: int) -> Manifest | None:
         h = self.r.hgetall(self.key(f"manifest:{version}"))
@@ -151,14 +193,42 @@ class ControlPlane:
     def add_prompt(self, payload: bytes) -> str:
         return self.r.xadd(self.key(PROMPTS), {"prompt": payload}).decode()
 
+    def feed_prompts(self, prompts: list[tuple[str, bytes]], counter: str = "") -> int:
+        """Queue (prompt id, payload) pairs in one round trip, each once per prompt id (a replay after a lost reply
+        adds nothing) and counted under `counter` in the same step. Returns how many were queued now."""
+        if not prompts:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        for prompt_id, payload in prompts:
+            self._add_prompt(keys=[self.key("fed"), self.key(PROMPTS), self.key("counters")],
+                             args=[prompt_id, payload, counter], client=pipe)
+        return sum(int(x) for x in pipe.execute())
+
     def group_backlog(self, stream: str, group: str) -> tuple[int, int]:
         """(entries not yet delivered to `group`, entries delivered to it but not acked)."""
         info = {g["name"].decode(): g for g in self.r.xinfo_groups(self.key(stream))}
         g = info.get(group)
-        return (0, 0) if g is None else (int(g.get("lag") or 0), int(g["pending"]))
+        return (0, 0) if g is None else self._backlog_of(stream, g)
+
+    def _backlog_of(self, stream: str, g: dict) -> tuple[int, int]:
+        lag = g.get("lag")
+        if lag is None:   # Redis cannot tell (e.g. after it reloaded its append-only file): count them
+            lag = len(self.r.xrange(self.key(stream), b"(" + g["last-delivered-id"], "+"))
+        return int(lag), int(g["pending"])
 
     def _backlog(self, stream: str, group: str) -> int:
         return sum(self.group_backlog(stream, group))
+
+    def in_flight(self) -> int:
+        """prompts_queued() + groups_queued(), in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xinfo_groups(self.key(PROMPTS))
+        pipe.xinfo_groups(self.key(GROUPS))
+        total, pairs = 0, ((PROMPTS, ROLLOUT_GROUP), (GROUPS, LEARNER_GROUP))
+        for (stream, group), groups in zip(pairs, pipe.execute(), strict=True):
+            g = next((g for g in groups if g["name"].decode() == group), None)
+            total += 0 if g is None else sum(self._backlog_of(stream, g))
+        return total
 
     def prompts_queued(self) -> int:
         """Prompts not yet delivered to any actor, plus those delivered but not acknowledged."""
@@ -207,13 +277,13 @@ class ControlPlane:
     def mark_trained(self, stream: str, entries: list[tuple[str, str]]) -> int:
         """Record (entry id, group id) pairs as trained and ack the entries, in one transaction.
 
-        Returns how many group ids were new to the ledger (fewer than len(entries) means a repeat)."""
+        Returns how many group ids were new to the ledger (fewer than len(entries) means a repeat), or
+        len(entries) when this is the same call replayed after a lost reply (nothing left to do: see _MARK_TRAINED)."""
         if not entries:
             return 0
-        pipe = self.r.pipeline(transaction=True)
-        pipe.sadd(self.key("ledger"), *(gid for _, gid in entries))
-        pipe.xack(self.key(stream), LEARNER_GROUP, *(eid for eid, _ in entries))
-        return int(pipe.execute()[0])
+        new = int(self._mark_trained(keys=[self.key("ledger"), self.key(stream)],
+                                     args=[*(gid for _, gid in entries), *(eid for eid, _ in entries)]))
+        return len(entries) if new < 0 else new
 
     def trained(self, group_ids: list[str]) -> list[bool]:
         """For each group id, whether the ledger holds it."""
@@ -249,7 +319,9 @@ class ControlPlane:
         self.r.rpush(self.key("learner:steps"), json.dumps(stats))
 
     def step_records(self, start: int = 0) -> list[dict]:
-        return [json.loads(x) for x in self.r.lrange(self.key("learner:steps"), start, -1)]
+        """The learner's step records; one pushed twice by a replayed RPUSH (a lost reply) is listed once."""
+        raw = self.r.lrange(self.key("learner:steps"), start, -1)
+        return [json.loads(x) for i, x in enumerate(raw) if i == 0 or x != raw[i - 1]]
 
     def close(self) -> None:
         self.r.close()

@@ -330,8 +330,11 @@ def parse_row(obj: object, where: str, base: Path) -> Row:
     return row
 
 
-def iter_rows(path: Path) -> Iterator[Row]:
-    """Rows of a JSONL file, read one line at a time; ids must be unique within the file."""
+def iter_rows(path: Path, errors: list[DatasetError] | None = None) -> Iterator[Row]:
+    """Rows of a JSONL file, read one line at a time; ids must be unique within the file.
+
+    A bad line raises its DatasetError, unless `errors` is a list: then the error is appended there and the
+    line skipped, so one pass reports every bad line (a file that cannot be opened still raises)."""
     path = Path(path)
     seen: dict[str, int] = {}
     try:
@@ -343,20 +346,34 @@ def iter_rows(path: Path) -> Iterator[Row]:
             if not raw.strip():
                 continue
             try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise DatasetError(f"{path}:{i}: not UTF-8 text: {e.reason}") from None
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}:{i}: not valid JSON: {e.msg}") from None
-            row = parse_row(obj, f"{path}:{i}", path.parent)
-            if row.id in seen:
-                raise DatasetError(f"{path}:{i}: field 'id': duplicate id {row.id!r} (first on line {seen[row.id]})")
+                row = _parse_line(raw, f"{path}:{i}", path.parent)
+                if row.id in seen:
+                    raise DatasetError(f"{path}:{i}: field 'id': duplicate id {row.id!r} "
+                                       f"(first on line {seen[row.id]})")
+            except DatasetError as e:
+                if errors is None:
+                    raise
+                errors.append(e)
+                continue
             seen[row.id] = i
             yield row
 
 
-def load_rows(path: Path) -> list[Row]:
-    rows = list(iter_rows(path))
+def _parse_line(raw: bytes, where: str, base: Path) -> Row:
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{where}: not UTF-8 text: {e.reason}") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{where}: not valid JSON: {e.msg}") from None
+    except RecursionError:  # the C parser gives up on arrays or objects nested some thousands deep
+        raise DatasetError(f"{where}: not valid JSON: nested too deeply") from None
+    return parse_row(obj, where, base)
+
+
+def load_rows(path: Path, errors: list[DatasetError] | None = None) -> list[Row]:
+    """Every row of `path` (see iter_rows for `errors`); a file without a single good row is an error."""
+    rows = list(iter_rows(path, errors))
     if not rows:
-        raise DatasetError(f"{path}: no rows")
+        raise DatasetError(f"{path}: no rows" + (f" ({len(errors)} bad lines, first: {errors[0]})" if errors else ""))
     return rows

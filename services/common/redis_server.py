@@ -4,6 +4,11 @@ Uses the first `redis-server` of version 7 or newer, from the system folders fir
 installs Debian's). Older servers are refused by name: the control plane needs Redis 7 stream replies
 (XAUTOCLAIM's deleted-ids field, XINFO GROUPS' lag). It listens on 127.0.0.1 only, on a free port, and is
 stopped by its pid, never by name.
+
+With `appendonly`, every write is in the append-only file and fsynced before Redis replies (appendfsync always):
+a server killed with SIGKILL and started again on the same data dir has every write a client saw acknowledged.
+"everysec" would lose up to a second of them, and with them the exactly-once guarantees of the run (a group the
+learner trained and recorded in the ledger could come back untrained).
 """
 
 from __future__ import annotations
@@ -81,7 +86,8 @@ class EmbeddedRedis:
         exe = find_redis_server()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.data_dir),
+                "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+                "--dir", str(self.data_dir),
                 "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning"]
         if self.password:
             args += ["--requirepass", self.password]

@@ -134,7 +134,7 @@ class LearnerDriver:
     def __init__(self, cfg: RunConfig, redis_url: str, model_dir: Path, train: list[Row], eval_rows: list[Row],
                  registry: CollectorRegistry | None = None, resume: bool = False):
         self.cfg, self.model_dir, self.resume = cfg, Path(model_dir), resume
-        self.control = ControlPlane(redis_url, cfg.run_id)
+        self.control = ControlPlane(redis_url, cfg.run_id, cfg.redis.reconnect_s)
         self.feeder = PromptFeeder(self.control, train, eval_rows, cfg.learner.prefetch_prompts, cfg.data.seed,
                                    sampling=cfg.data)
         self.registry = registry or CollectorRegistry()
@@ -148,7 +148,7 @@ class LearnerDriver:
         self.version = 0
         self.timings: dict[str, float] = {}
         self.checkpoints = Path(cfg.run_dir) / "checkpoints"
-        self._pending: list[tuple[str, bytes]] | None = None  # this consumer's unacked groups, read once at start
+        self._pending: list[tuple[str, bytes]] | None = None  # this consumer's unacked groups, read once a step
 
     @contextmanager
     def _phase(self, name: str):
@@ -176,6 +176,11 @@ class LearnerDriver:
             self._feed_eval(0)  # the starting point of the held-out curve
         for step in range(first, lc.steps + 1):
             self.timings = {}
+            # Between steps this learner holds no group unacked (each was trained and acked, or dropped and acked),
+            # so any pending under its name was delivered and never seen: left by a learner that died, or a
+            # delivery whose reply a Redis restart lost. Those are read first.
+            self._pending = None
+            self._read_evals(orphans=True)
             with self._phase("wait"):
                 groups = self._collect(lc.groups_per_step)
             with self._phase("prepare"):
@@ -239,7 +244,8 @@ class LearnerDriver:
         if self._pending is None:
             self._pending = self.control.pending_groups(GROUPS, CONSUMER, 10_000)
             if self._pending:
-                log.info("re-reading %d groups a previous learner took but did not finish", len(self._pending))
+                log.info("re-reading %d groups taken under this learner's name and never finished (a learner that "
+                         "died, or a reply lost to a Redis restart)", len(self._pending))
         if self._pending:
             taken, self._pending = self._pending[:count], self._pending[count:]
             return taken
@@ -313,8 +319,11 @@ class LearnerDriver:
         self.eval_fed[self.feeder.eval_rounds] = (step, time.time())
         self.feeder.feed_eval()
 
-    def _read_evals(self) -> None:
-        for entry_id, payload in self.control.read_groups(EVALS, CONSUMER, 64, block_ms=None):
+    def _read_evals(self, orphans: bool = False) -> None:
+        """New held-out groups (acked as read); with `orphans`, those delivered and never seen (see _collect)."""
+        entries = (self.control.pending_groups(EVALS, CONSUMER, 10_000) if orphans else
+                   self.control.read_groups(EVALS, CONSUMER, 64, block_ms=None))
+        for entry_id, payload in entries:
             g = pb.ScoredGroup.FromString(payload)
             round_no = int(g.prompt_id.split("-")[1])  # held-out prompt ids are eval-<round>-<row id>
             self.eval_rounds[round_no].append(EvalGroup.of(g))

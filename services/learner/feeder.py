@@ -51,14 +51,15 @@ class PromptFeeder:
     def top_up(self) -> int:
         """Queue train prompts until `ahead` are in flight (queued, generating, or scored but not yet consumed by
         the learner); bounding the sum, not just the prompt queue, bounds both memory and staleness."""
-        added = 0
-        while self.control.prompts_queued() + self.control.groups_queued() < self.ahead:
+        deficit = self.ahead - self.control.in_flight()
+        batch = []
+        for _ in range(max(0, deficit)):
             row = self._next_row()
-            self.control.add_prompt(row.to_prompt(f"train-{self.fed}-{row.id}").SerializeToString())
+            prompt_id = f"train-{self.fed}-{row.id}"
+            batch.append((prompt_id, row.to_prompt(prompt_id).SerializeToString()))
             self.fed += 1
-            self.control.incr("prompts_fed")
-            added += 1
-        return added
+        self.control.feed_prompts(batch, "prompts_fed")   # one round trip, however many (bench/scale_sim_bench.py)
+        return len(batch)
 
     def state(self) -> dict[str, Any]:
         """The data cursor and RNG, as JSON-able values."""
@@ -80,9 +81,11 @@ class PromptFeeder:
 
     def feed_eval(self) -> int:
         """Queue the whole held-out split once; returns its size."""
+        batch = []
         for row in self.eval_rows:
             prompt = row.to_prompt(f"eval-{self.eval_rounds}-{row.id}")
             prompt.split = "eval"  # whatever the file says: held-out groups must never reach training
-            self.control.add_prompt(prompt.SerializeToString())
+            batch.append((prompt.prompt_id, prompt.SerializeToString()))
+        self.control.feed_prompts(batch)
         self.eval_rounds += 1
         return len(self.eval_rows)

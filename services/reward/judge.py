@@ -5,9 +5,9 @@ Invariants this module keeps:
 
 - Temperature 0; the timeout (per attempt, connect to last byte), the retries and their backoff live in one
   place, `JudgeClient._request`. Timeouts, transport errors, 429 and 5xx are retried; other replies are not.
-- A judge that cannot answer (every attempt failed, or a reply that is not exactly the rubric's JSON object)
-  gives NaN, "unscorable", counted by reason; never 0 and never an exception. An empty answer is a real,
-  wrong answer: 0.0 without asking the judge.
+- A judge that cannot answer (every attempt failed, a reply of more than MAX_REPLY_BYTES, which is not read
+  further, or a reply that is not exactly the rubric's JSON object) gives NaN, "unscorable", counted by
+  reason; never 0 and never an exception. An empty answer is a real, wrong answer: 0.0 without asking the judge.
 - The candidate answer is untrusted. It sits between two marker lines that carry a random nonce drawn per
   request (`<<<CANDIDATE n>>>` ... `<<<END CANDIDATE n>>>`); the policy never sees the nonce, so it cannot
   write a closing marker that ends the block early, and the instructions (in the system message and
@@ -47,6 +47,9 @@ from services.reward.rewards import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, Samp
 
 log = logging.getLogger("videorl.reward.judge")
 NAN = float("nan")
+# A chat completion of at most JudgeConfig.max_tokens (<= 4096) tokens is a few KiB; reading more than this
+# from a broken or hostile endpoint would only hold memory, so such a reply is unscorable.
+MAX_REPLY_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,9 @@ class JudgeClient:
                     failure = _Unscorable("timeout", f"no reply within {self.cfg.timeout_s} s")
                 except (OSError, aiohttp.ClientError) as e:
                     failure = _Unscorable("error", f"{type(e).__name__}: {e}")
+                except _Unscorable:  # an oversized reply: asking again would only pull it again
+                    self.metrics.requests.labels("error").inc()
+                    raise
                 else:
                     if status == 200:
                         self.metrics.requests.labels("ok").inc()
@@ -307,7 +313,13 @@ class JudgeClient:
     async def _post(self, url: str, data: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         assert self._session is not None
         async with self._session.post(url, data=data, headers=headers) as resp:
-            return resp.status, await resp.read()
+            body, size = [], 0
+            async for chunk in resp.content.iter_any():
+                size += len(chunk)
+                if size > MAX_REPLY_BYTES:
+                    raise _Unscorable("error", f"HTTP {resp.status} reply is larger than {MAX_REPLY_BYTES} bytes")
+                body.append(chunk)
+            return resp.status, b"".join(body)
 
     def _remember(self, key: bytes, value: float) -> None:
         if self.cfg.cache_size:

@@ -154,14 +154,15 @@ class Scorer:
             extra = json.loads(prompt.extra_json) if prompt.extra_json else {}
             if not isinstance(extra, dict):
                 raise ValueError(f"a JSON object is needed, got {type(extra).__name__}")
-        except ValueError as e:
-            log.warning("prompt %s has unusable extra_json: %s", prompt.prompt_id, e)
+        except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than the JSON parser goes
+            reason = str(e) if isinstance(e, ValueError) else "nested too deeply"
+            log.warning("prompt %s has unusable extra_json: %s", prompt.prompt_id, reason)
             nan = [math.nan] * len(texts)
             for c in comps:
                 self.metrics.errors.labels(c.key).inc()
                 self.metrics.observe(c.key, nan, 0, 0.0)
             return GroupScore(list(nan), {c.key: list(nan) for c in comps}, {c.key: c.weight for c in comps},
-                              [f"extra_json: {e}"])
+                              [f"extra_json: {reason}"])
         sample = rewards.Sample(task=prompt.task, answer=prompt.answer, options=tuple(prompt.options), extra=extra)
         for comp in comps:
             t0 = time.perf_counter()
@@ -170,6 +171,10 @@ class Scorer:
                 log.warning("reward %s cannot score prompt %s: %s", comp.key, prompt.prompt_id, error)
                 errors.append(f"{comp.key}: {error}")
                 self.metrics.errors.labels(comp.key).inc()
+            elif unscorable := [i for i, v in enumerate(per[comp.key]) if math.isnan(v)]:
+                # the reason was logged where it arose (the judge); this names the item it belongs to
+                log.warning("reward %s: completions %s of prompt %s (row %s) are unscorable", comp.key, unscorable,
+                            prompt.prompt_id, prompt.sample_id)
             self.metrics.observe(comp.key, per[comp.key], gated, time.perf_counter() - t0)
         counted = [c for c in comps if c.weight != 0]
         totals = [math.fsum(c.weight * per[c.key][i] for c in counted) for i in range(len(texts))]

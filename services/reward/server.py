@@ -6,17 +6,28 @@ carry the same policy version (else it is rejected with a reason); the write is 
 dedupe check (ControlPlane.write_group), so a prompt resent after a reconnect is acked DUPLICATE and
 never written twice; every completion received is counted before anything else can fail.
 
-Within one stream, groups are scored concurrently (up to MAX_INFLIGHT_GROUPS; more stops reading the
-stream, which is the backpressure) so a slow judge does not serialise an actor's groups, while writes and
-acks keep the order in which the groups completed: a prompt resent on the same stream is always the
-DUPLICATE one.
+Within one stream, groups are scored concurrently (up to MAX_INFLIGHT_GROUPS awaiting their ack; more stops
+reading the stream) so a slow judge does not serialise an actor's groups, while writes and acks keep the order in
+which the groups completed: a prompt resent on the same stream is always the DUPLICATE one.
+
+Memory stays bounded however many actors stream at once (HeldBudget): a group takes K slots of
+reward.max_held_completions when its first completion arrives and gives them back once acked or rejected; a stream
+that needs slots while none are free is not read until some are (first come, first served), so gRPC flow control
+stops its actor's writes. A stream holds at most reward.max_open_groups_per_stream unfinished groups (one more
+rejects its oldest, with the reason), and one that must wait for slots first rejects its own unfinished groups: their
+missing completions lie behind the read that waits, so streams could otherwise wait on each other forever. Actors
+send each group's completions together (RewardLink), so neither rejection happens to them. Every pause is counted
+(videorl_reward_backpressure_*), by the bound that caused it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -34,7 +45,8 @@ from services.reward.scoring import Scorer
 
 log = logging.getLogger("videorl.reward")
 MAX_GROUP = 1024
-MAX_INFLIGHT_GROUPS = 256  # per stream
+MAX_INFLIGHT_GROUPS = 256  # per stream, awaiting their write and ack
+LIMITS = ("service", "stream")  # what paused a stream: reward.max_held_completions, or MAX_INFLIGHT_GROUPS
 SERVICE_NAME = "videorl.v1.RewardService"
 
 
@@ -48,12 +60,110 @@ class RewardMetrics:
                                        registry=registry)
         self.inflight = Gauge(check_name("videorl_reward_groups_inflight_count"), "groups being scored",
                               registry=registry)
+        self.streams = Gauge(check_name("videorl_reward_streams_open_count"), "completion streams open now",
+                             registry=registry)
+        self.open_groups = Gauge(check_name("videorl_reward_open_groups_count"),
+                                 "groups with some but not all of their K completions, over all streams",
+                                 registry=registry)
+        self.held = Gauge(check_name("videorl_reward_held_completions_count"), "completion slots held over all "
+                          "streams (K per group, from its first completion to its ack)", registry=registry)
+        self.held_peak = Gauge(check_name("videorl_reward_held_completions_peak_count"),
+                               "most completion slots held at once since the service started", registry=registry)
+        self.held_limit = Gauge(check_name("videorl_reward_held_completions_limit_count"),
+                                "reward.max_held_completions: streams are not read while no slot is free",
+                                registry=registry)
+        self.paused = Gauge(check_name("videorl_reward_streams_paused_count"),
+                            "streams not read now because a bound is reached", ["limit"], registry=registry)
+        self.pauses = Counter(check_name("videorl_reward_backpressure_pauses_total"),
+                              "times a stream stopped being read because a bound was reached", ["limit"],
+                              registry=registry)
+        self.pause_seconds = Counter(check_name("videorl_reward_backpressure_seconds_total"),
+                                     "seconds streams were not read because a bound was reached (summed over "
+                                     "streams; counted as each pause ends)", ["limit"], registry=registry)
         for status in (pb.GroupAck.SCORED, pb.GroupAck.DUPLICATE, pb.GroupAck.REJECTED):
             self.groups.labels(pb.GroupAck.Status.Name(status).lower())  # 0 from the start, not "no data"
+        for limit in LIMITS:
+            self.paused.labels(limit)
+            self.pauses.labels(limit)
+            self.pause_seconds.labels(limit)
+
+
+@contextlib.contextmanager
+def _paused(metrics: RewardMetrics, limit: str) -> Iterator[None]:
+    """Count a pause of one stream's reading, caused by `limit` (one of LIMITS), and its length."""
+    metrics.pauses.labels(limit).inc()
+    metrics.paused.labels(limit).inc()
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics.paused.labels(limit).dec()
+        metrics.pause_seconds.labels(limit).inc(time.perf_counter() - t0)
+
+
+class HeldBudget:
+    """Completion slots held over all streams, at most `limit` (reward.max_held_completions), see the module
+    docstring. Waiters are served in arrival order, so a large group is not starved by small ones. A group larger
+    than the whole limit is let in only when nothing else is held: it could never fit otherwise."""
+
+    def __init__(self, limit: int, metrics: RewardMetrics):
+        self.limit, self.held, self.peak, self.metrics = limit, 0, 0, metrics
+        self._line: deque[tuple[int, asyncio.Future[None]]] = deque()
+        metrics.held_limit.set(limit)
+
+    def must_wait(self, n: int) -> bool:
+        return bool(self._line) or not self._fits(n)
+
+    async def take(self, n: int) -> None:
+        if not self.must_wait(n):
+            self._add(n)
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._line.append((n, waiter))
+        with _paused(self.metrics, "service"):
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self.give(n)  # granted just as the stream went away
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._line.remove((n, waiter))
+                    self._grant()  # those behind it may fit now
+                raise
+
+    def give(self, n: int) -> None:
+        self.held -= n
+        self.metrics.held.set(self.held)
+        self._grant()
+
+    def _fits(self, n: int) -> bool:
+        return self.held == 0 or self.held + n <= self.limit
+
+    def _add(self, n: int) -> None:
+        self.held += n
+        self.metrics.held.set(self.held)
+        if self.held > self.peak:
+            self.peak = self.held
+            self.metrics.held_peak.set(self.held)
+
+    def _grant(self) -> None:
+        while self._line:
+            n, waiter = self._line[0]
+            if waiter.done():  # cancelled: its stream is gone
+                self._line.popleft()
+                continue
+            if not self._fits(n):
+                return
+            self._line.popleft()
+            self._add(n)
+            waiter.set_result(None)
 
 
 @dataclass
-class _Pending:
+class _Open:
+    """A group whose first completion arrived; its `size` slots are taken."""
+    size: int
     completions: dict[int, pb.Completion] = field(default_factory=dict)
 
 
@@ -69,48 +179,144 @@ def _done(ack: pb.GroupAck) -> asyncio.Future[pb.GroupAck | _Scored]:
     return future
 
 
+Outcome = asyncio.Future[pb.GroupAck | _Scored]
+
+
+class _Stream:
+    """One StreamCompletions call's share of the service: its unfinished groups, its queue of outcomes awaiting their
+    ack (in order, each with the slots it gives back once acked) and the slots it holds in all."""
+
+    def __init__(self, budget: HeldBudget, metrics: RewardMetrics):
+        self.budget, self.metrics = budget, metrics
+        self.open: dict[str, _Open] = {}  # oldest first
+        self.queue: asyncio.Queue[tuple[Outcome, int] | None] = asyncio.Queue(MAX_INFLIGHT_GROUPS)
+        self.slots = 0
+
+    def open_group(self, group_id: str, size: int) -> _Open:
+        """Record a group whose `size` slots were just taken."""
+        self.slots += size
+        self.metrics.open_groups.inc()
+        group = self.open[group_id] = _Open(size)
+        return group
+
+    def finish_group(self, group_id: str) -> _Open:
+        """The group leaves the unfinished ones; its slots stay held (by its outcome) until given back."""
+        self.metrics.open_groups.dec()
+        return self.open.pop(group_id)
+
+    def give(self, n: int) -> None:
+        self.slots -= n
+        self.budget.give(n)
+
+    def close(self) -> None:
+        """Give back everything still held: unfinished groups and outcomes never acked."""
+        self.metrics.open_groups.dec(len(self.open))
+        self.open.clear()
+        self.give(self.slots)
+
+
 class RewardServicer(pb_grpc.RewardServiceServicer):
-    def __init__(self, control: ControlPlane, scorer: Scorer, metrics: RewardMetrics):
-        self.control, self.scorer, self.metrics = control, scorer, metrics
+    def __init__(self, control: ControlPlane, scorer: Scorer, metrics: RewardMetrics, limits: RewardConfig):
+        self.control, self.scorer, self.metrics, self.limits = control, scorer, metrics, limits
+        self.budget = HeldBudget(limits.max_held_completions, metrics)
 
     async def StreamCompletions(self, request_iterator, context):  # noqa: N802 - gRPC method name
-        queue: asyncio.Queue[asyncio.Future[pb.GroupAck | _Scored] | None] = asyncio.Queue(MAX_INFLIGHT_GROUPS)
-        reader = asyncio.create_task(self._read(request_iterator, queue))
+        stream = _Stream(self.budget, self.metrics)
+        self.metrics.streams.inc()
+        reader = asyncio.create_task(self._read(request_iterator, stream))
         try:
-            while (item := await queue.get()) is not None:
-                yield await self._finish(await item)
+            while (item := await stream.queue.get()) is not None:
+                outcome, slots = item
+                ack = await self._finish(await outcome)
+                stream.give(slots)
+                yield ack
             await reader  # re-raises what ended the stream, if anything did
         finally:
             reader.cancel()
-            while not queue.empty():
-                if (item := queue.get_nowait()) is not None:
-                    item.cancel()
+            while not stream.queue.empty():
+                if (item := stream.queue.get_nowait()) is not None:
+                    item[0].cancel()
+            stream.close()
+            self.metrics.streams.dec()
 
-    async def _read(self, request_iterator, queue: asyncio.Queue[asyncio.Future[pb.GroupAck | _Scored] | None]
-                    ) -> None:
-        """Assemble groups from the stream and start scoring each; the queue keeps their order."""
-        pending: dict[str, _Pending] = {}
+    async def _read(self, request_iterator, stream: _Stream) -> None:
+        """Assemble groups from the stream and start scoring each; the queue keeps their order.
+
+        Completions are counted in Redis (completions_received) once per group, before the completion that ends it
+        is added (so before the group can be scored), and at the stream's end: one round trip per group instead of
+        one per completion, which at 64 actors held each group's ack back by most of a second."""
+        uncounted = 0
         try:
             async for c in request_iterator:
                 self.metrics.completions.inc()
-                await asyncio.to_thread(self.control.incr, "completions_received")
-                problem = _invalid(c)
-                if problem:
-                    pending.pop(c.group_id, None)
-                    await queue.put(_done(self._ack(c, pb.GroupAck.REJECTED, problem)))
-                    continue
-                group = pending.setdefault(c.group_id, _Pending())
-                group.completions[c.sample_index] = c
-                if len(group.completions) == c.group_size:
-                    del pending[c.group_id]
-                    await queue.put(asyncio.ensure_future(
-                        self._score([group.completions[i] for i in range(c.group_size)])))
+                uncounted += 1
+                if c.sample_index >= c.group_size - 1:
+                    await asyncio.to_thread(self.control.incr, "completions_received", uncounted)
+                    uncounted = 0
+                await self._add(c, stream)
         except asyncio.CancelledError:
             raise  # the answering side is gone: nobody waits for the end mark
         except BaseException:
-            await queue.put(None)
+            await stream.queue.put(None)
             raise
-        await queue.put(None)
+        finally:
+            if uncounted:
+                await asyncio.shield(asyncio.to_thread(self.control.incr, "completions_received", uncounted))
+        await stream.queue.put(None)
+
+    async def _add(self, c: pb.Completion, stream: _Stream) -> None:
+        """Put a completion into its group: reject it, open the group, or complete it and start scoring."""
+        group = stream.open.get(c.group_id)
+        problem = _invalid(c)
+        if not problem and group is not None and c.group_size != group.size:
+            problem = f"group_size {c.group_size} differs from {group.size} of the group's first completion"
+        if problem:
+            if group is not None:
+                stream.give(stream.finish_group(c.group_id).size)
+            await self._put(stream, _done(self._ack(c, pb.GroupAck.REJECTED, problem)), 0)
+            return
+        if group is None:
+            group = await self._open(c, stream)
+        group.completions[c.sample_index] = c
+        if len(group.completions) == group.size:
+            stream.finish_group(c.group_id)
+            await self._put(stream, asyncio.ensure_future(
+                self._score([group.completions[i] for i in range(group.size)])), group.size)
+
+    async def _open(self, c: pb.Completion, stream: _Stream) -> _Open:
+        """Take the slots of the group `c` opens, first rejecting what the module docstring says must go."""
+        rejected: list[pb.GroupAck] = []
+        if len(stream.open) >= self.limits.max_open_groups_per_stream:
+            rejected.append(self._drop(stream, next(iter(stream.open)), (
+                f"the stream opened a group beyond {self.limits.max_open_groups_per_stream} unfinished ones "
+                "(reward.max_open_groups_per_stream): its oldest unfinished group is dropped")))
+        if stream.open and self.budget.must_wait(c.group_size):  # no await from here to take()
+            rejected += [self._drop(stream, gid, (
+                f"unfinished when the service held reward.max_held_completions={self.budget.limit} completions: a "
+                "stream that waits for room keeps no unfinished group (send a group's completions together)"))
+                for gid in list(stream.open)]
+        await self.budget.take(c.group_size)
+        group = stream.open_group(c.group_id, c.group_size)
+        for ack in rejected:
+            await self._put(stream, _done(ack), 0)
+        return group
+
+    def _drop(self, stream: _Stream, group_id: str, reason: str) -> pb.GroupAck:
+        group = stream.finish_group(group_id)
+        stream.give(group.size)
+        return self._ack(next(iter(group.completions.values())), pb.GroupAck.REJECTED, reason)
+
+    async def _put(self, stream: _Stream, outcome: Outcome, slots: int) -> None:
+        """Queue an outcome for its ack, in stream order; a full queue stops reading (counted as a pause)."""
+        try:
+            if stream.queue.full():
+                with _paused(self.metrics, "stream"):
+                    await stream.queue.put((outcome, slots))
+            else:
+                stream.queue.put_nowait((outcome, slots))
+        except asyncio.CancelledError:
+            outcome.cancel()
+            raise
 
     async def _score(self, group: list[pb.Completion]) -> pb.GroupAck | _Scored:
         """The scored group, or the ack that rejects it."""
@@ -122,6 +328,11 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
         self.metrics.inflight.inc()
         try:
             score = await self.scorer.score(first.prompt, [c.text for c in group])
+        except Exception as e:  # noqa: BLE001 - a scorer bug on one input must not break the stream: else the
+            # actor resends the same group forever. The group is rejected, named, counted; the stream goes on.
+            log.exception("scoring group %s (prompt %s) failed", first.group_id, first.prompt_id)
+            await asyncio.to_thread(self.control.incr, "groups_scoring_failed")
+            return self._ack(first, pb.GroupAck.REJECTED, f"scoring failed: {type(e).__name__}: {str(e)[:200]}")
         finally:
             self.metrics.inflight.dec()
         if score.errors:
@@ -171,13 +382,22 @@ def _invalid(c: pb.Completion) -> str:
 
 async def start_server(control: ControlPlane, scorer: Scorer, registry: CollectorRegistry,
                        host: str = "127.0.0.1", port: int = 0,
-                       security: RewardConfig | None = None) -> tuple[grpc.aio.Server, int]:
+                       security: RewardConfig | None = None, limits: RewardConfig | None = None
+                       ) -> tuple[grpc.aio.Server, int]:
     """Start the reward gRPC server with the standard health service; returns (server, bound port).
 
-    With `security` (the run's reward config): TLS and the token check as it sets them (grpc_security)."""
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)],
+    With `security` (the run's reward config): TLS and the token check as it sets them (grpc_security). The bounds
+    on held work (max_held_completions, max_open_groups_per_stream) are `limits`', else `security`'s, else the
+    defaults."""
+    limits = limits or security or RewardConfig()
+    # No BDP probing: a stream's flow-control window stays at gRPC's 64 KiB instead of growing to the estimated
+    # bandwidth-delay product. What an actor wrote before its stream was paused waits in gRPC's buffers, outside
+    # max_held_completions; with probing, 80 flooding streams on loopback held ~40 MB more there (bench/results/
+    # reward_load.md). A LAN's round trip is well under a millisecond, so 64 KiB per stream still moves >60 MB/s.
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.http2.bdp_probe", 0)],
                              interceptors=grpc_security.server_interceptors(security) if security else None)
-    pb_grpc.add_RewardServiceServicer_to_server(RewardServicer(control, scorer, RewardMetrics(registry)), server)
+    servicer = RewardServicer(control, scorer, RewardMetrics(registry), limits)
+    pb_grpc.add_RewardServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     creds = grpc_security.server_credentials(security) if security else None
@@ -218,7 +438,8 @@ class RewardService:
     async def start(self) -> int:
         self.scorer = Scorer(self.cfg.reward, self.registry)
         self.server, port = await start_server(self.control, self.scorer, self.registry,
-                                               self.cfg.reward.host, self.cfg.reward.port, security=self.cfg.reward)
+                                               self.cfg.reward.host, self.cfg.reward.port, security=self.cfg.reward,
+                                               limits=self.cfg.reward)
         if self.cfg.reward.health_port is not None:
             self.probe = await start_health_server(self.cfg.reward.host, self.cfg.reward.health_port)
         self.control.register_exporter("reward", exporter_address(serve_metrics(self.registry)))

@@ -227,7 +227,11 @@ def _local_path(path: str | Path) -> Path:
 
 
 def _sample_forward(p: Path, media: MediaConfigLike, folder_fps: float | None) -> np.ndarray:
-    if not p.exists():
+    try:
+        exists = p.exists()
+    except OSError as e:  # a name too long, a parent we may not search: a bad row, not a reason to stop
+        raise MediaError(p, "unreadable", e.strerror or str(e)) from e
+    if not exists:
         raise MediaError(p, "missing")
     if not (p.is_dir() or p.is_file()):  # a FIFO or device would block or never end
         raise MediaError(p, "unreadable", "not a regular file or directory")
@@ -249,7 +253,7 @@ def reverse_time(extra_json: str) -> bool:
         return False
     try:
         extra = json.loads(extra_json)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return False  # malformed extras are the reward service's to report; frames are still well defined
     return isinstance(extra, dict) and extra.get("reverse_time") is True
 
@@ -374,8 +378,9 @@ def _decode_video(p: Path, fmt: str, idx: np.ndarray, size: tuple[int, int]) -> 
             raise MediaError(
                 p, "truncated" if i >= 0 else "corrupt", f"decoding failed after {i + 1} frames: {e}"
             ) from e
-    if len(got) < len(wanted):
-        raise MediaError(p, "truncated", f"container promised {last + 1}+ frames, decoded {i + 1}")
+    if len(got) < len(wanted):  # frames, then none: cut short; no frame at all: the data is unusable
+        raise MediaError(p, "truncated" if i >= 0 else "corrupt",
+                         f"container promised {last + 1}+ frames, decoded {i + 1}")
     return np.stack([got[j] for j in idx.tolist()])
 
 
@@ -483,7 +488,7 @@ class FrameCache:
         try:
             resolved = _local_path(path).resolve()
             st = resolved.stat()
-        except (OSError, MediaError):
+        except (OSError, ValueError, MediaError):  # ValueError: a NUL byte in the path
             return None  # sample_video will raise; if the file appeared meanwhile, we have no key to trust
         params = (media.fps, media.min_frames, media.max_frames, media.min_pixels, media.max_pixels,
                   getattr(media, "total_pixels", VIDEO_TOTAL_PIXELS), getattr(media, "folder_fps", None))

@@ -4,7 +4,11 @@ is killed with SIGKILL mid-run and the run must finish losing nothing (DESIGN.md
 a. a rollout actor dies mid-generation: LocalRun replaces it, the prompts it held are reclaimed by the others after
    rollout.reclaim_idle_s and scored once;
 b. the reward service dies: LocalRun starts another on the same port, the actors reconnect and resend what was not
-   acked (a group the dead one had written comes back DUPLICATE and counts as done).
+   acked (a group the dead one had written comes back DUPLICATE and counts as done);
+c. the learner dies: LocalRun starts another that resumes from the last checkpoint; it trains the groups the dead
+   one had taken first and skips, by the ledger, those it had trained after the checkpoint;
+d. Redis dies (persistence on: append-only file, fsync always): LocalRun starts it again on its port and data,
+   every service retries its commands meanwhile, and nothing acknowledged before the crash is missing after it.
 
 Each asserts from Redis, after the actors stopped: every prompt delivered was scored exactly once, none is pending,
 no group is in the ledger twice, and the learner ran all its steps. Each prints the counts it asserted.
@@ -117,3 +121,97 @@ def test_kill_9_the_reward_service_and_restart_it(tiny_assets, tmp_path):
     print(f"\nkill -9 the reward service at step {state['step']} ({state['written']} groups written before): "
           f"{counts.line()}; reward restarted {counters['reward_restarted']}, reconnects "
           f"{ {a: int(f['reconnects']) for a, f in actors.items()} }, groups resent {resent}, steps {len(records)}")
+
+
+def _scored_between(groups, t0: float, t1: float) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for g in groups:
+        if t0 < g.scored_at <= t1:
+            out[g.actor_id] = out.get(g.actor_id, 0) + 1
+    return out
+
+
+def test_kill_9_the_learner_and_resume_it_from_its_checkpoint(tiny_assets, tmp_path):
+    cfg = _config(tmp_path, "learner.checkpoint_every=5")
+    run = LocalRun(cfg, Console(quiet=True))
+    state = {}
+
+    def tick():
+        if "killed" not in state and _steps(control) >= 8:
+            state.update(killed=time.time(), step=_steps(control), old_pid=run.pids["learner"])
+            os.kill(run.pids["learner"], signal.SIGKILL)
+
+    try:
+        control = run.start()
+        records = run.wait(on_tick=tick, tick_s=0.2)
+        run.stop_actors(timeout_s=STOP_S)
+        counts = assert_exactly_once(control, records, unrecorded=cfg.learner.groups_per_step)
+        groups = scored_groups(control)
+        counters = control.counters()
+    finally:
+        run.close()
+
+    assert "killed" in state
+    assert run.restarts == {"actors": 0, "reward": 0, "learner": 1} and counters["learner_restarted"] == 1
+    assert run.pids["learner"] != state["old_pid"]
+    steps = [r["step"] for r in records]
+    first_resumed = len(run.learner_records)    # the dead learner's records come first
+    resumed = steps[first_resumed:]
+    # The new learner continued after the checkpoint (step 5 or 10), not from scratch, and finished the run.
+    assert resumed == list(range(resumed[0], STEPS + 1)) and 5 < resumed[0] <= state["step"] + 1
+    assert steps[:first_resumed] == list(range(1, first_resumed + 1))
+    # The actors kept serving while the learner was down: groups were scored between the kill and the new learner's
+    # first step, and both actors scored groups after the kill.
+    back = records[first_resumed]["time"]
+    during = _scored_between(groups, state["killed"], back)
+    assert sum(during.values()) >= 1, "no group was scored while the learner was down"
+    assert set(_scored_between(groups, state["killed"], float("inf"))) == {"rollout-0", "rollout-1"}
+    print(f"\nkill -9 the learner after step {state['step']}: {counts.line()}; learner restarted "
+          f"{counters['learner_restarted']}, resumed at step {resumed[0]} (checkpoints every 5), steps run "
+          f"{len(steps)} (repeated after the checkpoint {len(steps) - STEPS}), groups scored while it was down "
+          f"{during}, dropped as already trained {counters.get('groups_dropped:already_trained', 0)}, "
+          f"down {back - state['killed']:.1f} s")
+
+
+def test_kill_9_redis_and_restart_it_on_its_persisted_data(tiny_assets, tmp_path):
+    # A prompt delivered by a command whose reply the crash lost stays pending under its actor, unseen: it is
+    # reclaimed after rollout.reclaim_idle_s like a dead actor's.
+    cfg = _config(tmp_path, "rollout.reclaim_idle_s=5")
+    run = LocalRun(cfg, Console(quiet=True))
+    state = {}
+
+    def tick():
+        if "killed" not in state and _steps(control) >= 6:
+            c = control.counters()
+            state.update(killed=time.time(), step=_steps(control), pid=run.redis.proc.pid,
+                         written=c["groups_written"], fed=c["prompts_fed"], ledger=control.ledger(),
+                         version=control.current_version())
+            os.kill(run.redis.proc.pid, signal.SIGKILL)
+
+    try:
+        control = run.start()
+        records = run.wait(on_tick=tick, tick_s=0.2)
+        run.stop_actors(timeout_s=STOP_S)
+        counts = assert_exactly_once(control, records, replays=True)
+        groups = scored_groups(control)
+        counters = control.counters()
+        ledger = control.ledger()
+        new_pid = run.redis.proc.pid
+    finally:
+        run.close()
+
+    assert "killed" in state
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))      # the run finished
+    assert run.redis_keeper.restarts == 1 and counters["redis_restarted"] == 1
+    assert new_pid != state["pid"]
+    # What was acknowledged before the crash is still there after it (append-only file, fsync always).
+    assert counters["groups_written"] >= state["written"] and counters["prompts_fed"] >= state["fed"]
+    assert state["ledger"] <= ledger
+    after = [r["published"] for r in records if r.get("published") and r["time"] > state["killed"]]
+    assert after and min(after) > state["version"], "a version published after the crash is not above the last one"
+    # Both actors worked on after Redis came back.
+    assert set(_scored_between(groups, state["killed"], float("inf"))) == {"rollout-0", "rollout-1"}
+    print(f"\nkill -9 Redis at step {state['step']} ({state['written']} groups written, {len(state['ledger'])} "
+          f"trained before): {counts.line()}; redis restarted {counters['redis_restarted']}, "
+          f"steps {len(records)}")
+

@@ -1,5 +1,7 @@
 """The Redis control plane against a real redis-server."""
 
+import os
+import signal
 import threading
 import time
 
@@ -11,8 +13,8 @@ from services.common.redis_server import EmbeddedRedis
 from services.common.weights import Manifest
 
 
-def _manifest(v: int) -> Manifest:
-    return Manifest(version=v, uri=f"/w/v{v}", bytes=10 * v, sha256={"model.safetensors": "ab" * 32}, step=v,
+def _manifest(v: int, digest: str = "ab") -> Manifest:
+    return Manifest(version=v, uri=f"/w/v{v}", bytes=10 * v, sha256={"model.safetensors": digest * 32}, step=v,
                     created_at=1.5)
 
 
@@ -39,11 +41,18 @@ def test_version_publish_is_atomic_and_monotonic(control):
     control.publish_version(_manifest(1))
     assert control.current_version() == 1
     assert control.manifest(1) == _manifest(1)
-    for stale in (1, 0):
+    for stale in (_manifest(1, digest="cd"), _manifest(0)):
         with pytest.raises(redis.ResponseError, match="not above current 1"):
-            control.publish_version(_manifest(stale))
+            control.publish_version(stale)
     assert control.current_version() == 1
     assert control.manifest(1) == _manifest(1)  # a refused publish writes nothing
+
+
+def test_a_replayed_publish_of_the_current_version_counts_as_done(control):
+    """A publish whose reply was lost to a dropped connection is sent again by the retry: same manifest, no error."""
+    control.publish_version(_manifest(4))
+    control.publish_version(_manifest(4))
+    assert control.current_version() == 4 and control.manifest(4) == _manifest(4)
 
 
 def test_version_monotonic_across_a_new_client(control):
@@ -125,3 +134,70 @@ def test_keys_are_namespaced_by_run(control, redis_server):
     assert other.prompts_queued() == 0
     assert all(k.decode().startswith("videorl:") for k in control.r.keys("*"))
     assert control.key(PROMPTS).startswith(f"videorl:{control.run_id}:")
+
+
+def test_clients_ride_out_a_redis_restart_with_persistence(tmp_path):
+    """kill -9 the server, start it again on the same port and data dir (append-only file, fsync always): a client
+    blocked on a command retries until it answers, and nothing acknowledged before the crash is lost."""
+    server = EmbeddedRedis(tmp_path, appendonly=True).start()
+    control = ControlPlane(server.url, "restart", reconnect_s=20)
+    control.ensure_streams()
+    control.publish_version(_manifest(2))
+    control.incr("groups_written", 3)
+    for i in range(4):
+        control.add_prompt(b"p%d" % i)
+    (done, _), _ = control.take_prompts("a", 2, 10, 60_000)
+    control.ack_prompt(done)
+    assert len(control.take_prompts("b", 1, 10, 0)) == 1    # b reclaims a's other prompt (XAUTOCLAIM)
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait()
+    started = threading.Timer(1.5, server.start)   # the server is down for 1.5 s while the client retries
+    started.start()
+    t0 = time.monotonic()
+    try:
+        assert control.current_version() == 2
+        assert time.monotonic() - t0 >= 1.0, "the command did not wait for the server"
+        assert control.counters()["groups_written"] == 3 and control.manifest(2) == _manifest(2)
+        assert {g["name"] for g in control.r.xinfo_groups(control.key(PROMPTS))} == {b"rollout"}
+        # After an ack and a reclaim, a reloaded append-only file leaves Redis unable to report the group's lag
+        # (XINFO GROUPS says null): the backlog is counted instead (else the feeder, seeing none, queues forever)
+        (info,) = control.r.xinfo_groups(control.key(PROMPTS))
+        assert info["lag"] is None
+        assert control.prompts_queued() == 3 and control.take_prompts("a", 1, 10, 60_000)
+        assert control.group_backlog(PROMPTS, "rollout") == (1, 2)
+    finally:
+        started.join()
+        server.stop()
+
+
+def test_a_client_gives_up_after_reconnect_s_naming_the_error(tmp_path):
+    server = EmbeddedRedis(tmp_path).start()
+    control = ControlPlane(server.url, "gone", reconnect_s=2)
+    control.incr("x")
+    server.stop()
+    t0 = time.monotonic()
+    with pytest.raises(redis.ConnectionError, match=str(server.port)):
+        control.counters()
+    assert 1.0 <= time.monotonic() - t0 <= 15
+
+
+def test_replayed_writes_change_nothing(control):
+    """What redis-py's retry sends again when a reply was lost: a prompt is queued once per id (and counted once),
+    a replayed mark_trained reports its groups as new rather than as trained twice, a step record pushed twice is
+    listed once."""
+    assert control.feed_prompts([("train-0-a", b"p0"), ("train-1-a", b"p1")], "prompts_fed") == 2
+    assert control.feed_prompts([("train-1-a", b"p1"), ("train-2-a", b"p2")], "prompts_fed") == 1
+    assert control.stream_len(PROMPTS) == 3 and control.counters()["prompts_fed"] == 3
+    assert control.in_flight() == 3 == control.prompts_queued() + control.groups_queued()
+    ids = [control.r.xadd(control.key(GROUPS), {"group": b"g%d" % i}).decode() for i in range(2)]
+    control.read_groups(GROUPS, "learner-0", 2, None)
+    entries = [(ids[0], "g0"), (ids[1], "g1")]
+    assert control.mark_trained(GROUPS, entries) == 2
+    assert control.mark_trained(GROUPS, entries) == 2          # the replay: already done, not a repeat
+    again = control.r.xadd(control.key(GROUPS), {"group": b"g0"}).decode()
+    control.read_groups(GROUPS, "learner-0", 1, None)
+    assert control.mark_trained(GROUPS, [(again, "g0")]) == 0  # a group delivered again really is a repeat
+    control.record_step({"step": 1})
+    control.record_step({"step": 1})
+    control.record_step({"step": 2})
+    assert [r["step"] for r in control.step_records()] == [1, 2]
