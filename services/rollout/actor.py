@@ -31,7 +31,7 @@ from services.common.metrics import serve as serve_metrics
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.prompts import chat_text
 from services.common.weights import WeightIntegrityError, verify
-from services.rollout.engine import VLLMEngine
+from services.rollout.engine import Engine, EngineFactory, VLLMEngine
 from services.rollout.media import FrameCache, MediaError
 from services.rollout.reward_link import RewardLink
 
@@ -71,9 +71,11 @@ class RolloutMetrics:
 
 
 class RolloutActor:
-    def __init__(self, cfg: RunConfig, redis_url: str, reward_addr: str, actor_id: str, model_dir: str):
+    def __init__(self, cfg: RunConfig, redis_url: str, reward_addr: str, actor_id: str, model_dir: str,
+                 engine_factory: EngineFactory | None = None):
         self.cfg, self.actor_id, self.reward_addr, self.model_dir = cfg, actor_id, reward_addr, model_dir
-        self.control = ControlPlane(redis_url, cfg.run_id)
+        self.engine_factory = engine_factory   # None: VLLMEngine.create (bench/scale_sim_bench.py: a timed one)
+        self.control = ControlPlane(redis_url, cfg.run_id, cfg.redis.reconnect_s)
         self.frames = FrameCache(max_bytes=256 << 20)
         self.loaded_version = -1
         self.link = RewardLink(cfg, reward_addr, self._on_ack)   # holds each sent group until it is acked
@@ -88,7 +90,7 @@ class RolloutActor:
         self._gate = asyncio.Condition()              # guards _requests, _swapping and loaded_version changes
         self._swap_lock = asyncio.Lock()
         self._stop = asyncio.Event()
-        self.engine: VLLMEngine | None = None
+        self.engine: Engine | None = None
         self.registry = CollectorRegistry()
         self.metrics = RolloutMetrics(self.registry, actor_id)
         self.metrics.version.set_function(lambda: self.loaded_version)   # read at scrape time: -1 while loading
@@ -101,7 +103,7 @@ class RolloutActor:
         """Serve until `stop()`; returns this actor's totals."""
         self.control.register_exporter(f"rollout:{self.actor_id}", exporter_address(serve_metrics(self.registry)))
         self.control.heartbeat(self.actor_id, self.loaded_version, "loading")
-        self.engine = VLLMEngine.create(Path(self.model_dir), self.cfg.rollout, seed=self.cfg.seed)
+        self.engine = (self.engine_factory or VLLMEngine.create)(Path(self.model_dir), self.cfg.rollout, self.cfg.seed)
         self.loaded_version = 0
         await self._maybe_swap()   # an actor that joins late starts from the current version
         link = asyncio.create_task(self.link.run())

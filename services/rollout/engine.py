@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from services.common.config import RolloutConfig
-from services.common.prompts import vision_token_ids
+from services.common.prompts import ChatTemplater, vision_token_ids
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,25 @@ class Sample:
     logprobs: list[float]   # log-prob of each sampled token under the sampling policy
     text: str
     finish_reason: str
+
+
+class Engine(Protocol):
+    """What a rollout actor uses of its engine: `VLLMEngine`, or the timed stand-in of bench/scale_sim_bench.py."""
+
+    tokenizer: ChatTemplater
+
+    async def generate(self, request_id: str, prompt: str, frames: np.ndarray, n: int, max_tokens: int,
+                       temperature: float, seed: int | None = None) -> list[Sample] | None: ...
+
+    async def abort(self, request_ids: Iterable[str]) -> None: ...
+
+    async def load_weights(self, weights_dir: str) -> float: ...
+
+    def shutdown(self) -> None: ...
+
+
+# (model dir, rollout config, seed) -> a ready engine; RolloutActor's default is VLLMEngine.create.
+EngineFactory = Callable[[Path, RolloutConfig, int], Engine]
 
 
 class VLLMEngine:
