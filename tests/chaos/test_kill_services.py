@@ -73,7 +73,7 @@ def test_kill_9_a_rollout_actor_mid_generation(tiny_assets, tmp_path):
 
     assert "killed" in state, "the run ended before rollout-0 was caught mid-generation"
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))      # the run finished
-    assert run.restarts == {"actors": 1, "reward": 0} and counters["actors_restarted"] == 1
+    assert run.restarts == {"actors": 1, "reward": 0, "learner": 0} and counters["actors_restarted"] == 1
     by_prompt = {g.prompt_id: g for g in groups}
     held = state["held"]
     assert set(held) <= set(by_prompt), "a prompt the dead actor held was never scored"
@@ -111,7 +111,7 @@ def test_kill_9_the_reward_service_and_restart_it(tiny_assets, tmp_path):
 
     assert "killed" in state
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))      # the run finished
-    assert run.restarts == {"actors": 0, "reward": 1} and counters["reward_restarted"] == 1
+    assert run.restarts == {"actors": 0, "reward": 1, "learner": 0} and counters["reward_restarted"] == 1
     assert run.pids["reward"] != state["old_pid"]
     # Both actors lived through it: they reconnected to the new service and both scored groups after the kill.
     assert set(actors) == {"rollout-0", "rollout-1"}
@@ -203,6 +203,7 @@ def test_kill_9_redis_and_restart_it_on_its_persisted_data(tiny_assets, tmp_path
     assert "killed" in state
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))      # the run finished
     assert run.redis_keeper.restarts == 1 and counters["redis_restarted"] == 1
+    assert run.restarts == {"actors": 0, "reward": 0, "learner": 0}    # every service rode it out
     assert new_pid != state["pid"]
     # What was acknowledged before the crash is still there after it (append-only file, fsync always).
     assert counters["groups_written"] >= state["written"] and counters["prompts_fed"] >= state["fed"]
