@@ -146,7 +146,7 @@ def table(rows: list[dict]) -> str:
 def main(sizes: str, reps: int) -> None:
     from rich.console import Console
 
-    from rlctl.local import CACHE, embedded_model
+    from rlctl.assets import CACHE, embedded_model
 
     tiny = embedded_model(0, Console(stderr=True))
     dirs = {"tiny": tiny, "medium": None}

@@ -602,7 +602,8 @@ def measure_engine(rounds: int) -> None:
     K=4, 2 prompts generated together), at 1 and at rollout.max_new_tokens new tokens."""
     from rich.console import Console
 
-    import rlctl.local  # before vllm: sets its CPU thread binding, as `rlctl run` does
+    import rlctl.assets
+    import rlctl.cluster  # noqa: F401 - before vllm: sets its CPU thread binding, as `rlctl run` does
     from services.common.config import RunConfig
     from services.common.dataset import load_rows
     from services.common.prompts import chat_text
@@ -612,8 +613,8 @@ def measure_engine(rounds: int) -> None:
 
     cfg = RunConfig()
     r = cfg.rollout
-    engine = VLLMEngine.create(rlctl.local.embedded_model(cfg.model.seed, Console()), r, cfg.seed)
-    train, _ = make_direction_dataset(rlctl.local.CACHE / "synth-direction-s0-64-4", 64, 4, seed=0)
+    engine = VLLMEngine.create(rlctl.assets.embedded_model(cfg.model.seed, Console()), r, cfg.seed)
+    train, _ = make_direction_dataset(rlctl.assets.CACHE / "synth-direction-s0-64-4", 64, 4, seed=0)
     row = next(iter(load_rows(train)))
     frames = FrameCache(64 << 20).get_for_prompt(row.to_prompt("measure"), cfg.media)
     text = chat_text(engine.tokenizer, row.question, list(row.options))

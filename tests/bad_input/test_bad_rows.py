@@ -50,11 +50,11 @@ def test_a_file_of_only_bad_rows_names_the_first_one(tmp_path):
 
 
 def test_rlctl_run_skips_bad_lines_naming_each_or_stops_when_told(tmp_path, summary):
-    """What `rlctl run` loads (rlctl.local.prepare_assets): by default the good rows, each malformed line named as
+    """What `rlctl run` loads (rlctl.assets.prepare_assets): by default the good rows, each malformed line named as
     file:line: why; with data.skip_bad_rows=false the first malformed line stops the run before it starts."""
     from rich.console import Console
 
-    from rlctl.local import prepare_assets
+    from rlctl.assets import prepare_assets
     from services.common.config import RunConfig
 
     path, where = dataset_file(tmp_path / "mixed.jsonl")

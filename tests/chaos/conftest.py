@@ -11,7 +11,7 @@ def tiny_assets():
     """The embedded tiny model and synthetic data, built once into the shared cache (as `rlctl run` does)."""
     from rich.console import Console
 
-    from rlctl.local import prepare_assets
+    from rlctl.assets import prepare_assets
     from services.common.config import RunConfig
 
     return prepare_assets(RunConfig(), Console(quiet=True))

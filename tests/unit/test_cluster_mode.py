@@ -1,4 +1,4 @@
-"""Cluster mode of `rlctl run` (rlctl.local.ClusterTarget) and the exporters' address, without starting Ray."""
+"""Cluster mode of `rlctl run` (rlctl.cluster.ClusterTarget) and the exporters' address, without starting Ray."""
 
 import json
 import socket
@@ -11,7 +11,8 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter
 
 from rlctl import local
-from rlctl.local import LOCAL_RAY_ENV, ClusterTarget, LocalRun
+from rlctl.cluster import LOCAL_RAY_ENV, ClusterTarget
+from rlctl.local import LocalRun
 from services.common import metrics
 from services.common.config import RunConfig
 from services.common.redis_server import free_port
