@@ -28,7 +28,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from rlctl.assets import CACHE, Assets, embedded_model, prepare_assets  # noqa: F401 - also rlctl.local's API
+from rlctl.assets import prepare_assets
 from rlctl.cluster import LOCAL_RAY_ENV, ClusterTarget  # noqa: F401 - importing rlctl.local sets Ray's environment
 from services.common.config import RunConfig
 from services.common.control import ControlPlane
