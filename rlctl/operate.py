@@ -63,7 +63,8 @@ def is_live(record: dict) -> bool:
 def _control(record: dict):
     from services.common.control import ControlPlane
 
-    return ControlPlane(record["redis_url"], record["run_id"])
+    # An operator's command answers in seconds: a run whose Redis is gone is reported, not waited for a minute.
+    return ControlPlane(record["redis_url"], record["run_id"], reconnect_s=3)
 
 
 def _live_run(run_dir: Path | None) -> tuple[Path, dict]:

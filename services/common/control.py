@@ -46,11 +46,23 @@ ROLLOUT_GROUP, LEARNER_GROUP = "rollout", "learner"
 RECONNECT_S = 60.0
 
 
+class _RetryLostConnections(Retry):
+    """redis-py's Retry, except that a refused password is never retried: AuthenticationError is a ConnectionError
+    in redis-py, and retrying it would only hide the wrong password behind a minute of waiting."""
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+        def retryable(e: Exception) -> bool:
+            return not isinstance(e, redis.AuthenticationError) and (is_retryable is None or is_retryable(e))
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
 def retry_policy(reconnect_s: float) -> Retry:
     """Retry a command on a lost connection for about `reconnect_s`: backoff from 50 ms doubling to 1 s, so
     reconnects are quick after a short blip and about one a second during a longer outage."""
     warmup = 5   # 0.1 + 0.2 + 0.4 + 0.8 s before the cap
-    return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=warmup + max(0, int(reconnect_s - 1.5)))
+    retries = warmup + max(0, int(reconnect_s - 1.5))
+    return _RetryLostConnections(ExponentialBackoff(cap=1.0, base=0.05), retries=retries)
 
 _PUBLISH = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
