@@ -21,7 +21,7 @@ machine: the watcher and the prompt claim each hold a thread while blocked in Re
 
 The default run is the one to quote: each actor count for --window seconds after a warm-up, then 64 actors with
 generation 4 times faster (`64/4`), so they ask more than the service can give. ~4.5 min (4 min 24 s on 2 cores
-shared with other work); prints a table, writes bench/results/scale_sim.{md,png}.
+shared with other work, 3 min idle); prints a table, writes bench/results/scale_sim.{md,png}.
 
     python bench/scale_sim_bench.py                                  # the default run
     python bench/scale_sim_bench.py --window 6 --scenarios 1 16 64   # quick, ~1.5 min
@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import signal
 import socket
 import statistics
@@ -590,8 +591,10 @@ def write_results(rows: list[dict], args) -> None:
             "aborted by weight swaps plus the load pause of each version published in the window, per "
             "actor-second. score+write: the reward service's own time per group (videorl_reward_score_seconds).")
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_note = (f"1-min load average {os.getloadavg()[0]:.1f} at the end; other load on the machine shows in "
+                 "the last columns")
     head = (f"# Scale simulation: `bench/scale_sim_bench.py`\n\nMeasured {when}"
-            f" on {psutil.cpu_count()} CPU cores ({args.note}). Command: "
+            f" on {psutil.cpu_count()} CPU cores ({args.note or load_note}). Command: "
             f"`{' '.join(['python bench/scale_sim_bench.py', *sys.argv[1:]])}`.\n\n")
     (RESULTS / "scale_sim.md").write_text(head + markdown(rows) + "\n\n" + note + "\n\n" + describe(rows, args) + "\n")
     plot(rows, RESULTS / "scale_sim.png")
@@ -660,7 +663,7 @@ def main() -> None:
     ap.add_argument("--max-groups-per-step", type=int, default=1024, help="cap of the learner's auto-sized step")
     ap.add_argument("--publish-every", type=int, default=4, help="learner.publish_every")
     ap.add_argument("--swap", choices=["abort", "wait"], default="abort", help="rollout.swap")
-    ap.add_argument("--note", default="shared with other work", help="machine note for the results file")
+    ap.add_argument("--note", default=None, help="machine note for the results file (default: the load average)")
     ap.add_argument("--no-write", action="store_true", help="print the table only")
     ap.add_argument("--measure-engine", type=int, nargs="?", const=5, metavar="ROUNDS",
                     help="measure the real tiny engine's prefill and per-token cost instead")
