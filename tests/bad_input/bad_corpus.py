@@ -23,6 +23,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from media_faults import cut, scramble, write
 from PIL import Image
 
 from services.embedded.synth import encode_mp4
@@ -71,26 +72,6 @@ def _patch_avi(path: Path, *, size: int | None = None, frames: int | None = None
         data[avih + 16 : avih + 20] = struct.pack("<I", frames)        # dwTotalFrames
         data[strh + 32 : strh + 36] = struct.pack("<I", frames)        # dwLength
     path.write_bytes(bytes(data))
-    return path
-
-
-def _cut(path: Path, keep: float) -> Path:
-    data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * keep)])
-    return path
-
-
-def _scramble(path: Path) -> Path:
-    """Overwrite the middle third with seeded noise: the headers survive, the frames do not."""
-    data = bytearray(path.read_bytes())
-    third = len(data) // 3
-    data[third : 2 * third] = np.random.default_rng(7).integers(0, 256, third, dtype=np.uint8).tobytes()
-    path.write_bytes(bytes(data))
-    return path
-
-
-def _write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
     return path
 
 
@@ -150,20 +131,21 @@ def _fifo(d: Path) -> Path:
 BAD_VIDEOS: dict[str, Video] = {
     "missing_file": Video(lambda d: d / "nope.mp4", "missing"),
     "missing_folder": Video(lambda d: d / "frames_nope", "missing"),
-    "zero_length_mp4": Video(lambda d: _write(d / "zero.mp4", b""), "empty"),
-    "corrupt_bytes": Video(lambda d: _write(d / "noise.mp4", np.random.default_rng(1).bytes(5000)), "corrupt"),
-    "text_named_mp4": Video(lambda d: _write(d / "notes.mp4", b"hello\n" * 100), "corrupt"),
-    "png_named_mp4": Video(lambda d: _write(d / "still.mp4", _png(0)), "corrupt"),
+    "zero_length_mp4": Video(lambda d: write(d / "zero.mp4", b""), "empty"),
+    "corrupt_bytes": Video(lambda d: write(d / "noise.mp4", np.random.default_rng(1).bytes(5000)), "corrupt"),
+    "text_named_mp4": Video(lambda d: write(d / "notes.mp4", b"hello\n" * 100), "corrupt"),
+    "png_named_mp4": Video(lambda d: write(d / "still.mp4", _png(0)), "corrupt"),
     # moov is written last, so the first half has no index at all
-    "truncated_mp4": Video(lambda d: _cut(_mp4(d / "cut.mp4"), 0.5), "corrupt"),
+    "truncated_mp4": Video(lambda d: cut(_mp4(d / "cut.mp4"), 0.5), "corrupt"),
     # with faststart the index survives and promises 120 frames that are not there
     "truncated_faststart_mp4": Video(
-        lambda d: _cut(_encode(d / "cutfs.mp4", 120, "libx264", options={"movflags": "faststart"}), 0.5), "truncated"),
-    "header_only_mp4": Video(lambda d: _cut(_mp4(d / "head.mp4"), 0.01), "corrupt"),
-    "header_only_webm": Video(lambda d: _cut(_encode(d / "head.webm", 32, "libvpx-vp9"), 0.02), "corrupt"),
-    "truncated_webm": Video(lambda d: _cut(_encode(d / "cut.webm", 64, "libvpx-vp9"), 0.5), "truncated"),
+        lambda d: cut(_encode(d / "cutfs.mp4", 120, "libx264", options={"movflags": "faststart"}), 0.5), "truncated"),
+    "header_only_mp4": Video(lambda d: cut(_mp4(d / "head.mp4"), 0.01), "corrupt"),
+    "header_only_webm": Video(lambda d: cut(_encode(d / "head.webm", 32, "libvpx-vp9"), 0.02), "corrupt"),
+    "truncated_webm": Video(lambda d: cut(_encode(d / "cut.webm", 64, "libvpx-vp9"), 0.5), "truncated"),
     "scrambled_mp4": Video(
-        lambda d: _scramble(_encode(d / "noisy.mp4", 64, "libx264", options={"movflags": "faststart"})), "corrupt"),
+        lambda d: scramble(_encode(d / "noisy.mp4", 64, "libx264", options={"movflags": "faststart"}), seed=7),
+        "corrupt"),
     "audio_only_mp4": Video(lambda d: _audio_only(d / "audio.mp4"), "no_video_stream"),
     # headers only: declared, never allocated
     "avi_declares_9000x9000": Video(lambda d: _patch_avi(_encode(d / "big.avi", 4, "rawvideo"), size=9000),

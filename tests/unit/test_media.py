@@ -21,6 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from media_faults import cut, scramble, write
 from PIL import Image
 
 from services.rollout import media
@@ -366,25 +367,6 @@ def _png_claiming(path: Path, width: int, height: int) -> Path:
     return path
 
 
-def _cut(path: Path, keep: float) -> Path:
-    data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * keep)])
-    return path
-
-
-def _scramble_middle(path: Path) -> Path:
-    data = bytearray(path.read_bytes())
-    third = len(data) // 3
-    data[third : 2 * third] = np.random.default_rng(0).integers(0, 256, third, dtype=np.uint8).tobytes()
-    path.write_bytes(bytes(data))
-    return path
-
-
-def _write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
-
-
 def _mkdir(path: Path) -> Path:
     path.mkdir()
     return path
@@ -392,9 +374,9 @@ def _mkdir(path: Path) -> Path:
 
 BAD_INPUTS = {
     "missing": (lambda d: d / "nope.mp4", "missing"),
-    "zero_length": (lambda d: _write(d / "z.mp4", b""), "empty"),
-    "random_bytes": (lambda d: _write(d / "r.mp4", os.urandom(5000)), "corrupt"),
-    "text_file": (lambda d: _write(d / "t.txt", b"hello\n" * 100), "corrupt"),  # FFmpeg alone opens it as 'tty'
+    "zero_length": (lambda d: write(d / "z.mp4", b""), "empty"),
+    "random_bytes": (lambda d: write(d / "r.mp4", os.urandom(5000)), "corrupt"),
+    "text_file": (lambda d: write(d / "t.txt", b"hello\n" * 100), "corrupt"),  # FFmpeg alone opens it as 'tty'
     # moov is written last by default, so the first half has no index at all
     "truncated_mp4": (lambda d: _truncate(write_video(d / "t.mp4", 16)), "corrupt"),
     # with faststart the index survives and promises 300 frames that are not there
@@ -407,20 +389,20 @@ BAD_INPUTS = {
     "corrupt_png_folder": (lambda d: _corrupt_png_folder(d / "bad"), "corrupt"),
     "bad_aspect": (lambda d: _tall_folder(d / "tall"), "bad_aspect"),
     "fifo": (lambda d: os.mkfifo(d / "pipe.mp4") or d / "pipe.mp4", "unreadable"),  # reading it would block
-    "zero_length_webm": (lambda d: _write(d / "z.webm", b""), "empty"),
+    "zero_length_webm": (lambda d: write(d / "z.webm", b""), "empty"),
     "missing_folder": (lambda d: d / "frames_nope", "missing"),
     "folder_without_images": (lambda d: _folder_of(d / "txt", "a.txt", "b.json", "c.mp4"), "empty"),
     "zero_length_png_folder": (lambda d: _folder_of(d / "zpng", "0.png", "1.png"), "corrupt"),
     "unsupported_uri": (lambda d: "s3://bucket/v.mp4", "unsupported"),
     # a cut-off webm demuxes cleanly, only shorter; its header still states the full duration
-    "truncated_webm": (lambda d: _cut(write_video(d / "t.webm", 64, codec="libvpx-vp9"), 0.5), "truncated"),
-    "truncated_avi": (lambda d: _cut(write_video(d / "t.avi", 64, codec="mpeg4"), 0.5), "truncated"),
-    "webm_header_only": (lambda d: _cut(write_video(d / "h.webm", 64, codec="libvpx-vp9"), 0.02), "corrupt"),
-    "avi_header_only": (lambda d: _cut(write_video(d / "h.avi", 64, codec="mpeg4"), 0.02), "corrupt"),
-    "scrambled_mp4": (lambda d: _scramble_middle(write_video(d / "s.mp4", 64, container_options={
+    "truncated_webm": (lambda d: cut(write_video(d / "t.webm", 64, codec="libvpx-vp9"), 0.5), "truncated"),
+    "truncated_avi": (lambda d: cut(write_video(d / "t.avi", 64, codec="mpeg4"), 0.5), "truncated"),
+    "webm_header_only": (lambda d: cut(write_video(d / "h.webm", 64, codec="libvpx-vp9"), 0.02), "corrupt"),
+    "avi_header_only": (lambda d: cut(write_video(d / "h.avi", 64, codec="mpeg4"), 0.02), "corrupt"),
+    "scrambled_mp4": (lambda d: scramble(write_video(d / "s.mp4", 64, container_options={
         "movflags": "faststart"})), "corrupt"),
-    "scrambled_webm": (lambda d: _scramble_middle(write_video(d / "s.webm", 64, codec="libvpx-vp9")), "truncated"),
-    "scrambled_avi": (lambda d: _scramble_middle(write_video(d / "s.avi", 64, codec="mpeg4")), "truncated"),
+    "scrambled_webm": (lambda d: scramble(write_video(d / "s.webm", 64, codec="libvpx-vp9")), "truncated"),
+    "scrambled_avi": (lambda d: scramble(write_video(d / "s.avi", 64, codec="mpeg4")), "truncated"),
     # enormous resolution, refused from the header with the default bounds
     "huge_png": (lambda d: _huge_png_folder(d / "huge"), "too_large"),
     "png_header_claims_40000x40000": (lambda d: _png_claiming(d / "bomb", 40000, 40000), "too_large"),
