@@ -5,6 +5,7 @@ import asyncio
 
 import numpy as np
 import pytest
+from actor_runs import stop_actor, wait_for
 from prometheus_client import CollectorRegistry
 
 from services.common.config import RunConfig
@@ -79,19 +80,10 @@ def test_actor_streams_groups_quarantines_bad_videos_and_swaps(control, redis_se
         server, port = await start_server(control, Scorer(cfg.reward.components), CollectorRegistry())
         a = actor_mod.RolloutActor(cfg, redis_server.url, f"127.0.0.1:{port}", "a0", "/unused")
         task = asyncio.create_task(a.run())
-        for _ in range(200):                           # wait until the first 2 groups were written
-            await asyncio.sleep(0.02)
-            if control.stream_len(GROUPS) >= 2:
-                break
+        await wait_for(lambda: control.stream_len(GROUPS) >= 2, 4)     # the first 2 groups were written
         control.publish_version(v1)                    # a new version mid-run
-        for _ in range(300):
-            await asyncio.sleep(0.02)
-            if control.prompts_queued() == 0 and a.loaded_version == 1:
-                break
-        await a.stop()
-        stats = await task
-        await server.stop(1)
-        return stats
+        await wait_for(lambda: control.prompts_queued() == 0 and a.loaded_version == 1, 6)
+        return await stop_actor(a, task, server)
 
     stats = asyncio.run(scenario())
     groups = [pb.ScoredGroup.FromString(f[b"group"]) for _, f in control.r.xrange(control.key(GROUPS))]

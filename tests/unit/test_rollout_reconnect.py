@@ -6,6 +6,7 @@ import socket
 import time
 
 import pytest
+from actor_runs import stop_actor, wait_for
 from prometheus_client import CollectorRegistry
 from test_rollout_actor import FakeEngine, _video  # the engine double and a test video, as there
 
@@ -54,10 +55,7 @@ def test_held_groups_are_resent_when_the_service_comes_back_and_a_duplicate_coun
         server, _ = await start_server(control, scorer, CollectorRegistry(), port=port)
         try:
             assert await link.wait_up(5)
-            for _ in range(200):
-                if not link.held:
-                    break
-                await asyncio.sleep(0.02)
+            await wait_for(lambda: not link.held, 4)
             await link.close(task)
         finally:
             await server.stop(1)
@@ -101,24 +99,15 @@ def test_actor_survives_a_reward_service_restart_and_scores_every_prompt_once(co
         server, _ = await start_server(control, scorer, CollectorRegistry(), port=port)
         a = actor_mod.RolloutActor(cfg, redis_server.url, f"127.0.0.1:{port}", "a0", "/unused")
         task = asyncio.create_task(a.run())
-        for _ in range(300):
-            await asyncio.sleep(0.02)
-            if control.stream_len(GROUPS) >= 2:
-                break
+        await wait_for(lambda: control.stream_len(GROUPS) >= 2, 6)
         await server.stop(0)                              # the service goes away mid-stream
         for i, row in enumerate(rows[6:], start=6):       # work keeps arriving while it is down
             control.add_prompt(row.to_prompt(f"p{i}").SerializeToString())
         await asyncio.sleep(0.5)
         assert not task.done()
         server, _ = await start_server(control, scorer, CollectorRegistry(), port=port)
-        for _ in range(500):
-            await asyncio.sleep(0.02)
-            if control.prompts_queued() == 0:
-                break
-        await a.stop()
-        stats = await task
-        await server.stop(1)
-        return stats
+        await wait_for(lambda: control.prompts_queued() == 0, 10)
+        return await stop_actor(a, task, server)
 
     stats = asyncio.run(scenario())
     ids = [pb.ScoredGroup.FromString(f[b"group"]).prompt_id for _, f in control.r.xrange(control.key(GROUPS))]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from actor_runs import stop_actor, wait_for
 from prometheus_client import CollectorRegistry
 
 from services.common.config import RunConfig
@@ -51,19 +52,10 @@ def test_actor_builds_its_engine_with_the_factory_and_the_timed_engine_serves_it
         server, port = await start_server(control, Scorer(cfg.reward.components), CollectorRegistry())
         a = RolloutActor(cfg, redis_server.url, f"127.0.0.1:{port}", "a0", "/simulated", engine_factory=factory)
         task = asyncio.create_task(a.run())
-        for _ in range(250):
-            await asyncio.sleep(0.02)
-            if control.stream_len(GROUPS) >= 1:
-                break
+        await wait_for(lambda: control.stream_len(GROUPS) >= 1, 5)
         control.publish_version(v1)
-        for _ in range(250):
-            await asyncio.sleep(0.02)
-            if control.prompts_queued() == 0 and a.loaded_version == 1:
-                break
-        await a.stop()
-        stats = await task
-        await server.stop(1)
-        return stats
+        await wait_for(lambda: control.prompts_queued() == 0 and a.loaded_version == 1, 5)
+        return await stop_actor(a, task, server)
 
     stats = asyncio.run(scenario())
     assert built[0] == (Path("/simulated"), cfg.rollout, cfg.seed) and len(built) == 2   # built once, as configured
