@@ -17,9 +17,10 @@ no group is in the ledger twice, and the learner ran all its steps. Each prints 
 import os
 import signal
 import time
+from dataclasses import dataclass
 
 import pytest
-from ledger_checks import assert_exactly_once, pending, scored_groups, scored_ids
+from ledger_checks import Counts, assert_exactly_once, pending, scored_groups, scored_ids
 from rich.console import Console
 
 from rlctl.local import LocalRun
@@ -43,12 +44,39 @@ def _steps(control):
     return len(control.step_records())
 
 
+@dataclass
+class Outcome:
+    """What a scenario's run left, read from Redis once the learner finished and every actor stopped."""
+    run: LocalRun
+    records: list[dict]
+    counts: Counts
+    groups: list
+    counters: dict[str, int]
+    ledger: set[str]
+    actors: dict[str, dict[str, str]]     # actor id -> its registry fields
+    redis_pid: int | None                 # the embedded Redis serving at the end
+
+
+def _run_with_fault(cfg, fault, **checks) -> Outcome:
+    """Run `cfg` locally, calling `fault(run, control)` every 0.2 s (it kills something once), then stop the actors
+    and assert the exactly-once checks (`checks`: assert_exactly_once's allowances) before everything stops."""
+    run = LocalRun(cfg, Console(quiet=True))
+    try:
+        control = run.start()
+        records = run.wait(on_tick=lambda: fault(run, control), tick_s=0.2)
+        run.stop_actors(timeout_s=STOP_S)
+        return Outcome(run, records, assert_exactly_once(control, records, **checks), scored_groups(control),
+                       control.counters(), control.ledger(), {a.actor_id: a.fields for a in control.actors()},
+                       run.redis.proc.pid if run.redis else None)
+    finally:
+        run.close()
+
+
 def test_kill_9_a_rollout_actor_mid_generation(tiny_assets, tmp_path):
     cfg = _config(tmp_path, "rollout.reclaim_idle_s=3")
-    run = LocalRun(cfg, Console(quiet=True))
     state = {}
 
-    def tick():
+    def tick(run, control):
         if "killed" in state or _steps(control) < 6:
             return
         # Mid-generation: rollout-0's engine is sampling, for prompts whose groups are not scored yet.
@@ -60,17 +88,8 @@ def test_kill_9_a_rollout_actor_mid_generation(tiny_assets, tmp_path):
         os.kill(int(info.fields["pid"]), signal.SIGKILL)
         state.update(killed=time.time(), step=_steps(control), held=[p for _, p in held])
 
-    try:
-        control = run.start()
-        records = run.wait(on_tick=tick, tick_s=0.2)
-        stopped = run.stop_actors(timeout_s=STOP_S)
-        print("\nactors at the end:", stopped, {a.actor_id: (a.state, a.loaded_version) for a in control.actors()})
-        counts = assert_exactly_once(control, records)
-        groups = scored_groups(control)
-        counters = control.counters()
-    finally:
-        run.close()
-
+    out = _run_with_fault(cfg, tick)
+    run, records, counts, groups, counters = out.run, out.records, out.counts, out.groups, out.counters
     assert "killed" in state, "the run ended before rollout-0 was caught mid-generation"
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))      # the run finished
     assert run.restarts == {"actors": 1, "reward": 0, "learner": 0} and counters["actors_restarted"] == 1
@@ -89,25 +108,17 @@ def test_kill_9_a_rollout_actor_mid_generation(tiny_assets, tmp_path):
 
 def test_kill_9_the_reward_service_and_restart_it(tiny_assets, tmp_path):
     cfg = _config(tmp_path, "rollout.reconnect_max_s=1")
-    run = LocalRun(cfg, Console(quiet=True))
     state = {}
 
-    def tick():
+    def tick(run, control):
         if "killed" not in state and _steps(control) >= 6:
             state.update(killed=time.time(), step=_steps(control), old_pid=run.pids["reward"],
                          written=len(scored_ids(control)))
             os.kill(run.pids["reward"], signal.SIGKILL)
 
-    try:
-        control = run.start()
-        records = run.wait(on_tick=tick, tick_s=0.2)
-        run.stop_actors(timeout_s=STOP_S)
-        counts = assert_exactly_once(control, records)
-        groups = scored_groups(control)
-        counters = control.counters()
-        actors = {a.actor_id: a.fields for a in control.actors()}
-    finally:
-        run.close()
+    out = _run_with_fault(cfg, tick)
+    run, records, counts, groups, counters, actors = (out.run, out.records, out.counts, out.groups, out.counters,
+                                                      out.actors)
 
     assert "killed" in state
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))      # the run finished
@@ -133,23 +144,15 @@ def _scored_between(groups, t0: float, t1: float) -> dict[str, int]:
 
 def test_kill_9_the_learner_and_resume_it_from_its_checkpoint(tiny_assets, tmp_path):
     cfg = _config(tmp_path, "learner.checkpoint_every=5")
-    run = LocalRun(cfg, Console(quiet=True))
     state = {}
 
-    def tick():
+    def tick(run, control):
         if "killed" not in state and _steps(control) >= 8:
             state.update(killed=time.time(), step=_steps(control), old_pid=run.pids["learner"])
             os.kill(run.pids["learner"], signal.SIGKILL)
 
-    try:
-        control = run.start()
-        records = run.wait(on_tick=tick, tick_s=0.2)
-        run.stop_actors(timeout_s=STOP_S)
-        counts = assert_exactly_once(control, records, unrecorded=cfg.learner.groups_per_step)
-        groups = scored_groups(control)
-        counters = control.counters()
-    finally:
-        run.close()
+    out = _run_with_fault(cfg, tick, unrecorded=cfg.learner.groups_per_step)
+    run, records, counts, groups, counters = out.run, out.records, out.counts, out.groups, out.counters
 
     assert "killed" in state
     assert run.restarts == {"actors": 0, "reward": 0, "learner": 1} and counters["learner_restarted"] == 1
@@ -177,10 +180,9 @@ def test_kill_9_redis_and_restart_it_on_its_persisted_data(tiny_assets, tmp_path
     # A prompt delivered by a command whose reply the crash lost stays pending under its actor, unseen: it is
     # reclaimed after rollout.reclaim_idle_s like a dead actor's.
     cfg = _config(tmp_path, "rollout.reclaim_idle_s=5")
-    run = LocalRun(cfg, Console(quiet=True))
     state = {}
 
-    def tick():
+    def tick(run, control):
         if "killed" not in state and _steps(control) >= 6:
             c = control.counters()
             state.update(killed=time.time(), step=_steps(control), pid=run.redis.proc.pid,
@@ -188,23 +190,15 @@ def test_kill_9_redis_and_restart_it_on_its_persisted_data(tiny_assets, tmp_path
                          version=control.current_version())
             os.kill(run.redis.proc.pid, signal.SIGKILL)
 
-    try:
-        control = run.start()
-        records = run.wait(on_tick=tick, tick_s=0.2)
-        run.stop_actors(timeout_s=STOP_S)
-        counts = assert_exactly_once(control, records, replays=True)
-        groups = scored_groups(control)
-        counters = control.counters()
-        ledger = control.ledger()
-        new_pid = run.redis.proc.pid
-    finally:
-        run.close()
+    out = _run_with_fault(cfg, tick, replays=True)
+    run, records, counts, groups, counters, ledger = (out.run, out.records, out.counts, out.groups, out.counters,
+                                                      out.ledger)
 
     assert "killed" in state
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))      # the run finished
     assert run.redis_keeper.restarts == 1 and counters["redis_restarted"] == 1
     assert run.restarts == {"actors": 0, "reward": 0, "learner": 0}    # every service rode it out
-    assert new_pid != state["pid"]
+    assert out.redis_pid not in (None, state["pid"])
     # What was acknowledged before the crash is still there after it (append-only file, fsync always).
     assert counters["groups_written"] >= state["written"] and counters["prompts_fed"] >= state["fed"]
     assert state["ledger"] <= ledger
