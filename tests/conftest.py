@@ -6,6 +6,9 @@ import pytest
 import rlctl.local  # noqa: F401  - sets Ray's environment before any test module can import ray
 from services.common.redis_server import EmbeddedRedis
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+
 
 def pytest_collection_modifyitems(config, items):
     try:
@@ -25,6 +28,17 @@ def redis_server(tmp_path_factory):
     """A real redis-server on a free loopback port for the whole session, stopped by pid."""
     with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_assets():
+    """The embedded tiny model and synthetic data, built once into the shared cache (as `rlctl run` does)."""
+    from rich.console import Console
+
+    from rlctl.assets import prepare_assets
+    from services.common.config import RunConfig
+
+    return prepare_assets(RunConfig(), Console(quiet=True))
 
 
 @pytest.fixture

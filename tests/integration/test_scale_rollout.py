@@ -1,11 +1,13 @@
 """`rlctl scale rollout N` on a real local run (Redis, Ray, gRPC reward service, vLLM actors, DeepSpeed learner):
 1 -> 3 -> 1 actors while the learner trains.
 
-Asserted: the new actors generate nothing with a policy older than the one current when they were asked for
-(they load it before their first prompt); while there are 3, train groups arrive faster than with 1; the
-learner keeps stepping while actors start and stop; no prompt is scored twice (no duplicate prompt id in the
-streams, no duplicate ack), and the retired actors hold no prompt (nothing of theirs pending in Redis) and stop
-cleanly with every group they sent acknowledged.
+The scenario runs once (a module fixture, ~2 min); each test asserts one part of it: the new actors generate
+nothing with a policy older than the one current when they were asked for (they load it before their first
+prompt); the learner keeps stepping while actors start and stop; no prompt is scored twice (no duplicate prompt
+id in the streams, no duplicate ack), and the retired actors hold no prompt (nothing of theirs pending in Redis)
+and stop cleanly with every group they sent acknowledged; while there are 3, train groups arrive faster than
+with 1. The last needs cores for 3 engines besides the learner and the reward service: below SPARE_CORES it is
+skipped, and the skip reason carries the rates measured.
 """
 
 import os
@@ -36,8 +38,11 @@ def _scale(run_dir, n):
     return r.output
 
 
-def test_scale_rollout_1_to_3_to_1_while_training(tiny_assets, tmp_path):
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def scaled(tiny_assets, tmp_path_factory):
+    """Run the scenario; returns what the tests check (the groups and evals streams, pending counts, counters, the
+    retired actors' totals, the scenario's state and the (phase, time, steps, groups written) log)."""
+    run_dir = tmp_path_factory.mktemp("scale") / "run"
     # Generation-bound on purpose (32 completions per step, a learner step is ~0.1 s): more actors, more steps/s.
     cfg = load_config(None, ["learner.steps=1000", "learner.publish_every=10", "learner.eval_every=0",
                              "learner.groups_per_step=4", "rollout.group_size=8", "learner.max_staleness=8",
@@ -89,28 +94,45 @@ def test_scale_rollout_1_to_3_to_1_while_training(tiny_assets, tmp_path):
     finally:
         run.close()
 
-    # The new actors never generated with a policy older than the one current when they were requested.
-    new = [g for g in groups if g.actor_id in ("rollout-1", "rollout-2")]
+    return dict(groups=groups, evals=evals, pending=pending, counters=counters, retired=retired, state=state, log=log)
+
+
+def test_new_actors_load_the_current_version_before_generating(scaled):
+    new = [g for g in scaled["groups"] if g.actor_id in ("rollout-1", "rollout-2")]
     assert {g.actor_id for g in new} == {"rollout-1", "rollout-2"}, "both new actors contributed"
-    assert min(g.policy_version for g in new) >= state["v_at_scale_up"] >= 1
-    # The learner kept training while the two engines started.
-    assert state["steps_when_serving"] > state["steps_at_scale_up"]
-    # Exactly once: no prompt id twice in the streams, no duplicate ack; retired actors hold nothing.
-    ids = [g.prompt_id for g in groups + evals]
+    assert min(g.policy_version for g in new) >= scaled["state"]["v_at_scale_up"] >= 1
+
+
+def test_the_learner_keeps_training_while_engines_start(scaled):
+    assert scaled["state"]["steps_when_serving"] > scaled["state"]["steps_at_scale_up"]
+
+
+def test_every_prompt_is_scored_once_and_retired_actors_hold_nothing(scaled):
+    ids = [g.prompt_id for g in scaled["groups"] + scaled["evals"]]
     assert len(ids) == len(set(ids))
-    assert counters.get("groups_duplicate", 0) == 0
-    assert {r["actor_id"] for r in retired} == {"rollout-1", "rollout-2"}
-    assert pending.get("rollout-1", 0) == 0 and pending.get("rollout-2", 0) == 0
-    # Throughput: train groups and learner steps per second with 3 actors serving vs with 1 (before the scale-up),
-    # from the fourth learner step on: the first engine's start and the prefetched backlog are not throughput.
+    assert scaled["counters"].get("groups_duplicate", 0) == 0
+    assert {r["actor_id"] for r in scaled["retired"]} == {"rollout-1", "rollout-2"}
+    assert scaled["pending"].get("rollout-1", 0) == 0 and scaled["pending"].get("rollout-2", 0) == 0
+    assert all(r["groups_sent"] > 0 for r in scaled["retired"])
+
+
+def test_throughput_rises_while_there_are_3_actors(scaled):
+    """Train groups and learner steps per second with 3 actors serving vs with 1 (before the scale-up), from the
+    fourth learner step on: the first engine's start and the prefetched backlog are not throughput."""
     def rate(phase, col):
-        pts = [row for row in log if row[0] == phase and row[2] >= 4]
+        pts = [row for row in scaled["log"] if row[0] == phase and row[2] >= 4]
         return (pts[-1][col] - pts[0][col]) / (pts[-1][1] - pts[0][1])
 
     (one, three), (one_s, three_s) = ((rate("one", c), rate("three", c)) for c in (3, 2))
-    print(f"train groups/s: 1 actor {one:.2f}, 3 actors {three:.2f} ({three / one:.2f}x); "
-          f"learner steps/s {one_s:.2f} -> {three_s:.2f}")
-    # On 2 cores one actor and the learner already use both: 3 engines only compete for them (measured: 10.8 -> 5.6
-    # groups/s, the learner's steps/s halved). More actors can only add throughput where there are cores for them.
-    if (os.cpu_count() or 1) >= SPARE_CORES:
-        assert three > 1.2 * one, f"3 actors {three:.2f} groups/s, 1 actor {one:.2f}"
+    measured = (f"train groups/s: 1 actor {one:.2f}, 3 actors {three:.2f} ({three / one:.2f}x); "
+                f"learner steps/s {one_s:.2f} -> {three_s:.2f}")
+    print(measured)
+    # Where one actor and the learner already use every core, 3 engines only compete for them: on 2 cores one
+    # engine's worker uses 0.9 of a core, the learner 0.5, the engine's scheduler 0.3 (psutil, 8.6 groups/s), and
+    # 3 engines split the same 2 cores into smaller batches (5.1 groups/s). Added actors add throughput only where
+    # they bring compute of their own.
+    cores = os.cpu_count() or 1
+    if cores < SPARE_CORES:
+        pytest.skip(f"needs {SPARE_CORES} CPU cores for 3 engines, the learner and the reward service; "
+                    f"this machine has {cores}. Measured anyway: {measured}")
+    assert three > 1.2 * one, measured
