@@ -52,7 +52,7 @@ def actor_table(actors: list[dict]) -> Table:
     for col in ("actor", "groups", "tokens", "tokens/s", "swaps", "final version"):
         t.add_column(col)
     for a in actors:
-        tps = a["tokens"] / a["batch_seconds"] if a.get("batch_seconds") else 0.0
+        tps = a["tokens"] / a["busy_seconds"] if a.get("busy_seconds") else 0.0
         t.add_row(a["actor_id"], str(a["groups_sent"]), str(a["tokens"]), f"{tps:.0f}", str(a["swaps"]),
                   str(a["loaded_version"]))
     return t

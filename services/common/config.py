@@ -79,7 +79,8 @@ class MediaConfig(_Strict):
 class RolloutConfig(_Strict):
     num_actors: int = Field(2, ge=1, le=256, description="rollout actors (one vLLM engine each)")
     group_size: int = Field(4, ge=2, le=64, description="K: completions sampled per prompt")
-    prompts_per_batch: int = Field(2, ge=1, le=256, description="prompts an actor takes from the stream at once")
+    prompts_per_batch: int = Field(2, ge=1, le=256, description=(
+        "prompts an actor keeps generating at once; a finished one's slot is refilled from the stream at once"))
     max_new_tokens: int = Field(24, ge=1, le=32_768, description="generation length bound")
     temperature: float = Field(1.0, ge=0, le=5, description="sampling temperature")
     max_model_len: int = Field(512, ge=64, description="vLLM max_model_len")

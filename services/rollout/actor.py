@@ -80,8 +80,9 @@ class RolloutActor:
         self.loaded_version = -1
         self.link = RewardLink(cfg, reward_addr, self._on_ack)   # holds each sent group until it is acked
         self.refused: set[int] = set()       # versions whose files failed their hash check
-        # gen_seconds sums each group's own generation latency (groups of a batch overlap); batch_seconds is wall time.
-        self.stats = {"tokens": 0, "gen_seconds": 0.0, "batch_seconds": 0.0, "groups_sent": 0, "swaps": 0,
+        # gen_seconds sums each group's own generation latency (groups in flight overlap); busy_seconds is wall time
+        # with at least one prompt in flight.
+        self.stats = {"tokens": 0, "gen_seconds": 0.0, "busy_seconds": 0.0, "groups_sent": 0, "swaps": 0,
                       "swap_seconds": 0.0}
         self.retry: list[tuple[str, bytes]] = []    # prompts whose generation a swap aborted
         self._requests: set[str] = set()              # engine request ids in flight
@@ -108,18 +109,28 @@ class RolloutActor:
         await self._maybe_swap()   # an actor that joins late starts from the current version
         link = asyncio.create_task(self.link.run())
         background = [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._watch_versions()), link]
+        running: set[asyncio.Task] = set()   # one rollout per prompt in flight
         try:
-            # After stop(): finish the prompts a swap aborted (they are this actor's, pending in Redis), take
-            # no new ones, so a scaled-down actor hands back nothing half done.
-            while not self._stop.is_set() or self.retry:
+            # After stop(): finish the prompts in flight and those a swap aborted (they are this actor's, pending
+            # in Redis), take no new ones, so a scaled-down actor hands back nothing half done.
+            while not self._stop.is_set() or self.retry or running:
                 for task in background:
                     if task.done():
                         task.result()   # a dead watcher, heartbeat or reward link is this actor's failure too
-                if await self.link.wait_up(0.5):   # no new work while the reward service is away
-                    await self._one_batch()
+                t0, busy = time.perf_counter(), bool(running)
+                # No new work while the reward service is away; the prompts in flight finish and wait to be sent.
+                full = len(running) >= self.cfg.rollout.prompts_per_batch
+                started = 0 if full or not await self.link.wait_up(0.5) else await self._top_up(running)
+                if running and not started:
+                    await asyncio.wait(running, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                for task in [t for t in running if t.done()]:
+                    running.discard(task)
+                    task.result()   # a rollout's failure is the actor's
+                if busy:
+                    self.stats["busy_seconds"] += time.perf_counter() - t0
             await self.link.close(link)
         finally:
-            for task in background:
+            for task in [*background, *running]:
                 task.cancel()
             self.engine.shutdown()
             self.control.heartbeat(self.actor_id, self.loaded_version, "stopped", **self._rates())
@@ -130,16 +141,19 @@ class RolloutActor:
         self._stop.set()
 
     # -- phases ----------------------------------------------------------------------------------
-    async def _one_batch(self) -> None:
-        entries, self.retry = self.retry, []
-        want = 0 if self._stop.is_set() else self.cfg.rollout.prompts_per_batch - len(entries)
+    async def _top_up(self, running: set[asyncio.Task]) -> int:
+        """Fill the free slots of rollout.prompts_per_batch: prompts a swap aborted first, then new ones (none after
+        stop()). A finished prompt's slot is refilled at once, so the engine is never left waiting for the slowest
+        prompt of a batch. Blocks in Redis for up to 0.2 s when the stream is empty. Returns how many started."""
+        free = self.cfg.rollout.prompts_per_batch - len(running)
+        entries, self.retry = self.retry[:free], self.retry[free:]
+        want = 0 if self._stop.is_set() else free - len(entries)
         if want > 0:
             entries += await asyncio.to_thread(self.control.take_prompts, self.actor_id, want, 200,
                                                int(self.cfg.rollout.reclaim_idle_s * 1000))
-        if entries:
-            t0 = time.perf_counter()
-            await asyncio.gather(*(self._rollout(eid, payload) for eid, payload in entries))
-            self.stats["batch_seconds"] += time.perf_counter() - t0
+        for entry_id, payload in entries:
+            running.add(asyncio.create_task(self._rollout(entry_id, payload)))
+        return len(entries)
 
     async def _rollout(self, entry_id: str, payload: bytes) -> None:
         prompt = pb.Prompt.FromString(payload)
@@ -259,4 +273,4 @@ class RolloutActor:
         s = self.stats
         return {"tokens": s["tokens"], "groups_sent": s["groups_sent"], "swaps": s["swaps"],
                 "reconnects": self.link.reconnects, "groups_resent": self.link.resent,
-                "tokens_per_s": round(s["tokens"] / s["batch_seconds"], 1) if s["batch_seconds"] else 0.0}
+                "tokens_per_s": round(s["tokens"] / s["busy_seconds"], 1) if s["busy_seconds"] else 0.0}

@@ -147,7 +147,9 @@ def test_kill_9_the_learner_and_resume_it_from_its_checkpoint(tiny_assets, tmp_p
     state = {}
 
     def tick(run, control):
-        if "killed" not in state and _steps(control) >= 8:
+        # Killed while prompts wait for the actors (queued or being generated), so there is work to go on with:
+        # the learner feeds none while it is down.
+        if "killed" not in state and _steps(control) >= 8 and control.prompts_queued() >= 2:
             state.update(killed=time.time(), step=_steps(control), old_pid=run.pids["learner"])
             os.kill(run.pids["learner"], signal.SIGKILL)
 

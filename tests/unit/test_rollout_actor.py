@@ -113,3 +113,51 @@ def test_actor_keeps_its_version_when_new_files_fail_their_hash(control, redis_s
     asyncio.run(a._maybe_swap())                      # refused once, not retried on every batch
     assert fake.loaded == [] and a.loaded_version == 0
     assert control.counters()["versions_refused"] == 1
+
+
+class GatedEngine(FakeEngine):
+    """Holds every prompt that asks "slow?" until `release` is set; records the most requests in flight."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = asyncio.Event()
+        self.most_in_flight = 0
+
+    async def generate(self, request_id, prompt, frames, n, max_tokens, temperature, seed=None):
+        self.most_in_flight = max(self.most_in_flight, self.generating + 1)
+        if "slow?" in prompt:
+            self.generating += 1
+            try:
+                await self.release.wait()
+            finally:
+                self.generating -= 1
+        return await super().generate(request_id, prompt, frames, n, max_tokens, temperature, seed)
+
+
+def test_a_slow_prompt_does_not_hold_back_the_other_slots(control, redis_server, tmp_path, monkeypatch):
+    """prompts_per_batch are slots, not batches: while one prompt is stuck, the free slot keeps taking prompts."""
+    fake = GatedEngine()
+    monkeypatch.setattr(actor_mod.VLLMEngine, "create", classmethod(lambda cls, *a, **k: fake))
+    cfg = RunConfig(run_id=control.run_id, rollout={"group_size": 2, "prompts_per_batch": 2})
+    good = _video(tmp_path)
+    opts = ("up", "down")
+    control.add_prompt(Row("slow", str(good), "mcq", "slow?", "B", opts).to_prompt("slow").SerializeToString())
+    for i in range(5):
+        control.add_prompt(Row(f"f{i}", str(good), "mcq", "fast?", "B", opts).to_prompt(f"f{i}").SerializeToString())
+
+    async def scenario():
+        server, port = await start_server(control, Scorer(cfg.reward.components), CollectorRegistry())
+        a = actor_mod.RolloutActor(cfg, redis_server.url, f"127.0.0.1:{port}", "a0", "/unused")
+        task = asyncio.create_task(a.run())
+        fast_done = await wait_for(lambda: control.stream_len(GROUPS) >= 5, 10)
+        fake.release.set()
+        all_done = await wait_for(lambda: control.stream_len(GROUPS) == 6 and control.prompts_queued() == 0, 10)
+        await stop_actor(a, task, server)
+        return fast_done, all_done
+
+    fast_done, all_done = asyncio.run(scenario())
+    assert fast_done, "the 5 fast prompts were scored while the slow one was still generating"
+    assert all_done, "the slow prompt was scored once released, and every prompt was acked"
+    groups = [pb.ScoredGroup.FromString(f[b"group"]) for _, f in control.r.xrange(control.key(GROUPS))]
+    assert [g.prompt_id for g in groups][-1] == "slow"
+    assert fake.most_in_flight == 2, "never more prompts in flight than prompts_per_batch"
