@@ -259,6 +259,28 @@ def scrape_reward(control) -> dict[str, float]:
     return scrape(control.exporters()["reward"], ("videorl_reward_completions_total", "videorl_reward_groups_total"))
 
 
+CPU_ROLES = (("VLLM::Worker", "engine workers (the model)"), ("VLLM::EngineCore", "engine schedulers"),
+             ("ray::RolloutActor", "actor processes"), ("ray::RewardService", "reward service"),
+             ("redis-server", "Redis"), ("ray", "Ray's own processes"))
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds used so far by every process of the run, summed per role (CPU_ROLES, by command line; this
+    script's own process is "this script"). Two snapshots bracket a window."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for proc in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+        cmd, times = " ".join(proc.info["cmdline"] or []), proc.info["cpu_times"]
+        if times is None:
+            continue
+        role = "this script" if proc.info["pid"] == os.getpid() else next(
+            (name for key, name in CPU_ROLES if key in cmd), None)
+        if role:
+            out[role] = out.get(role, 0.0) + times.user + times.system
+    return out
+
+
 def wait_for(what: str, ready, run, timeout_s: float = 600.0, poll_s: float = 0.02) -> float:
     """Poll `ready()` until true (checking the run's actors meanwhile); returns the time it became true."""
     deadline, checked = time.monotonic() + timeout_s, time.monotonic()
@@ -289,13 +311,13 @@ def measure_system(cfg, warm: list[bytes], timed: list[bytes], work: Path) -> tu
             control.add_prompt(p)
         wait_for("warm-up prompts scored", lambda: control.stream_len(GROUPS) >= len(warm), run)
         tokens0, reward0, wire0 = scrape_actors(control), scrape_reward(control), run.wire.snapshot()
-        gen0 = scrape_generate(control)
+        gen0, cpu0 = scrape_generate(control), cpu_by_role()
         t0 = time.perf_counter()
         for p in timed:
             control.add_prompt(p)
         t1 = wait_for("timed prompts scored", lambda: control.stream_len(GROUPS) >= len(warm) + len(timed), run)
         tokens1, reward1, wire1 = scrape_actors(control), scrape_reward(control), run.wire.snapshot()
-        gen1 = scrape_generate(control)
+        gen1, cpu1 = scrape_generate(control), cpu_by_role()
         groups = [f[b"group"] for _, f in control.r.xrange(control.key(GROUPS))]
         run.stop_actors()
     finally:
@@ -307,13 +329,11 @@ def measure_system(cfg, warm: list[bytes], timed: list[bytes], work: Path) -> tu
         "messages_down": (reward1["videorl_reward_groups_total"] - reward0["videorl_reward_groups_total"]) / g,
         "bytes_up": (wire1["up"] - wire0["up"]) / g, "bytes_down": (wire1["down"] - wire0["down"]) / g,
     }
-    # The K samples of a batch's prompts are generated together, so the calls of one batch overlap: their summed
-    # latency over prompts_per_batch is about the time the actors spent inside engine.generate.
     call_s = (gen1[0] - gen0[0]) / max(1.0, gen1[1] - gen0[1])
-    in_engine = (gen1[0] - gen0[0]) / cfg.rollout.prompts_per_batch / (wall * n)
+    cores = {role: (cpu1[role] - cpu0.get(role, 0.0)) / wall for role in cpu1}
     return GenResult(f"actors in the system, learner off ({n} actors)", n, g, int(sum(per_actor.values())), wall,
                      [v / wall for v in per_actor.values()],
-                     {"wire": wire, "call_ms": call_s * 1e3, "in_engine": in_engine}), groups
+                     {"wire": wire, "call_ms": call_s * 1e3, "cores": cores}), groups
 
 
 def payload_bytes(groups: list[bytes]) -> dict[str, float]:
@@ -358,6 +378,13 @@ def wire_table(system: GenResult, payload: dict[str, float], k: int) -> str:
         f"{w['bytes_down']:.0f} |"])
 
 
+def cores_table(system: GenResult) -> str:
+    """Cores each role of the learner-off run used in the timed window, busiest first."""
+    cores = system.extra["cores"]
+    rows = [f"| {role} | {c:.2f} |" for role, c in sorted(cores.items(), key=lambda kv: -kv[1])]
+    return "\n".join(["| processes | cores used |", "|---|---|", *rows, f"| all | {sum(cores.values()):.2f} |"])
+
+
 def overhead_markdown(table: str, wires: str, raw: GenResult, system: GenResult, script: str, quick: bool) -> str:
     return f"""Measured {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} CPU cores, no GPU
 (`python bench/{script}{' --quick' if quick else ''}`; 1-min load average {os.getloadavg()[0]:.1f} at the end).
@@ -376,9 +403,11 @@ prompt stream (take, ack), frame loading through the actor's cache, the asyncio 
 and the Redis write; the raw engines start warm with their frames in memory. The learner is off in that run so the
 actors share the 2 cores only with the services on their own path. An actor's `engine.generate` call (one group)
 took {system.extra['call_ms']:.0f} ms on average against {raw.extra['call_ms']:.0f} ms per raw `generate` call of
-{raw.extra['per_call']} prompts, and the actors spent about {system.extra['in_engine']:.0%} of the window inside
-`engine.generate`: an actor takes its next prompts only after its whole batch is generated and sent, so the hops
-between batches (Redis take, frames, the gRPC write) are not overlapped with generation.
+{raw.extra['per_call']} prompts. An actor keeps prompts_per_batch prompts in flight and refills a finished
+one's slot at once, so its engine waits for no batch; what it lacks is CPU. In the window the run's processes
+used these cores (of {os.cpu_count()}), from their CPU times:
+
+{cores_table(system)}
 
 gRPC traffic per group on the actor -> reward-service stream (timed window only):
 
@@ -416,7 +445,7 @@ def main() -> None:
         system, groups = measure_system(cfg, warm, timed, Path(tmp))
     table = overhead_table([raw, system], raw)
     wires = wire_table(system, payload_bytes(groups), cfg.rollout.group_size)
-    print(table, wires, sep="\n\n")
+    print(table, cores_table(system), wires, sep="\n\n")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "actor_overhead.md").write_text(overhead_markdown(table, wires, raw, system, "actor_overhead_bench.py",
                                                              args.quick))
