@@ -176,7 +176,10 @@ def scale_rollout(n: int, run_dir: Path | None, wait: bool, timeout_s: float, na
     or generated twice, and the learner keeps training meanwhile.
 
     Locally (default) through the run's Redis; on Kubernetes (--namespace, --run-id) also through the RayCluster's
-    `rollout` worker group: pods are added before actors, and removed after their actors retired."""
+    `rollout` worker group: pods are added before actors, and removed after their actors retired.
+
+    An actor adds throughput only with compute of its own (a GPU, or cores nothing else uses). Locally every actor
+    shares the machine: on 2 cores one actor and the learner already use both, and 3 actors give fewer groups/s."""
     if namespace is not None or run_id is not None:
         if namespace is None or run_id is None:
             raise click.UsageError("scaling a Kubernetes run needs both --namespace and --run-id")
