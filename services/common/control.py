@@ -261,6 +261,12 @@ class ControlPlane:
                 entries.extend(items)
         return [(eid.decode(), f[b"prompt"]) for eid, f in entries]
 
+    def pending_prompts(self, consumer: str, count: int) -> list[tuple[str, bytes]]:
+        """Prompts delivered to `consumer` and not acked yet, oldest first: what it holds, plus any whose delivery
+        reply it never received (a Redis crash between the delivery and its reply)."""
+        res = self.r.xreadgroup(ROLLOUT_GROUP, consumer, {self.key(PROMPTS): "0"}, count=count)
+        return [(eid.decode(), f[b"prompt"]) for _, items in res or [] for eid, f in items if f]
+
     def ack_prompt(self, entry_id: str) -> None:
         self.r.xack(self.key(PROMPTS), ROLLOUT_GROUP, entry_id)
 

@@ -12,7 +12,9 @@ Invariants kept here:
 - a version whose files do not match their recorded hashes is never loaded: the actor keeps (and reports)
   the version it has;
 - a video that cannot be read quarantines its prompt (acked, counted, logged with the reason) instead
-  of stopping the actor.
+  of stopping the actor;
+- a prompt delivered to this actor whose delivery it never saw (Redis crashed before the reply) is found among
+  its pending entries within ORPHAN_CHECK_S and generated, instead of waiting rollout.reclaim_idle_s.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from services.rollout.media import FrameCache, MediaError
 from services.rollout.reward_link import RewardLink
 
 log = logging.getLogger("videorl.rollout")
+ORPHAN_CHECK_S = 5.0   # how often an actor compares its pending prompts in Redis with those it holds
 
 
 class RolloutMetrics:
@@ -85,6 +88,8 @@ class RolloutActor:
         self.stats = {"tokens": 0, "gen_seconds": 0.0, "busy_seconds": 0.0, "groups_sent": 0, "swaps": 0,
                       "swap_seconds": 0.0}
         self.retry: list[tuple[str, bytes]] = []    # prompts whose generation a swap aborted
+        self._holding: set[str] = set()               # prompt entry ids taken and not acked yet
+        self._orphans_checked = time.monotonic()
         self._requests: set[str] = set()              # engine request ids in flight
         self._seq = 0
         self._swapping = False
@@ -145,12 +150,18 @@ class RolloutActor:
         """Fill the free slots of rollout.prompts_per_batch: prompts a swap aborted first, then new ones (none after
         stop()). A finished prompt's slot is refilled at once, so the engine is never left waiting for the slowest
         prompt of a batch. Blocks in Redis for up to 0.2 s when the stream is empty. Returns how many started."""
+        if time.monotonic() - self._orphans_checked >= ORPHAN_CHECK_S:
+            await self._adopt_orphans()
         free = self.cfg.rollout.prompts_per_batch - len(running)
         entries, self.retry = self.retry[:free], self.retry[free:]
         want = 0 if self._stop.is_set() else free - len(entries)
         if want > 0:
-            entries += await asyncio.to_thread(self.control.take_prompts, self.actor_id, want, 200,
-                                               int(self.cfg.rollout.reclaim_idle_s * 1000))
+            taken = await asyncio.to_thread(self.control.take_prompts, self.actor_id, want, 200,
+                                            int(self.cfg.rollout.reclaim_idle_s * 1000))
+            # XAUTOCLAIM may hand back a prompt this actor still works on (held past reclaim_idle_s): keep one copy.
+            taken = [(eid, payload) for eid, payload in taken if eid not in self._holding]
+            self._holding.update(eid for eid, _ in taken)
+            entries += taken
         for entry_id, payload in entries:
             running.add(asyncio.create_task(self._rollout(entry_id, payload)))
         return len(entries)
@@ -163,6 +174,7 @@ class RolloutActor:
             log.warning("prompt %s quarantined: %s", prompt.prompt_id, e)
             self.metrics.quarantined(e.reason)
             await asyncio.to_thread(self._quarantine, entry_id, e.reason)
+            self._holding.discard(entry_id)
             return
         t0 = time.perf_counter()
         version, samples = await self._generate(prompt, frames)
@@ -202,6 +214,20 @@ class RolloutActor:
                 self._gate.notify_all()
         return version, samples
 
+    async def _adopt_orphans(self) -> None:
+        """Queue (as retries) the prompts pending under this actor's name that it does not hold. Runs between
+        takes, so every prompt a take returned is already held."""
+        self._orphans_checked = time.monotonic()
+        held = set(self._holding)   # one acked meanwhile leaves _holding but was read as pending: not an orphan
+        pending = await asyncio.to_thread(self.control.pending_prompts, self.actor_id, 10_000)
+        orphans = [(eid, payload) for eid, payload in pending if eid not in held and eid not in self._holding]
+        if orphans:
+            log.warning("%s found %d prompts delivered to it but never seen; generating them", self.actor_id,
+                        len(orphans))
+            await asyncio.to_thread(self.control.incr, "prompts_orphaned", len(orphans))
+            self._holding.update(eid for eid, _ in orphans)
+            self.retry.extend(orphans)
+
     def _quarantine(self, entry_id: str, reason: str) -> None:
         self.control.incr(f"prompts_quarantined:{reason}")
         self.control.ack_prompt(entry_id)
@@ -212,6 +238,7 @@ class RolloutActor:
             log.warning("group %s rejected by the reward service: %s", ack.group_id, ack.reason)
             await asyncio.to_thread(self.control.incr, "groups_rejected")
         await asyncio.to_thread(self.control.ack_prompt, entry_id)
+        self._holding.discard(entry_id)
 
     async def _watch_versions(self) -> None:
         """Swap as soon as a version is published: on its pub/sub event, and by polling once a second."""

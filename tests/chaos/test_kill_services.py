@@ -8,7 +8,8 @@ b. the reward service dies: LocalRun starts another on the same port, the actors
 c. the learner dies: LocalRun starts another that resumes from the last checkpoint; it trains the groups the dead
    one had taken first and skips, by the ledger, those it had trained after the checkpoint;
 d. Redis dies (persistence on: append-only file, fsync always): LocalRun starts it again on its port and data,
-   every service retries its commands meanwhile, and nothing acknowledged before the crash is missing after it.
+   every service retries its commands meanwhile, nothing acknowledged before the crash is missing after it, and a
+   prompt whose delivery reply the crash lost is found by its actor (no waiting for rollout.reclaim_idle_s).
 
 Each asserts from Redis, after the actors stopped: every prompt delivered was scored exactly once, none is pending,
 no group is in the ledger twice, and the learner ran all its steps. Each prints the counts it asserted.
@@ -179,9 +180,10 @@ def test_kill_9_the_learner_and_resume_it_from_its_checkpoint(tiny_assets, tmp_p
 
 
 def test_kill_9_redis_and_restart_it_on_its_persisted_data(tiny_assets, tmp_path):
-    # A prompt delivered by a command whose reply the crash lost stays pending under its actor, unseen: it is
-    # reclaimed after rollout.reclaim_idle_s like a dead actor's.
-    cfg = _config(tmp_path, "rollout.reclaim_idle_s=5")
+    # A prompt delivered by a command whose reply the crash lost stays pending under its actor, unseen: the actor
+    # finds it among its pending entries (services/rollout/actor.py, ORPHAN_CHECK_S). reclaim_idle_s stays at its
+    # 300 s default, so a prompt left to the reclaim would still be pending at the end, which the checks refuse.
+    cfg = _config(tmp_path)
     state = {}
 
     def tick(run, control):
@@ -210,5 +212,5 @@ def test_kill_9_redis_and_restart_it_on_its_persisted_data(tiny_assets, tmp_path
     assert set(_scored_between(groups, state["killed"], float("inf"))) == {"rollout-0", "rollout-1"}
     print(f"\nkill -9 Redis at step {state['step']} ({state['written']} groups written, {len(state['ledger'])} "
           f"trained before): {counts.line()}; redis restarted {counters['redis_restarted']}, "
-          f"steps {len(records)}")
+          f"prompts found orphaned by their actor {counters.get('prompts_orphaned', 0)}, steps {len(records)}")
 

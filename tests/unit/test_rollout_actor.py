@@ -138,6 +138,7 @@ def test_a_slow_prompt_does_not_hold_back_the_other_slots(control, redis_server,
     """prompts_per_batch are slots, not batches: while one prompt is stuck, the free slot keeps taking prompts."""
     fake = GatedEngine()
     monkeypatch.setattr(actor_mod.VLLMEngine, "create", classmethod(lambda cls, *a, **k: fake))
+    monkeypatch.setattr(actor_mod, "ORPHAN_CHECK_S", 0.0)   # checked before every take: none may be found here
     cfg = RunConfig(run_id=control.run_id, rollout={"group_size": 2, "prompts_per_batch": 2})
     good = _video(tmp_path)
     opts = ("up", "down")
@@ -161,3 +162,36 @@ def test_a_slow_prompt_does_not_hold_back_the_other_slots(control, redis_server,
     groups = [pb.ScoredGroup.FromString(f[b"group"]) for _, f in control.r.xrange(control.key(GROUPS))]
     assert [g.prompt_id for g in groups][-1] == "slow"
     assert fake.most_in_flight == 2, "never more prompts in flight than prompts_per_batch"
+    counters = control.counters()
+    assert "prompts_orphaned" not in counters and "groups_duplicate" not in counters
+
+
+def test_a_prompt_delivered_but_never_seen_is_generated_without_waiting_for_reclaim(control, redis_server, tmp_path,
+                                                                                   monkeypatch):
+    """A Redis crash can lose the reply of the XREADGROUP that delivered a prompt: it is pending under the actor's
+    name, and the actor never saw it. The actor finds it among its pending entries instead of leaving it to
+    another actor's reclaim after rollout.reclaim_idle_s (300 s here)."""
+    fake = FakeEngine()
+    monkeypatch.setattr(actor_mod.VLLMEngine, "create", classmethod(lambda cls, *a, **k: fake))
+    monkeypatch.setattr(actor_mod, "ORPHAN_CHECK_S", 0.2)
+    cfg = RunConfig(run_id=control.run_id, rollout={"group_size": 2, "prompts_per_batch": 2, "reclaim_idle_s": 300})
+    good = _video(tmp_path)
+    for i in range(3):
+        row = Row(f"r{i}", str(good), "mcq", "?", "B", ("up", "down"))
+        control.add_prompt(row.to_prompt(f"p{i}").SerializeToString())
+    (lost,) = control.take_prompts("a0", 1, 100, 300_000)   # delivered to a0; the reply "was lost"
+
+    async def scenario():
+        server, port = await start_server(control, Scorer(cfg.reward.components), CollectorRegistry())
+        a = actor_mod.RolloutActor(cfg, redis_server.url, f"127.0.0.1:{port}", "a0", "/unused")
+        task = asyncio.create_task(a.run())
+        done = await wait_for(lambda: control.stream_len(GROUPS) == 3 and control.prompts_queued() == 0, 10)
+        await stop_actor(a, task, server)
+        return done
+
+    assert asyncio.run(scenario()), "the orphaned prompt was not generated"
+    groups = [pb.ScoredGroup.FromString(f[b"group"]) for _, f in control.r.xrange(control.key(GROUPS))]
+    assert sorted(g.prompt_id for g in groups) == ["p0", "p1", "p2"]
+    assert pb.Prompt.FromString(lost[1]).prompt_id == "p0"
+    counters = control.counters()
+    assert counters["prompts_orphaned"] == 1 and "groups_duplicate" not in counters
