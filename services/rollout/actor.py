@@ -63,6 +63,9 @@ class RolloutMetrics:
         self.retry = Gauge(check_name("videorl_rollout_prompts_retry_count"),
                            "prompts a weight swap aborted, waiting to be generated again", a,
                            registry=registry).labels(actor_id)
+        self.orphaned = Counter(check_name("videorl_rollout_prompts_orphaned_total"),
+                                "prompts delivered to this actor that it never saw (a lost reply), found and generated",
+                                a, registry=registry).labels(actor_id)
         self._quarantined = Counter(check_name("videorl_rollout_prompts_quarantined_total"),
                                     "prompts whose video could not be read", ["actor", "reason"], registry=registry)
         self.actor_id = actor_id
@@ -224,6 +227,7 @@ class RolloutActor:
         if orphans:
             log.warning("%s found %d prompts delivered to it but never seen; generating them", self.actor_id,
                         len(orphans))
+            self.metrics.orphaned.inc(len(orphans))
             await asyncio.to_thread(self.control.incr, "prompts_orphaned", len(orphans))
             self._holding.update(eid for eid, _ in orphans)
             self.retry.extend(orphans)
