@@ -264,8 +264,7 @@ class ControlPlane:
     def pending_prompts(self, consumer: str, count: int) -> list[tuple[str, bytes]]:
         """Prompts delivered to `consumer` and not acked yet, oldest first: what it holds, plus any whose delivery
         reply it never received (a Redis crash between the delivery and its reply)."""
-        res = self.r.xreadgroup(ROLLOUT_GROUP, consumer, {self.key(PROMPTS): "0"}, count=count)
-        return [(eid.decode(), f[b"prompt"]) for _, items in res or [] for eid, f in items if f]
+        return self._unacked(PROMPTS, ROLLOUT_GROUP, consumer, count, b"prompt")
 
     def ack_prompt(self, entry_id: str) -> None:
         self.r.xack(self.key(PROMPTS), ROLLOUT_GROUP, entry_id)
@@ -288,8 +287,13 @@ class ControlPlane:
 
     def pending_groups(self, stream: str, consumer: str, count: int) -> list[tuple[str, bytes]]:
         """Groups delivered to `consumer` but never acked (a restarted consumer of the same name gets them back)."""
-        res = self.r.xreadgroup(LEARNER_GROUP, consumer, {self.key(stream): "0"}, count=count)
-        return [(eid.decode(), f[b"group"]) for _, items in res or [] for eid, f in items if f]
+        return self._unacked(stream, LEARNER_GROUP, consumer, count, b"group")
+
+    def _unacked(self, stream: str, group: str, consumer: str, count: int, field: bytes) -> list[tuple[str, bytes]]:
+        """(entry id, payload) of the entries delivered to `consumer` and not acked, oldest first; entries trimmed
+        from the stream since (no fields left) are skipped."""
+        res = self.r.xreadgroup(group, consumer, {self.key(stream): "0"}, count=count)
+        return [(eid.decode(), f[field]) for _, items in res or [] for eid, f in items if f]
 
     # -- group ledger ------------------------------------------------------------------------------
     def mark_trained(self, stream: str, entries: list[tuple[str, str]]) -> int:
