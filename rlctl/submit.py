@@ -96,13 +96,13 @@ def reward_dns_names(slug: str, namespace: str) -> list[str]:
 
 
 def render_overlay(overlay: str, k8s_dir: Path | None = None) -> list[dict]:
-    """The overlay as `kubectl kustomize` renders it (the dashboards live outside deploy/k8s, hence the flag)."""
+    """The overlay as `kubectl kustomize` renders it, with no extra flag (as `kubectl apply -k` or Argo CD would)."""
     k8s_dir = k8s_dir or K8S_DIR
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         raise SubmitError("kubectl is not on PATH: it renders deploy/k8s (`kubectl kustomize`); install it first")
-    out = subprocess.run([kubectl, "kustomize", "--load-restrictor=LoadRestrictionsNone",
-                          str(k8s_dir / "overlays" / overlay)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([kubectl, "kustomize", str(k8s_dir / "overlays" / overlay)],
+                         capture_output=True, text=True, timeout=120)
     if out.returncode != 0:
         raise SubmitError(f"kubectl kustomize {k8s_dir / 'overlays' / overlay} failed:\n{out.stderr.strip()}")
     return [d for d in yaml.safe_load_all(out.stdout) if d]

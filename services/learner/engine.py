@@ -30,6 +30,7 @@ import torch
 
 from services.common.config import LearnerConfig
 from services.common.redis_server import free_port
+from services.common.torch_ext import clear_stale_build_locks
 from services.learner.batch import Batch, completion_logp, pack_micro_batches
 from services.learner.grpo import compute_advantages, policy_loss, truncated_is_weights
 
@@ -53,6 +54,7 @@ def init_process_group() -> None:
 
     if torch.distributed.is_initialized():
         return
+    clear_stale_build_locks()  # DeepSpeed compiles or loads its CPU comm op here; a stale lock would hang it
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     # A launcher's variables, not ones this function wrote earlier in this process (or in the parent a Ray worker
     # inherited them from, as in a test session): those would send a one-rank group through a TCPStore on '::'.

@@ -28,7 +28,7 @@ from services.common.redis_server import free_port, stop_process
 
 pytestmark = pytest.mark.integration
 
-DASHBOARDS = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
+DASHBOARDS = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "base" / "dashboards"
 PROMETHEUS = "/usr/bin/prometheus"
 NAMESPACE = "local"
 

@@ -1,6 +1,7 @@
-"""The Grafana dashboards under deploy/grafana: each parses, has the datasource / namespace / run variables, every
-panel queries Prometheus through the datasource variable, every metric selector is filtered on namespace and run,
-and every metric name a panel uses is one the code exports (read from the metric classes' own registries)."""
+"""The Grafana dashboards under deploy/k8s/base/dashboards: each parses, has the datasource / namespace / run
+variables, every panel queries Prometheus through the datasource variable, every metric selector is filtered on
+namespace and run, and every metric name a panel uses is one the code exports (read from the metric classes' own
+registries)."""
 
 import json
 import re
@@ -11,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common.metrics import ControlPlaneCollector
 
-DASHBOARDS = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
+DASHBOARDS = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "base" / "dashboards"
 NAMES = ("overview", "rollout", "reward", "learner")
 METRIC = re.compile(r"\b(videorl_[a-z0-9_]+)(\{[^}]*\})?")
 FILTERS = ('namespace=~"$namespace"', 'run=~"$run"')

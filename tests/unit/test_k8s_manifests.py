@@ -37,7 +37,7 @@ from services.reward.server import SERVICE_NAME
 
 K8S_VERSION = "1.30"
 DATA = Path(__file__).resolve().parents[1] / "data"
-DASHBOARDS = K8S_DIR.parent / "grafana"
+DASHBOARDS = K8S_DIR / "base" / "dashboards"
 CR_SCHEMAS = {("ray.io/v1", "RayJob"): "kuberay_rayjob_v1_schema.yaml",
               ("monitoring.coreos.com/v1", "PodMonitor"): "prometheus_podmonitor_v1_schema.yaml"}
 GPU = "nvidia.com/gpu"
@@ -132,6 +132,20 @@ def rendered() -> dict[str, list[dict]]:
     if shutil.which("kubectl") is None:
         pytest.fail("kubectl is needed to render deploy/k8s (CI renders every overlay); install kubectl")
     return {overlay: render_overlay(overlay) for overlay in OVERLAYS}
+
+
+@each_overlay
+def test_the_overlay_renders_as_it_is_with_no_flag(overlay):
+    """`kubectl kustomize DIR` (what `kubectl apply -k`, Argo CD and Flux run) with the default load restrictor: every
+    file the overlay reads lies inside the kustomization tree, the dashboards included."""
+    if shutil.which("kubectl") is None:
+        pytest.fail("kubectl is needed to render deploy/k8s (CI renders every overlay); install kubectl")
+    out = subprocess.run(["kubectl", "kustomize", str(K8S_DIR / "overlays" / overlay)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "videorl-grafana-dashboards")
+    assert sorted(cm["data"]) == sorted(p.name for p in DASHBOARDS.glob("*.json"))
 
 
 @each_overlay
