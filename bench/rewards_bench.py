@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.reward import rewards  # noqa: E402
-from services.reward.rewards import Sample  # noqa: E402
+from services.reward import catalogue  # noqa: E402
+from services.reward.catalogue import Sample  # noqa: E402
 
 THINKING = ("The camera pans left past the door, then the red square moves towards the blue circle while the "
             "green triangle stays near the top of the frame. ") * 10
@@ -63,14 +63,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=0.5, help="time per measurement")
     args = parser.parse_args()
     rows = []
-    for name in sorted(rewards.REGISTRY):
+    for name in sorted(catalogue.REGISTRY):
         if name not in CASES:
             rows.append((name, None, None))
             continue
         sample, extra, answer = CASES[name]
         typical = f"<think>{THINKING}{extra}</think>\n<answer>{answer}</answer>"
         huge = f"<think>{THINKING * (MB // len(THINKING))}{extra}</think>\n<answer>{answer}</answer>"
-        fn = rewards.get(name)
+        fn = catalogue.get(name)
         rows.append((name, rate(fn, typical, sample, args.seconds), rate(fn, huge, sample, args.seconds / 2)))
     print(f"{'reward':<22} {'typical (~1.5 KB) /s':>21} {'1 MB completion /s':>19} {'ms per 1 MB':>12}")
     for name, typical_rate, huge_rate in rows:

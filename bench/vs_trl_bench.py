@@ -147,7 +147,7 @@ def video_trainer_class():
 
 def reward_func(name: str):
     """One of our registered rewards as a TRL reward function (the dataset's columns arrive as keyword lists)."""
-    from services.reward.rewards import Sample, get
+    from services.reward.catalogue import Sample, get
 
     fn = get(name)
 
@@ -247,7 +247,7 @@ def held_out(models: dict[str, str]) -> dict[str, float]:
 
     from rlctl.assets import prepare_assets
     from services.common.prompts import chat_text, vision_token_ids
-    from services.reward.rewards import Sample, get
+    from services.reward.catalogue import Sample, get
     from services.rollout.media import sample_video
 
     cfg = load([])

@@ -23,7 +23,7 @@ import click
 
 
 def _sample(name: str, target: dict[str, Any]) -> Any:
-    from services.reward.rewards import Sample
+    from services.reward.catalogue import Sample
 
     answer = target.get("answer", "")
     options = target.get("options", ())
@@ -41,7 +41,7 @@ def score_line(line: str) -> dict[str, Any]:
     >>> score_line('[1, 2]')
     {'reward': None, 'error': 'a line must be a JSON object'}
     """
-    from services.reward import rewards
+    from services.reward import catalogue
 
     try:
         row = json.loads(line)
@@ -57,7 +57,7 @@ def score_line(line: str) -> dict[str, Any]:
     if not isinstance(target, dict):
         return {"reward": None, "error": "'target' must be an object"}
     try:
-        fn = rewards.get(name)
+        fn = catalogue.get(name)
     except KeyError as e:
         return {"reward": None, "error": str(e.args[0])}
     try:

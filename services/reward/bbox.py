@@ -1,6 +1,6 @@
 """Box IoU reward for grounding (one box) and tracking (one box per frame) answers.
 
-Invariants this module keeps (on top of those in ``rewards``):
+Invariants this module keeps (on top of those in ``registry``):
 
 - Boxes are ``[x1, y1, x2, y2]`` in continuous coordinates (pixels or normalised: the prediction must use
   the target's); a box with ``x2 < x1`` or ``y2 < y1`` is invalid. Targets live in ``sample.extra``:
@@ -24,7 +24,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from services.reward.rewards import Sample, answer_region, register
+from services.reward.registry import Sample, register
+from services.reward.text import answer_region
 
 Box = tuple[float, float, float, float]
 

@@ -9,10 +9,8 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from services.reward.server import RewardMetrics
+from services.reward.service_metrics import RewardMetrics
 
 
 @contextlib.contextmanager

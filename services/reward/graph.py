@@ -60,7 +60,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from services.reward.rewards import ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, Sample, register
+from services.reward.registry import Sample, register
+from services.reward.text import ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 
 GRAPH_CHARS = 1 << 16
 PARSE_BUDGET = 1 << 18

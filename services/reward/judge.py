@@ -43,7 +43,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common.config import JudgeConfig
 from services.common.metrics import check_name
-from services.reward.rewards import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, Sample
+from services.reward.registry import Sample
+from services.reward.text import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE
 
 log = logging.getLogger("videorl.reward.judge")
 NAN = float("nan")

@@ -1,8 +1,8 @@
 """Numeric-answer rewards: VSI-Bench's Mean Relative Accuracy, exact match and relative accuracy.
 
-Invariants this module keeps (on top of those in ``rewards``):
+Invariants this module keeps (on top of those in ``registry``):
 
-- The prediction is read strictly: the answer region (``rewards.answer_region``: the last ``<answer>``
+- The prediction is read strictly: the answer region (``text.answer_region``: the last ``<answer>``
   block, else the text after ``</think>``, else everything) must hold exactly one number. Words around it
   are fine ("3.5 meters", "about 12"), a second number is not ("about 3 or 4", "3-4", "2 m 30 cm",
   "10 m²" is fine since "²" is not a decimal digit). A number is an optional sign, then digits with an
@@ -25,7 +25,8 @@ import re
 
 import numpy as np
 
-from services.reward.rewards import Sample, answer_region, register
+from services.reward.registry import Sample, register
+from services.reward.text import answer_region
 
 # What a number token looks like before it is judged: a broad net, so "3,4" and "1.2.3" are caught as one
 # (ambiguous) token rather than read as two numbers or as 3.

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from services.common.config import ConfigError, RewardComponentConfig, RewardConfig
 from services.common.metrics import check_name
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
-from services.reward import rewards
+from services.reward import catalogue
 from services.reward.judge import JudgeClient, JudgeReward
 
 log = logging.getLogger("videorl.reward")
@@ -40,17 +40,17 @@ STATS_WINDOW = 1024  # scorable values per component behind the mean/std gauges
 class AsyncReward(Protocol):
     """A reward that may do I/O (the judge): scores a whole group at once, one value per completion."""
 
-    async def score_many(self, completions: Sequence[str], sample: rewards.Sample, question: str) -> list[float]: ...
+    async def score_many(self, completions: Sequence[str], sample: catalogue.Sample, question: str) -> list[float]: ...
 
 
 class PureReward:
     """A registered pure reward ``fn(completion, sample)`` as an ``AsyncReward``; it runs inline (its work is
-    bounded by the rewards module's invariants), so it costs no thread hop."""
+    bounded by the registry's invariants), so it costs no thread hop."""
 
-    def __init__(self, fn: rewards.RewardFn):
+    def __init__(self, fn: catalogue.RewardFn):
         self.fn = fn
 
-    async def score_many(self, completions: Sequence[str], sample: rewards.Sample, question: str) -> list[float]:
+    async def score_many(self, completions: Sequence[str], sample: catalogue.Sample, question: str) -> list[float]:
         return [float(self.fn(c, sample)) for c in completions]
 
 
@@ -136,7 +136,7 @@ class Scorer:
                 reward = JudgeReward(self.judge, c.rubric)
             else:
                 try:
-                    reward = PureReward(rewards.get(c.name))
+                    reward = PureReward(catalogue.get(c.name))
                 except KeyError as e:
                     raise ConfigError(f"{where}[{i}].name: {e.args[0]}") from None
             built.append(Component(c.key, c.weight, c.gate, c.gate_min, reward))
@@ -163,7 +163,7 @@ class Scorer:
                 self.metrics.observe(c.key, nan, 0, 0.0)
             return GroupScore(list(nan), {c.key: list(nan) for c in comps}, {c.key: c.weight for c in comps},
                               [f"extra_json: {reason}"])
-        sample = rewards.Sample(task=prompt.task, answer=prompt.answer, options=tuple(prompt.options), extra=extra)
+        sample = catalogue.Sample(task=prompt.task, answer=prompt.answer, options=tuple(prompt.options), extra=extra)
         for comp in comps:
             t0 = time.perf_counter()
             per[comp.key], gated, error = await self._component(comp, per, sample, prompt.question, texts)
@@ -181,7 +181,7 @@ class Scorer:
         return GroupScore(totals, per, {c.key: c.weight for c in comps}, errors)
 
     @staticmethod
-    async def _component(comp: Component, per: dict[str, list[float]], sample: rewards.Sample, question: str,
+    async def _component(comp: Component, per: dict[str, list[float]], sample: catalogue.Sample, question: str,
                          texts: list[str]) -> tuple[list[float], int, str]:
         """(values, how many were gated off, error or '') of one component over the group."""
         values = [0.0] * len(texts)

@@ -1,11 +1,11 @@
 """Temporal grounding rewards: temporal IoU (TVG-R1 style) and the Time-R1 boundary-penalised variant.
 
-Invariants this module keeps (on top of those in ``rewards``):
+Invariants this module keeps (on top of those in ``registry``):
 
 - Targets live in ``sample.extra``: ``"segment": [s, e]`` (one ground-truth segment) or ``"segments":
   [[s, e], …]`` (several; their union is the target), in seconds, and ``"duration": T`` (seconds, > 0),
   needed by the Time-R1 variant only. Malformed targets raise ``ValueError``.
-- The prediction is read from the answer region (``rewards.answer_region``, at most ``TAIL_CHARS``). Times
+- The prediction is read from the answer region (``text.answer_region``, at most ``TAIL_CHARS``). Times
   are unsigned decimals ("12.5", ".5") or clock times ("1:05" = 65 s, "1:02:03.5" = 3723.5 s); anything
   between them is ignored, so "[12.5, 20.3]", "12.5s - 20.3s" and "from 12.5 to 20.3 seconds" all read
   as (12.5, 20.3). A sign is never read: "12.5-20.3" is a range, not 12.5 and −20.3.
@@ -25,7 +25,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from services.reward.rewards import Sample, answer_region, register
+from services.reward.registry import Sample, register
+from services.reward.text import answer_region
 
 Segment = tuple[float, float]
 

@@ -290,7 +290,7 @@ BAD_EXTRA_JSON: dict[str, str] = {
 
 def reward_samples():
     """One valid Sample per registered reward (the target every bad completion is scored against)."""
-    from services.reward.rewards import Sample
+    from services.reward.catalogue import Sample
 
     mcq = Sample(task="mcq", answer="B", options=("turn left", "turn right", "go straight", "stop"))
     graph = {"nodes": [{"id": "n1", "name": "red cube", "pos": [0, 0]}, {"id": "n2", "name": "blue ball",

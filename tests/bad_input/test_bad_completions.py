@@ -21,7 +21,7 @@ from services.common.config import RewardConfig
 from services.common.control import GROUPS
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.pb.videorl.v1 import rollout_pb2_grpc as pb_grpc
-from services.reward import rewards
+from services.reward import catalogue as rewards
 from services.reward.scoring import Scorer
 from services.reward.server import start_server
 

@@ -27,7 +27,7 @@ def _exported() -> set[str]:
     from services.learner.driver import LearnerMetrics
     from services.reward.judge import JudgeMetrics
     from services.reward.scoring import ScoringMetrics
-    from services.reward.server import RewardMetrics
+    from services.reward.service_metrics import RewardMetrics
     from services.rollout.actor import RolloutMetrics
 
     registry = CollectorRegistry()

@@ -6,8 +6,10 @@ import random
 
 import pytest
 
-from services.reward import rewards
-from services.reward.rewards import Sample, answer_format_reward, format_reward, get, mcq_reward, register
+from services.reward import catalogue, mcq, registry, text
+from services.reward.catalogue import Sample, get
+from services.reward.mcq import answer_format_reward, format_reward, mcq_reward
+from services.reward.registry import register
 
 FOUR = Sample(task="mcq", answer="B", options=("turn left", "turn right", "go straight", "stop"))
 MB = 1 << 20
@@ -15,15 +17,16 @@ MB = 1 << 20
 LETTER_REWARDS = ("format", "answer_format", "mcq")
 
 
-def test_docstring_examples_hold():
-    assert doctest.testmod(rewards).failed == 0
+@pytest.mark.parametrize("module", [mcq, registry, text], ids=lambda m: m.__name__)
+def test_docstring_examples_hold(module):
+    assert doctest.testmod(module).failed == 0
 
 
 # ------------------------------------------------------------------------------------------- registry
 
 
 def test_registry_holds_the_rewards_by_name():
-    assert rewards.REGISTRY["format"] is format_reward
+    assert catalogue.REGISTRY["format"] is format_reward
     assert get("answer_format") is answer_format_reward
     assert get("mcq") is mcq_reward
 
@@ -41,7 +44,7 @@ def test_a_name_registers_once():
 
 def test_registry_is_read_only():
     with pytest.raises(TypeError):
-        rewards.REGISTRY["x"] = mcq_reward  # type: ignore[index]
+        catalogue.REGISTRY["x"] = mcq_reward  # type: ignore[index]
 
 
 # --------------------------------------------------------------------------------------------- format
@@ -248,7 +251,7 @@ def test_mcq_on_megabyte_completions():
     # a mention before the last 4 KiB does not make a later answer ambiguous
     assert mcq_reward(f"the answer is A. {filler} the answer is B", FOUR) == 1.0
     # the cut lands mid-word: "…B. text" must not become a label
-    tail = "x" * (rewards.TAIL_CHARS - 3)
+    tail = "x" * (text.TAIL_CHARS - 3)
     assert mcq_reward("y" * 100 + " aB. " + tail, FOUR) == 0.0
     assert mcq_reward("<answer>" + "B" * MB + "</answer>", FOUR) == 0.0
 

@@ -86,7 +86,7 @@ def test_a_malformed_line_gets_its_own_error_and_the_rest_go_on():
 
 
 def test_nan_is_null_and_unscorable(monkeypatch):
-    from services.reward import rewards as registry
+    from services.reward import registry
 
     monkeypatch.setitem(registry._REGISTRY, "always_nan", lambda completion, sample: float("nan"))
     _, out = run(json.dumps({"reward": "always_nan", "completion": "x", "target": {}}) + "\n")

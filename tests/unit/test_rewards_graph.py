@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from services.reward import graph
 from services.reward.graph import find_graph, graph_reward, graph_score, parse_graph
-from services.reward.rewards import Sample
+from services.reward.registry import Sample
 
 MB = 1 << 20
 NAMES = ["red square", "blue circle", "green triangle", "yellow star", "purple hexagon", "orange diamond"]

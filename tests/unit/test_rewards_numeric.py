@@ -25,7 +25,7 @@ from services.reward.numeric import (
     parse_number,
     single_number,
 )
-from services.reward.rewards import Sample
+from services.reward.registry import Sample
 
 TEN = Sample(task="vsi_abs_distance", answer="10")
 MB = 1 << 20

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.reward import rewards
+from services.reward import catalogue as rewards
 
 MB = 1 << 20
 GRAPH = {

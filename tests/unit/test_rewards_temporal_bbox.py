@@ -6,7 +6,7 @@ import pytest
 
 from services.reward import bbox, temporal
 from services.reward.bbox import bbox_iou_reward, box_iou
-from services.reward.rewards import Sample
+from services.reward.registry import Sample
 from services.reward.temporal import read_times, segments_iou, temporal_iou_reward, temporal_iou_time_r1_reward
 
 MB = 1 << 20

@@ -1,92 +1,17 @@
-"""Reward functions, registered by name.
-
-Invariants this module keeps:
-
-- A reward is a pure function ``fn(completion: str, sample: Sample) -> float``: no I/O, nothing global
-  written, the same inputs give the same output, and no ``str`` completion makes it raise. A malformed
-  ``Sample`` (for example an answer letter beyond its options) does raise ``ValueError``: that is a data
-  bug to fix, not a model output to score.
-- The value is in [0, 1], or ``float("nan")`` for "unscorable" (the learner leaves such a sample out of
-  its group's statistics). ``format``, ``answer_format`` and ``mcq`` always score.
-- Work is bounded on huge completions. Every scan is either a C-level ``str`` method over the whole text
-  (linear, no backtracking) or a regular expression over at most ``TAIL_CHARS`` characters, so a 1 MB
-  completion costs about what a 4 KiB one does. Families that need a longer window (tracking boxes, scene
-  graphs) state its size in their module and keep their patterns linear.
-- The reward families live in their own modules (``numeric``, ``temporal``, ``bbox``, ``graph``), which
-  register on import; importing this module imports them (see its last line), so ``REGISTRY`` is complete.
+"""The format rewards (``format``, ``answer_format``) and multiple choice (``mcq``); these three always score.
 
 Completions follow ``<think>…</think><answer>…</answer>`` unless a task says otherwise; ``answer_format``
-is the rule for tasks (and small models) that answer without thinking.
+is the rule for tasks (and small models) that answer without thinking. The invariants every reward keeps are in
+``services.reward.registry``.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-
-# The final answer sits at the end of a completion by convention; reading only its last 4 KiB keeps the
-# regex work constant however long the model rambles, and a letter buried deeper than that is not an answer.
-TAIL_CHARS = 4096
-
-
-@dataclass(frozen=True)
-class Sample:
-    """What a reward knows about the question a completion answers.
-
-    ``options`` are the bare option texts in letter order (A, B, …); a leading label such as ``"B. "`` on
-    an option is tolerated. ``extra`` holds task-specific targets (``num_options`` when the texts are unknown).
-    """
-
-    task: str
-    answer: str
-    options: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-RewardFn = Callable[[str, Sample], float]
-
-_REGISTRY: dict[str, RewardFn] = {}
-REGISTRY: Mapping[str, RewardFn] = MappingProxyType(_REGISTRY)
-
-
-def register(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Register a reward under ``name``; a second registration of the same name is a bug and raises.
-
-    >>> @register("always_one")
-    ... def always_one(completion: str, sample: Sample) -> float:
-    ...     return 1.0
-    >>> get("always_one")("anything", Sample(task="t", answer=""))
-    1.0
-    >>> del _REGISTRY["always_one"]  # keep the doctest from leaking into the registry
-    """
-
-    def decorate(fn: RewardFn) -> RewardFn:
-        if name in _REGISTRY:
-            raise ValueError(f"reward {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return decorate
-
-
-def get(name: str) -> RewardFn:
-    """The reward registered as ``name``; ``KeyError`` names the known ones.
-
-    >>> get("mcq").__name__
-    'mcq_reward'
-    """
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown reward {name!r}; known rewards: {', '.join(sorted(_REGISTRY))}") from None
-
+from services.reward.registry import Sample, register
+from services.reward.text import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, answer_region
 
 # ---------------------------------------------------------------------------------------------- format
 
@@ -155,32 +80,6 @@ _PHRASE = re.compile(r"\banswer\b\s*(?::|\bis\b)[\s:]*", re.IGNORECASE)
 # A hedge right after a marker names a second option: "A. or B", "(A) and (C)", "A) / B)".
 _HEDGE = re.compile(r"(?:or|and|/|,|&)\s*\(?([A-Z])\b")
 _OPTION_LABEL = re.compile(r"\(?([A-Za-z])[.):]\s+")
-
-
-def answer_region(completion: str, limit: int = TAIL_CHARS) -> tuple[str, bool]:
-    """The raw text an answer is read from, and whether it was cut to its last ``limit`` characters.
-
-    That is the content of the last ``<answer>`` tag (to the end of the text when unclosed, since stop
-    strings usually swallow the ``</answer>``), else whatever follows the last ``</think>``, else everything.
-    A cut text starts at a word boundary (its first, possibly partial, word is dropped).
-
-    >>> answer_region("<think>3</think><answer> 4 m</answer>")
-    (' 4 m', False)
-    """
-    start, end = 0, len(completion)
-    open_at = completion.rfind(ANSWER_OPEN)
-    if open_at >= 0:
-        start = open_at + len(ANSWER_OPEN)
-        close_at = completion.find(ANSWER_CLOSE, start)
-        end = close_at if close_at >= 0 else end
-    elif (think_at := completion.rfind(THINK_CLOSE)) >= 0:
-        start = think_at + len(THINK_CLOSE)
-    cut = end - start > limit
-    text = completion[end - limit : end] if cut else completion[start:end]
-    if cut:  # the first word may be a fragment ("…nswer: B" or a stray "B." from mid-sentence): drop it
-        parts = text.split(None, 1)
-        text = parts[1] if len(parts) == 2 else ""
-    return text, cut
 
 
 def _region(completion: str) -> tuple[str, bool]:
@@ -283,8 +182,3 @@ def mcq_reward(completion: str, sample: Sample) -> float:
         return 0.0
     (letter,) = letters
     return 1.0 if letter == target else 0.0
-
-
-# The other reward families live in their own modules and register themselves on import; importing them here
-# means importing this module is enough to see the whole catalogue.
-from services.reward import bbox, graph, numeric, temporal  # noqa: E402,F401  (registers)
