@@ -74,9 +74,9 @@ def raw_engine(cfg_json: str, model_dir: str, prompts_file: str, warmup: int) ->
     from vllm import LLM, SamplingParams
 
     from services.common.config import RunConfig
+    from services.common.media import FrameCache
     from services.common.pb.videorl.v1 import rollout_pb2 as pb
     from services.common.prompts import chat_text, vision_token_ids
-    from services.rollout.media import FrameCache
 
     cfg = RunConfig.model_validate_json(cfg_json)
     r = cfg.rollout

@@ -90,7 +90,7 @@ def spawn(args: list[str], prefix: str) -> tuple[subprocess.Popen, str]:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    from services.common.redis_server import stop_process
+    from services.common.processes import stop_process
 
     stop_process(proc, 10)
 

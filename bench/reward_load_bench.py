@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from services.common.pb.videorl.v1 import rollout_pb2 as pb  # noqa: E402
 from services.common.pb.videorl.v1 import rollout_pb2_grpc as pb_grpc  # noqa: E402
-from services.common.redis_server import free_port, stop_process  # noqa: E402
+from services.common.processes import free_port, stop_process  # noqa: E402
 
 JUDGE_SERVER = ROOT / "tests" / "integration" / "judge_server.py"
 K = 4

@@ -350,7 +350,8 @@ def _config(sc: Scenario, args, run_dir: Path):
 
 def run_scenario(sc: Scenario, args, tmp: Path, train_jsonl: Path) -> dict:
     from services.common.control import ControlPlane
-    from services.common.redis_server import EmbeddedRedis, free_port, stop_process
+    from services.common.processes import free_port, stop_process
+    from services.common.redis_server import EmbeddedRedis
     from services.common.weights import write_version
 
     work = tmp / f"{sc.actors}x{sc.speedup:g}"
@@ -609,10 +610,10 @@ def measure_engine(rounds: int) -> None:
     import rlctl.cluster  # noqa: F401 - before vllm: sets its CPU thread binding, as `rlctl run` does
     from services.common.config import RunConfig
     from services.common.dataset import load_rows
+    from services.common.media import FrameCache
     from services.common.prompts import chat_text
     from services.embedded.synth import make_direction_dataset
     from services.rollout.engine import VLLMEngine
-    from services.rollout.media import FrameCache
 
     cfg = RunConfig()
     r = cfg.rollout

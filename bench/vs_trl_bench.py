@@ -15,7 +15,7 @@ The input is the same video frames for both. TRL 1.16 samples with the frames it
 (`_get_per_token_logps_and_entropies`) rebuilds vision inputs from images only, so stock GRPOTrainer would score
 the policy and the reference on the video placeholder tokens without their pixels. `VideoGRPOTrainer` below
 closes that gap in the smallest way that keeps TRL's own generation, advantages and loss: it encodes each batch's
-frames (sampled by the actors' sampler, services/rollout/media.py, from the same files) with the model's
+frames (sampled by the actors' sampler, services/common/media.py, from the same files) with the model's
 processor, and adds them to every forward pass TRL makes for log-probs (policy, reference, loss) through a
 forward pre-hook.
 
@@ -184,8 +184,8 @@ def trl_train(steps: int, out: Path, threads: int, seed: int = 0) -> None:
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration, TrainerCallback
 
     from rlctl.assets import prepare_assets
+    from services.common.media import sample_video
     from services.common.prompts import chat_text, vision_token_ids
-    from services.rollout.media import sample_video
 
     t0 = time.time()
     if threads:
@@ -246,9 +246,9 @@ def held_out(models: dict[str, str]) -> dict[str, float]:
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
     from rlctl.assets import prepare_assets
+    from services.common.media import sample_video
     from services.common.prompts import chat_text, vision_token_ids
     from services.reward.catalogue import Sample, get
-    from services.rollout.media import sample_video
 
     cfg = load([])
     rows = prepare_assets(cfg, Console()).eval_rows

@@ -24,7 +24,8 @@ import click
 def synth(tasks: str, n_train: int, n_eval: int, seed: int, pan: bool, reasoning: bool, out_dir: Path) -> None:
     """Render synthetic videos of coloured shapes with exact ground truth, one JSONL row per clip. Rebuilding
     with the same options leaves an existing output untouched."""
-    from services.data.synth_suite import make_suite, parse_tasks
+    from services.common.synth_tasks import parse_tasks
+    from services.data.synth_suite import make_suite
 
     try:
         names = parse_tasks(tasks)

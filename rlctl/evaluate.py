@@ -18,7 +18,7 @@ from rich.table import Table
 from services.common.config import RunConfig
 from services.common.control import EVALS
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
-from services.learner.driver import EvalGroup, summarise_eval
+from services.learner.evaluation import EvalGroup, summarise_eval
 from services.learner.feeder import PromptFeeder
 
 CONSUMER = "rlctl-eval"

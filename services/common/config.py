@@ -14,6 +14,8 @@ from typing import Annotated, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from services.common.synth_tasks import parse_tasks
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -59,14 +61,12 @@ class DataConfig(_Strict):
     @classmethod
     def _known_tasks(cls, v: list[str] | None) -> list[str] | None:
         if v is not None:
-            from services.data.synth_suite import parse_tasks
-
             parse_tasks(v)  # ValueError naming the unknown task and the known ones
         return v
 
 
 class MediaConfig(_Strict):
-    """Frame sampling, with qwen-vl-utils' rules (see services/rollout/media.py)."""
+    """Frame sampling, with qwen-vl-utils' rules (see services/common/media.py)."""
 
     fps: float = Field(2.0, gt=0, description="frames sampled per second of video")
     min_frames: int = Field(4, ge=2, description="lower bound on sampled frames")

@@ -14,10 +14,8 @@ learner trained and recorded in the ledger could come back untrained).
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -26,12 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from services.common.processes import free_port, stop_process
 
 log = logging.getLogger("videorl.redis")
 MIN_VERSION = (7, 0)
@@ -54,20 +47,6 @@ def find_redis_server() -> str:
                 return exe
     found = ", ".join(f"{e} ({'.'.join(map(str, _version(e)))})" for e in seen) or "none"
     raise RuntimeError(f"videorl needs redis-server >= 7.0 (scripts/setup.sh installs it); found: {found}")
-
-
-def stop_process(proc: subprocess.Popen | None, term_timeout_s: float = 5.0) -> None:
-    """Stop a server this process started, by its pid: SIGTERM, then SIGKILL if it has not exited in time."""
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=term_timeout_s)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
-    except ProcessLookupError:
-        pass
 
 
 class EmbeddedRedis:

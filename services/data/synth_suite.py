@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from services.common.synth_tasks import TASKS, parse_tasks
 from services.embedded import synth
 
 SIZE, FPS = synth.SIZE, synth.FPS  # 64 px, 8 fps
@@ -54,8 +55,6 @@ PALETTE = {
     "cyan": (50, 220, 230), "magenta": (230, 60, 220), "white": (235, 235, 235),
 }
 KINDS = ("square", "disc", "triangle")
-# Append only: a task's index is part of every clip's seed.
-TASKS = ("direction", "order", "count", "distance", "when", "where", "layout", "route", "camera")
 _SPLIT_CODES = {"train": 0, "eval": 1}
 _STEP = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}  # (dx, dy); image y points down
 _FLIP = {"up": "down", "down": "up", "left": "right", "right": "left"}
@@ -102,18 +101,6 @@ class Suite(NamedTuple):
     train: Path
     eval: Path
     built: bool  # False when the output dir already held this build
-
-
-def parse_tasks(tasks: str | Sequence[str]) -> list[str]:
-    """Task names from "a,b,c" or a list ("all" = every task), in the given order without repeats."""
-    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
-    if names == ["all"]:
-        return list(TASKS)
-    unknown = [t for t in names if t not in TASKS]
-    if unknown or not names:
-        raise ValueError(f"unknown synthetic task(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
-                         f"known: {', '.join(TASKS)} (or 'all')")
-    return list(dict.fromkeys(names))
 
 
 def make_suite(out_dir: Path, tasks: str | Sequence[str], n_train: int, n_eval: int, seed: int = 0,

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from services.common.config import MediaConfig
+from services.common.media import FrameCache
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.prompts import chat_text, vision_token_ids
-from services.rollout.media import FrameCache
 
 
 @dataclass

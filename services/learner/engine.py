@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from services.common.config import LearnerConfig
-from services.common.redis_server import free_port
+from services.common.processes import free_port
 from services.common.torch_ext import clear_stale_build_locks
 from services.learner.batch import Batch, completion_logp, pack_micro_batches
 from services.learner.grpo import compute_advantages, policy_loss, truncated_is_weights

@@ -42,8 +42,8 @@ import torch
 
 from services.common.config import MediaConfig, SFTConfig
 from services.common.dataset import DatasetError, Row, load_rows, rows_with_reverse
+from services.common.media import FrameCache, MediaError
 from services.common.prompts import chat_text
-from services.rollout.media import FrameCache, MediaError
 
 IGNORE = -100  # label of a position that carries no loss
 # Files of a model directory besides the weights and config that save_pretrained writes (as engine.py copies them).

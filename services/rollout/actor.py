@@ -28,13 +28,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common.config import RunConfig
 from services.common.control import ControlPlane
+from services.common.media import FrameCache, MediaError
 from services.common.metrics import check_name, exporter_address
 from services.common.metrics import serve as serve_metrics
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.prompts import chat_text
 from services.common.weights import WeightIntegrityError, verify
 from services.rollout.engine import Engine, EngineFactory, VLLMEngine
-from services.rollout.media import FrameCache, MediaError
 from services.rollout.reward_link import RewardLink
 
 log = logging.getLogger("videorl.rollout")

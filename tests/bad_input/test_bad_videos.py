@@ -18,10 +18,10 @@ from bad_corpus import BAD_EXTRA_JSON, BAD_VIDEOS, GOOD_VIDEOS
 from services.common.config import MediaConfig, RunConfig
 from services.common.control import PROMPTS, ROLLOUT_GROUP
 from services.common.dataset import Row
+from services.common.media import FrameCache, MediaError
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.rollout import actor as actor_mod
 from services.rollout.engine import Sample
-from services.rollout.media import FrameCache, MediaError
 
 
 def _make(tmp_path, name, video):

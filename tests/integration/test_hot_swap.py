@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from services.common.config import MediaConfig, RolloutConfig
+from services.common.media import sample_video
 from services.common.prompts import chat_text
 from services.common.weights import verify, write_version
 from services.rollout.engine import VLLMEngine
-from services.rollout.media import sample_video
 
 pytestmark = pytest.mark.integration
 

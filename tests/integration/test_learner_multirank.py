@@ -16,7 +16,7 @@ import torch
 from learner_fakes import fake_batch, synth_rows, tiny_model
 from safetensors.torch import load_file
 
-from services.common.redis_server import free_port
+from services.common.processes import free_port
 from services.learner.batch import completion_logp
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -24,7 +24,7 @@ from rich.console import Console
 from rlctl.local import LocalRun
 from services.common.config import load_config
 from services.common.metrics import file_sd_targets
-from services.common.redis_server import free_port, stop_process
+from services.common.processes import free_port, stop_process
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.control import ControlPlane
-from services.common.redis_server import free_port
+from services.common.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # 127.0.0.2 (loopback on Linux) differs from the 127.0.0.1 RewardService records by itself, so the recorded address

@@ -15,7 +15,7 @@ from services.common.config import RewardConfig
 from services.common.control import GROUPS
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.pb.videorl.v1 import rollout_pb2_grpc as pb_grpc
-from services.common.redis_server import free_port
+from services.common.processes import free_port
 from services.reward.scoring import Scorer
 from services.reward.server import start_health_server, start_server
 

@@ -45,8 +45,8 @@ def _heldout_loss(model_dir: Path, eval_jsonl: Path) -> float:
 
     from services.common.config import MediaConfig
     from services.common.dataset import load_rows
+    from services.common.media import sample_video
     from services.learner import sft
-    from services.rollout.media import sample_video
 
     processor = AutoProcessor.from_pretrained(model_dir)
     model = Qwen2VLForConditionalGeneration.from_pretrained(model_dir).eval()

@@ -15,7 +15,7 @@ from rlctl.cluster import LOCAL_RAY_ENV, ClusterTarget
 from rlctl.local import LocalRun
 from services.common import metrics
 from services.common.config import RunConfig
-from services.common.redis_server import free_port
+from services.common.processes import free_port
 
 RAYJOB = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "base" / "rayjob.yaml"
 CLUSTER_ENV = {"RAY_ADDRESS": "10.0.0.5:6379", "VIDEORL_REWARD_ADDRESS": "videorl-reward:50051"}

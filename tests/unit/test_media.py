@@ -1,4 +1,4 @@
-"""services/rollout/media.py: qwen-vl-utils' sampling rules, frame choice, bad inputs, the cache.
+"""services/common/media.py: qwen-vl-utils' sampling rules, frame choice, bad inputs, the cache.
 
 Videos are generated with PyAV into tmp_path. Each frame carries its own index as a 3x3 grid of black or
 white cells (9 bits, cell k white iff bit k of the index is set), which survives lossy codecs and resizing,
@@ -24,18 +24,9 @@ import pytest
 from media_faults import cut, scramble, write
 from PIL import Image
 
-from services.rollout import media
-from services.rollout.media import (
-    FrameCache,
-    MediaError,
-    frame_indices,
-    frames_sha,
-    reverse_time,
-    sample_video,
-    smart_nframes,
-    smart_resize,
-    video_max_pixels,
-)
+from services.common import frames, media
+from services.common.frames import frame_indices, smart_nframes, smart_resize, video_max_pixels
+from services.common.media import FrameCache, MediaError, frames_sha, reverse_time, sample_video
 
 
 @dataclass
@@ -126,7 +117,7 @@ def test_smart_resize_pinned():
     assert smart_resize(98, 98, **big) == (112, 112)  # 3.5 -> 4
     # 10x10: round gives 0 -> raised to 28; 784 < 3136, beta = sqrt(3136/100) = 5.6: ceil(56/28) -> 56
     assert smart_resize(10, 10, min_pixels=3136, max_pixels=10**6) == (56, 56)
-    video = dict(min_pixels=media.VIDEO_MIN_PIXELS, max_pixels=media.VIDEO_MAX_PIXELS)
+    video = dict(min_pixels=frames.VIDEO_MIN_PIXELS, max_pixels=frames.VIDEO_MAX_PIXELS)
     assert smart_resize(360, 640, **video) == (364, 644)  # round(12.86)=13, round(22.86)=23; 234416 fits
     # 1080x1920: 1092*1932 > 602112, beta = sqrt(2073600/602112) = 1.8558: floor(581.97/28)=20 -> 560,
     # floor(1034.6/28)=36 -> 1008
@@ -141,7 +132,7 @@ def test_smart_resize_pinned():
 def test_video_max_pixels_follows_total_budget():
     # VIDEO_TOTAL_PIXELS / 768 * 2 = 19267584 / 384 = 50176, below VIDEO_MAX_PIXELS = 602112
     assert video_max_pixels(768, 784, 10**7) == 50176
-    assert video_max_pixels(4, 784, 10**7) == media.VIDEO_MAX_PIXELS  # short clip: per-frame cap rules
+    assert video_max_pixels(4, 784, 10**7) == frames.VIDEO_MAX_PIXELS  # short clip: per-frame cap rules
     assert video_max_pixels(4, 784, 4096) == 4096  # a caller's max lowers the cap
     assert video_max_pixels(768, 100352, 10**7) == 105369  # floor is int(min_pixels * 1.05)
     assert video_max_pixels(20, 784, 10**7, total_pixels=200_000) == 20_000  # 200000 / 20 * 2
@@ -299,7 +290,7 @@ def test_resize_matches_torch_antialiased_bicubic():
 
 
 def test_importable_without_torch():
-    code = "import sys, services.rollout.media; assert 'torch' not in sys.modules"
+    code = "import sys, services.common.media; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
 
 

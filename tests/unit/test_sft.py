@@ -13,11 +13,11 @@ import torch
 
 from services.common.config import MediaConfig, SFTConfig, load_config
 from services.common.dataset import DatasetError, Reverse, Row, rows_with_reverse
+from services.common.media import sample_video
 from services.common.prompts import chat_text
 from services.embedded.model import build_config, build_processor, build_tokenizer
 from services.embedded.synth import encode_mp4
 from services.learner import sft
-from services.rollout.media import sample_video
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 MEDIA = MediaConfig()

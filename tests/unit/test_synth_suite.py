@@ -14,9 +14,9 @@ from scipy import ndimage
 from rlctl.data_synth import synth as synth_command
 from services.common.config import MediaConfig
 from services.common.dataset import load_rows
+from services.common.frames import frame_indices, smart_nframes
 from services.data import synth_suite as ss
 from services.embedded.synth import DIRECTIONS, decode_video, read_jsonl
-from services.rollout.media import frame_indices, smart_nframes
 
 N_TRAIN, N_EVAL, SEED = 4, 3, 5
 TASK_TYPES = {"direction": "mcq", "order": "mcq", "count": "numeric", "distance": "numeric", "when": "temporal",
