@@ -34,27 +34,38 @@ import itertools
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from services.common.synth_tasks import TASKS, parse_tasks
+from services.data.synth_scene import (
+    BLOCK,
+    BLOCK_S,
+    CELL,
+    FPS,
+    KINDS,
+    LETTERS,
+    MARGIN,
+    PALETTE,
+    SIZE,
+    Item,
+    Scene,
+    Sprite,
+    backdrop,
+    box_at,
+    fit_start,
+    fmt,
+    mcq_options,
+    parked,
+    place,
+    random_looks,
+    render,
+    sprite_of,
+)
 from services.embedded import synth
 
-SIZE, FPS = synth.SIZE, synth.FPS  # 64 px, 8 fps
-BLOCK = 4  # frames per 0.5 s: one sampled frame per block at the default 2 fps
-BLOCK_S = BLOCK / FPS
-CELL = 8  # px: one distance unit, the spacing of the grid lines
-MARGIN = 8  # px: centres this far apart along an axis make a spatial relation ("left of", "above")
-GRID_LIFT = 20
-LETTERS = "ABCD"
-PALETTE = {
-    "red": (230, 50, 50), "green": (50, 205, 80), "blue": (70, 110, 255), "yellow": (240, 220, 50),
-    "cyan": (50, 220, 230), "magenta": (230, 60, 220), "white": (235, 235, 235),
-}
-KINDS = ("square", "disc", "triangle")
 _SPLIT_CODES = {"train": 0, "eval": 1}
 _STEP = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}  # (dx, dy); image y points down
 _FLIP = {"up": "down", "down": "up", "left": "right", "right": "left"}
@@ -63,38 +74,6 @@ _RELATIONS = ("left of", "right of", "above", "below")
 _ROUTE_FORMAT = "using up, down, left and right, like: moves up, then left."
 # Bump when rendering or row content changes, so markers written by older code no longer match.
 _VERSION = 1
-
-
-@dataclass
-class Sprite:
-    kind: str
-    color: str
-    size: int
-    xy: np.ndarray  # (T, 2) int: world position of the top-left pixel in each frame
-    visible: np.ndarray  # (T,) bool
-
-    @property
-    def name(self) -> str:
-        return f"{self.color} {self.kind}"
-
-
-@dataclass
-class Scene:
-    background: tuple[int, int, int]
-    sprites: list[Sprite]  # drawn in this order: later ones on top
-    camera: np.ndarray  # (T, 2) int: world position of the frame's top-left pixel
-    grid: bool = False
-
-    def image_xy(self, sprite: Sprite) -> np.ndarray:
-        return sprite.xy - self.camera
-
-
-@dataclass
-class Item:
-    frames: np.ndarray  # (T, SIZE, SIZE, 3) uint8
-    row: dict[str, Any] = field(default_factory=dict)  # task, question, [options], answer, [ground truth]
-    reasoning: str = ""  # an exact chain of thought for the answer, from the ground truth
-    reverse_reasoning: str = ""  # the same for the reverse-time variant (route rows)
 
 
 class Suite(NamedTuple):
@@ -169,103 +148,6 @@ def _progress(total: int, enabled: bool) -> Iterator[Callable[[], None]]:
         yield lambda: bar.advance(job)
 
 
-# ---- rendering -------------------------------------------------------------------------------------------------
-
-
-def render(scene: Scene) -> np.ndarray:
-    """(T, SIZE, SIZE, 3) uint8 frames. Raises ValueError if a visible shape leaves the frame."""
-    n_frames = len(scene.camera)
-    frames = np.empty((n_frames, SIZE, SIZE, 3), np.uint8)
-    line = tuple(c + GRID_LIFT for c in scene.background)
-    masks = [_mask(s.kind, s.size) for s in scene.sprites]
-    ramp = np.arange(SIZE)
-    for t in range(n_frames):
-        frame = frames[t]
-        frame[:] = scene.background
-        if scene.grid:
-            cx, cy = scene.camera[t]
-            frame[:, (ramp + cx) % CELL == 0] = line
-            frame[(ramp + cy) % CELL == 0, :] = line
-        for sprite, mask in zip(scene.sprites, masks, strict=True):
-            if not sprite.visible[t]:
-                continue
-            x, y = (int(v) for v in sprite.xy[t] - scene.camera[t])
-            if not (0 <= x <= SIZE - sprite.size and 0 <= y <= SIZE - sprite.size):
-                raise ValueError(f"{sprite.name} leaves the frame at frame {t}: top-left ({x}, {y})")
-            frame[y : y + sprite.size, x : x + sprite.size][mask] = PALETTE[sprite.color]
-    return frames
-
-
-def _mask(kind: str, size: int) -> np.ndarray:
-    yy, xx = np.mgrid[0:size, 0:size] + 0.5  # pixel centres
-    r = size / 2
-    if kind == "disc":
-        return (yy - r) ** 2 + (xx - r) ** 2 <= r * r
-    if kind == "triangle":  # apex up: one or two pixels wide on the top row, full width on the bottom row
-        return np.abs(xx - r) <= (yy + 0.5) / 2
-    return np.ones((size, size), bool)
-
-
-def _background(rng: np.random.Generator) -> tuple[int, int, int]:
-    r, g, b = (int(c) for c in rng.integers(0, 41, 3))
-    return r, g, b
-
-
-def _still(xy: tuple[int, int], n_frames: int) -> np.ndarray:
-    return np.tile(np.array(xy, np.int64), (n_frames, 1))
-
-
-def _sprite(kind: str, color: str, size: int, xy: np.ndarray, visible: np.ndarray | None = None) -> Sprite:
-    return Sprite(kind, color, size, xy, np.ones(len(xy), bool) if visible is None else visible)
-
-
-def _looks(rng: np.random.Generator, k: int, lo: int = 8, hi: int = 12) -> list[tuple[str, str, int]]:
-    """k (kind, colour, size) with distinct colours, so "colour kind" names one shape."""
-    colors = rng.choice(list(PALETTE), size=k, replace=False)
-    return [(KINDS[int(rng.integers(len(KINDS)))], str(c), int(rng.integers(lo, hi + 1))) for c in colors]
-
-
-def _place(rng: np.random.Generator, sizes: Sequence[int], bounds: Sequence[tuple[int, int, int, int]] | None = None,
-           gap: int = 2) -> list[tuple[int, int]]:
-    """Top-left corners for shapes of `sizes`, at least `gap` px apart; bounds[i] = (xlo, xhi, ylo, yhi)."""
-    placed: list[tuple[int, int, int]] = []
-    for i, s in enumerate(sizes):
-        xlo, xhi, ylo, yhi = bounds[i] if bounds else (0, SIZE - s, 0, SIZE - s)
-        for _ in range(2000):
-            x, y = int(rng.integers(xlo, xhi + 1)), int(rng.integers(ylo, yhi + 1))
-            if all(x + s + gap <= px or px + ps + gap <= x or y + s + gap <= py or py + ps + gap <= y
-                   for px, py, ps in placed):
-                placed.append((x, y, s))
-                break
-        else:
-            raise RuntimeError(f"no room for {len(sizes)} shapes of sizes {list(sizes)}")
-    return [(x, y) for x, y, _ in placed]
-
-
-def _fit_start(rng: np.random.Generator, rel: np.ndarray, size: int) -> np.ndarray | None:
-    """A start point p with p + rel[t] inside the frame for all t, drawn uniformly; None if there is none."""
-    lo, hi = -rel.min(axis=0), SIZE - size - rel.max(axis=0)
-    if (lo > hi).any():
-        return None
-    return np.array([int(rng.integers(lo[0], hi[0] + 1)), int(rng.integers(lo[1], hi[1] + 1))])
-
-
-def _fmt(x: float) -> str:
-    return f"{x:g}"
-
-
-def _box(scene: Scene, sprite: Sprite, t: int) -> list[float]:
-    x, y = (int(v) for v in scene.image_xy(sprite)[t])
-    return [x / SIZE, y / SIZE, (x + sprite.size) / SIZE, (y + sprite.size) / SIZE]
-
-
-def _mcq(rng: np.random.Generator, target: str, others: Sequence[str], letter: int) -> tuple[list[str], str]:
-    """Options with `target` at `letter` and the others shuffled around it."""
-    options = [others[i] for i in rng.permutation(len(others))]
-    options.insert(letter, target)
-    return options, LETTERS[letter]
-
-
 # ---- tasks: each sampler maps (rng, balanced label, pan) to an Item ---------------------------------------------
 
 
@@ -284,16 +166,16 @@ def _order(rng: np.random.Generator, label: tuple[str, int], pan: bool) -> Item:
     ordinal, letter = label
     n_frames = 32
     starts = _ORDER_STARTS[int(rng.integers(len(_ORDER_STARTS)))]  # blocks; two apart, last visible for 1 s
-    looks = _looks(rng, 3)
-    corners = _place(rng, [s for _, _, s in looks])
+    looks = random_looks(rng, 3)
+    corners = place(rng, [s for _, _, s in looks])
     ts = np.arange(n_frames)
-    sprites = [_sprite(k, c, s, _still(xy, n_frames), ts >= BLOCK * b)
+    sprites = [sprite_of(k, c, s, parked(xy, n_frames), ts >= BLOCK * b)
                for (k, c, s), xy, b in zip(looks, corners, starts, strict=True)]
     target = sprites[_ORDINALS.index(ordinal)]
-    options, answer = _mcq(rng, target.name, [s.name for s in sprites if s is not target], letter)
-    frames = render(Scene(_background(rng), sprites, _still((0, 0), n_frames)))
+    options, answer = mcq_options(rng, target.name, [s.name for s in sprites if s is not target], letter)
+    frames = render(Scene(backdrop(rng), sprites, parked((0, 0), n_frames)))
     question = f"Three shapes appear one after another. Which shape appears {ordinal}?"
-    (a, ta), (b, tb), (c, tc) = ((sp.name, _fmt(t * BLOCK_S)) for sp, t in zip(sprites, starts, strict=True))
+    (a, ta), (b, tb), (c, tc) = ((sp.name, fmt(t * BLOCK_S)) for sp, t in zip(sprites, starts, strict=True))
     reasoning = (f"The {a} appears at {ta} s, the {b} at {tb} s and the {c} at {tc} s, "
                  f"so the {ordinal} to appear is the {target.name}.")
     return Item(frames, {"task": "mcq", "question": question, "options": options, "answer": answer}, reasoning)
@@ -316,10 +198,10 @@ def _count(rng: np.random.Generator, label: tuple[int, str], pan: bool) -> Item:
         looks += [(str(rng.choice(rest)), str(rng.choice(colors))) for _ in range(distractors)]
         question = f"How many {want}s are in the video? Answer with a number."
     sizes = [int(rng.integers(8, 11)) for _ in looks]
-    corners = _place(rng, sizes)
-    sprites = [_sprite(kind, c, s, _still(xy, n_frames))
+    corners = place(rng, sizes)
+    sprites = [sprite_of(kind, c, s, parked(xy, n_frames))
                for (kind, c), s, xy in zip(looks, sizes, corners, strict=True)]
-    frames = render(Scene(_background(rng), sprites, _still((0, 0), n_frames)))
+    frames = render(Scene(backdrop(rng), sprites, parked((0, 0), n_frames)))
     seen = ", ".join(f"a {s.name}" for s in sorted(sprites, key=lambda s: (int(s.xy[0][0]), int(s.xy[0][1]))))
     which = want if by == "color" else (f"a {want}" if k == 1 else f"{want}s")
     reasoning = (f"From left to right I see {seen}. {k} of them {'is' if k == 1 else 'are'} {which}, "
@@ -330,7 +212,7 @@ def _count(rng: np.random.Generator, label: tuple[int, str], pan: bool) -> Item:
 def _distance(rng: np.random.Generator, label: tuple[int, bool], pan: bool) -> Item:
     cells, panning = label
     n_frames = 16
-    (kind, color, size), = _looks(rng, 1, 8, 10)
+    (kind, color, size), = random_looks(rng, 1, 8, 10)
     direction = synth.DIRECTIONS[int(rng.integers(4))]
     frac = np.arange(n_frames)[:, None] / (n_frames - 1)
     move = np.rint(frac * np.array(_STEP[direction]) * cells * CELL).astype(np.int64)  # world, from the start
@@ -341,10 +223,10 @@ def _distance(rng: np.random.Generator, label: tuple[int, bool], pan: bool) -> I
             pan_dir = synth.DIRECTIONS[int(rng.integers(4))]
             shift = np.array(_STEP[pan_dir]) * int(rng.choice([8, 12, 16]))
         cam = np.rint(frac * shift).astype(np.int64)
-        start = _fit_start(rng, move - cam, size)
+        start = fit_start(rng, move - cam, size)
     origin = rng.integers(0, CELL, 2)  # grid phase
     xy = start + origin + move
-    scene = Scene(_background(rng), [_sprite(kind, color, size, xy)], origin + cam, grid=True)
+    scene = Scene(backdrop(rng), [sprite_of(kind, color, size, xy)], origin + cam, grid=True)
     question = (f"The background grid is fixed to the ground. How many grid cells does the {color} {kind} move? "
                 "Answer with a number.")
     reasoning = (f"Against the grid lines the {color} {kind} moves {direction} by {cells} cell{'s' * (cells > 1)}"
@@ -366,7 +248,7 @@ def _when(rng: np.random.Generator, variant: str, pan: bool) -> Item:
     n_frames = 32
     s, e = _SEGMENTS[int(rng.integers(len(_SEGMENTS)))]
     f0, f1 = int(s * FPS), int(e * FPS)
-    looks = _looks(rng, 1 + int(rng.integers(1, 3)), 8, 10)
+    looks = random_looks(rng, 1 + int(rng.integers(1, 3)), 8, 10)
     ts = np.arange(n_frames)
     (kind, color, size), others = looks[0], looks[1:]
     if variant == "visible":
@@ -374,33 +256,33 @@ def _when(rng: np.random.Generator, variant: str, pan: bool) -> Item:
         visible = (ts >= f0) & (ts < f1)
         question = (f"When is the {color} {kind} visible? Answer with the start and end time in seconds, "
                     "as two numbers: start end.")
-        reasoning = f"The {color} {kind} is first seen at {_fmt(s)} s and is gone from {_fmt(e)} s on."
+        reasoning = f"The {color} {kind} is first seen at {fmt(s)} s and is gone from {fmt(e)} s on."
     else:  # moves between frames f0 and f1 (2 px per frame, 1 if that took it over 24 px), still before and after
         way = synth.DIRECTIONS[int(rng.integers(4))]
         step = np.array(_STEP[way]) * (2 if f1 - f0 <= 12 else 1)
-        end = f"until {_fmt(e)} s, then stands still again" if f1 < n_frames else "until the end"
-        reasoning = (f"The {color} {kind} " + (f"stands still until {_fmt(s)} s, then " if f0 else "")
+        end = f"until {fmt(e)} s, then stands still again" if f1 < n_frames else "until the end"
+        reasoning = (f"The {color} {kind} " + (f"stands still until {fmt(s)} s, then " if f0 else "")
                      + f"moves {way} {end}.")
         target_rel = np.clip(ts - f0, 0, f1 - f0)[:, None] * step
         visible = np.ones(n_frames, bool)
         question = (f"When does the {color} {kind} move? Answer with the start and end time of its motion in "
                     "seconds, as two numbers: start end.")
     span = target_rel.max(axis=0) - target_rel.min(axis=0)  # the target's path is placed as one big box
-    corners = _place(rng, [size + int(span.max())] + [sz for _, _, sz in others])
+    corners = place(rng, [size + int(span.max())] + [sz for _, _, sz in others])
     start = np.array(corners[0]) - target_rel.min(axis=0)
     # Centre the path's box on the placed square along the shorter side.
     start += (int(span.max()) - span) // 2
-    sprites = [_sprite(k, c, sz, _still(xy, n_frames)) for (k, c, sz), xy in zip(others, corners[1:], strict=True)]
-    sprites.append(_sprite(kind, color, size, start + target_rel, visible))
-    frames = render(Scene(_background(rng), sprites, _still((0, 0), n_frames)))
-    return Item(frames, {"task": "temporal", "question": question, "answer": f"{_fmt(s)} {_fmt(e)}",
+    sprites = [sprite_of(k, c, sz, parked(xy, n_frames)) for (k, c, sz), xy in zip(others, corners[1:], strict=True)]
+    sprites.append(sprite_of(kind, color, size, start + target_rel, visible))
+    frames = render(Scene(backdrop(rng), sprites, parked((0, 0), n_frames)))
+    return Item(frames, {"task": "temporal", "question": question, "answer": f"{fmt(s)} {fmt(e)}",
                          "segment": [s, e], "duration": n_frames / FPS}, reasoning)
 
 
 def _where(rng: np.random.Generator, label: tuple[int, bool], pan: bool) -> Item:
     block, panning = label
     n_frames = 16
-    looks = _looks(rng, 1 + int(rng.integers(1, 3)), 8, 12)
+    looks = random_looks(rng, 1 + int(rng.integers(1, 3)), 8, 12)
     held = np.arange(n_frames)[:, None] // BLOCK  # positions change only at block boundaries
     step = np.zeros(2, np.int64)
     while not step.any():
@@ -408,31 +290,31 @@ def _where(rng: np.random.Generator, label: tuple[int, bool], pan: bool) -> Item
     cam_step = np.array(_STEP[synth.DIRECTIONS[int(rng.integers(4))]]) * 4 if pan and panning else np.zeros(2, int)
     cam = held * cam_step
     (kind, color, size), others = looks[0], looks[1:]
-    start = _fit_start(rng, held * step - cam, size)
+    start = fit_start(rng, held * step - cam, size)
     assert start is not None  # at most 3 * (8 + 4) = 36 px of travel, 36 + 12 < 64
     # Distractors stand still on the ground, so they slide with the pan; keep their whole slide in frame.
     bounds = [(int(cam[:, 0].max()), SIZE - s + int(cam[:, 0].min()), int(cam[:, 1].max()),
                SIZE - s + int(cam[:, 1].min())) for _, _, s in others]
-    corners = _place(rng, [s for _, _, s in others], bounds)
-    sprites = [_sprite(k, c, s, _still(xy, n_frames)) for (k, c, s), xy in zip(others, corners, strict=True)]
-    target = _sprite(kind, color, size, start + held * step)
+    corners = place(rng, [s for _, _, s in others], bounds)
+    sprites = [sprite_of(k, c, s, parked(xy, n_frames)) for (k, c, s), xy in zip(others, corners, strict=True)]
+    target = sprite_of(kind, color, size, start + held * step)
     sprites.append(target)  # drawn last: never hidden by a distractor
-    scene = Scene(_background(rng), sprites, cam, grid=bool(cam_step.any()))
-    box = _box(scene, target, block * BLOCK)
-    question = (f"Where is the {color} {kind} at {_fmt(block * BLOCK_S)} s? Answer with its bounding box "
+    scene = Scene(backdrop(rng), sprites, cam, grid=bool(cam_step.any()))
+    box = box_at(scene, target, block * BLOCK)
+    question = (f"Where is the {color} {kind} at {fmt(block * BLOCK_S)} s? Answer with its bounding box "
                 "x1 y1 x2 y2 as fractions of the frame width and height (0 0 is the top-left corner, 1 1 the "
                 "bottom-right).")
-    x1, y1, x2, y2 = map(_fmt, box)
-    reasoning = (f"At {_fmt(block * BLOCK_S)} s the {color} {kind} spans x from {x1} to {x2} and y from {y1} to {y2} "
+    x1, y1, x2, y2 = map(fmt, box)
+    reasoning = (f"At {fmt(block * BLOCK_S)} s the {color} {kind} spans x from {x1} to {x2} and y from {y1} to {y2} "
                  "of the frame.")
-    return Item(render(scene), {"task": "bbox", "question": question, "answer": " ".join(map(_fmt, box)),
+    return Item(render(scene), {"task": "bbox", "question": question, "answer": " ".join(map(fmt, box)),
                                 "box": box}, reasoning)
 
 
 def _layout(rng: np.random.Generator, label: tuple[str, int], pan: bool) -> Item:
     relation, letter = label
     n_frames = 16
-    looks = _looks(rng, 4, 8, 10)
+    looks = random_looks(rng, 4, 8, 10)
     # Build it as "target left of anchor, the other two right of it", then mirror/transpose for the relation asked.
     sizes = [s for _, _, s in looks]
     ax = int(rng.integers(16, SIZE - 16 - sizes[0] + 1))
@@ -440,16 +322,16 @@ def _layout(rng: np.random.Generator, label: tuple[str, int], pan: bool) -> Item
     free = [(0, SIZE - s) for s in sizes]
     bounds = [(ax, ax, *free[0]), (0, int(np.floor(cxa - MARGIN - sizes[1] / 2)), *free[1])]
     bounds += [(int(np.ceil(cxa + MARGIN - s / 2)), SIZE - s, *f) for s, f in zip(sizes[2:], free[2:], strict=True)]
-    corners = np.array(_place(rng, sizes, bounds))
+    corners = np.array(place(rng, sizes, bounds))
     if relation in ("above", "below"):
         corners = corners[:, ::-1]
     if relation in ("right of", "below"):
         axis = 0 if relation == "right of" else 1
         corners[:, axis] = SIZE - np.array(sizes) - corners[:, axis]
-    sprites = [_sprite(k, c, s, _still(tuple(xy), n_frames)) for (k, c, s), xy in zip(looks, corners, strict=True)]
+    sprites = [sprite_of(k, c, s, parked(tuple(xy), n_frames)) for (k, c, s), xy in zip(looks, corners, strict=True)]
     anchor, target, others = sprites[0], sprites[1], sprites[2:]
-    options, answer = _mcq(rng, target.name, [s.name for s in others], letter)
-    frames = render(Scene(_background(rng), sprites, _still((0, 0), n_frames)))
+    options, answer = mcq_options(rng, target.name, [s.name for s in others], letter)
+    frames = render(Scene(backdrop(rng), sprites, parked((0, 0), n_frames)))
     phrase = {"left of": "to the left of", "right of": "to the right of"}.get(relation, relation)
     reasoning = (f"The {target.name} is {phrase} the {anchor.name}; the {others[0].name} and the {others[1].name} "
                  "are not.")
@@ -505,10 +387,10 @@ def _route(rng: np.random.Generator, n_legs: int, pan: bool) -> Item:
     block_leg = np.repeat(np.arange(n_legs), blocks)  # (8,) leg index of each block
     steps = np.array([_STEP[legs[block_leg[t // BLOCK]]] for t in range(n_frames - 1)]) * 2  # 2 px per frame
     rel = np.vstack([np.zeros((1, 2), np.int64), np.cumsum(steps, axis=0)])
-    (kind, color, size), = _looks(rng, 1, 8, 10)
-    start = _fit_start(rng, rel, size)
+    (kind, color, size), = random_looks(rng, 1, 8, 10)
+    start = fit_start(rng, rel, size)
     assert start is not None  # at most 48 px along an axis, 48 + 10 < 64
-    frames = render(Scene(_background(rng), [_sprite(kind, color, size, start + rel)], _still((0, 0), n_frames)))
+    frames = render(Scene(backdrop(rng), [sprite_of(kind, color, size, start + rel)], parked((0, 0), n_frames)))
     forward, backward = route_text(legs), route_text(reverse_route(legs))
     question = f"Describe the route of the {color} {kind}. Answer with its moves in order, {_ROUTE_FORMAT}"
     # The reverse-time row shows this video played backwards (the media pipeline reverses the frames), so it asks
@@ -525,7 +407,7 @@ def _route_reasoning(name: str, legs: Sequence[str], turns: Sequence[float]) -> 
     >>> _route_reasoning("red disc", ["right", "up"], [2.0])
     'The red disc starts moving right and turns up at 2 s, so it moves right, then up.'
     """
-    steps = " and".join([f" turns {leg} at {_fmt(t)} s" for leg, t in zip(legs[1:], turns, strict=True)])
+    steps = " and".join([f" turns {leg} at {fmt(t)} s" for leg, t in zip(legs[1:], turns, strict=True)])
     return f"The {name} starts moving {legs[0]} and{steps}, so it {route_text(legs)}."
 
 
@@ -535,13 +417,13 @@ def _camera(rng: np.random.Generator, direction: str, pan: bool) -> Item:
     included, slides the opposite way. Always pans (the pan is the task), whatever `pan` says."""
     n_frames = 16
     cam = np.arange(n_frames)[:, None] * np.array(_STEP[direction]) * int(rng.integers(1, 3))  # 1 or 2 px a frame
-    looks = _looks(rng, int(rng.integers(2, 4)), 8, 10)
+    looks = random_looks(rng, int(rng.integers(2, 4)), 8, 10)
     # Still shapes slide by -cam on screen: keep the whole slide in frame.
     bounds = [(int(cam[:, 0].max()), SIZE - s + int(cam[:, 0].min()), int(cam[:, 1].max()),
                SIZE - s + int(cam[:, 1].min())) for _, _, s in looks]
-    corners = _place(rng, [s for _, _, s in looks], bounds)
-    sprites = [_sprite(k, c, s, _still(xy, n_frames)) for (k, c, s), xy in zip(looks, corners, strict=True)]
-    frames = render(Scene(_background(rng), sprites, cam, grid=True))
+    corners = place(rng, [s for _, _, s in looks], bounds)
+    sprites = [sprite_of(k, c, s, parked(xy, n_frames)) for (k, c, s), xy in zip(looks, corners, strict=True)]
+    frames = render(Scene(backdrop(rng), sprites, cam, grid=True))
     reasoning = (f"Everything in the picture, the grid lines included, slides {_FLIP[direction]}, so the camera "
                  f"moves {direction}.")
     return Item(frames, {"task": "mcq", "question": "The shapes stand still on the ground. Which way does the camera "

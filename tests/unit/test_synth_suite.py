@@ -15,6 +15,7 @@ from rlctl.data_synth import synth as synth_command
 from services.common.config import MediaConfig
 from services.common.dataset import load_rows
 from services.common.frames import frame_indices, smart_nframes
+from services.data import synth_scene as scene
 from services.data import synth_suite as ss
 from services.embedded.synth import DIRECTIONS, decode_video, read_jsonl
 
@@ -46,7 +47,7 @@ def _classify(frame: np.ndarray) -> np.ndarray:
     """Per pixel: the palette colour name it is nearest to, or "" for background and grid lines."""
     bg = np.median(frame.reshape(-1, 3), axis=0)
     names = ["", ""] + list(ss.PALETTE)
-    refs = np.array([bg, bg + ss.GRID_LIFT] + list(ss.PALETTE.values()), float)
+    refs = np.array([bg, bg + scene.GRID_LIFT] + list(ss.PALETTE.values()), float)
     dist = ((frame[:, :, None, :].astype(float) - refs[None, None]) ** 2).sum(-1)
     return np.array(names, object)[dist.argmin(-1)]
 
