@@ -81,21 +81,10 @@ def compute_advantages(
     return adv.to(rewards.dtype).view_as(rewards)
 
 
-def policy_loss(
-    logp: Tensor,
-    old_logp: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    dual_clip: float | None = None,
-    agg: Aggregation = "token_mean",
-    ref_logp: Tensor | None = None,
-    kl_type: KLType = "k3",
-    kl_coef: float = 0.0,
-    max_len: int | None = None,
-    is_weights: Tensor | None = None,
-) -> tuple[Tensor, dict[str, float]]:
+def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_low: float = 0.2,
+                clip_high: float = 0.2, dual_clip: float | None = None, agg: Aggregation = "token_mean",
+                ref_logp: Tensor | None = None, kl_type: KLType = "k3", kl_coef: float = 0.0,
+                max_len: int | None = None, is_weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """The clipped surrogate loss (plus an optional KL penalty), aggregated over masked tokens.
 
     ``logp``, ``old_logp``, ``ref_logp`` and ``mask`` are (B, T); ``advantages`` is (B,) or (B, T);
@@ -121,13 +110,8 @@ def policy_loss(
     >>> round(loss.item(), 4), m["clip_frac"]  # (−1.2 − 0.5) / 2; the first token is clipped at 1.2
     (-0.85, 0.5)
     """
-    _check_loss_args(logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, dual_clip, kl_coef, max_len)
-    if is_weights is not None and tuple(is_weights.shape) != tuple(logp.shape):
-        raise ValueError(f"is_weights must have logp's shape {tuple(logp.shape)}, got {tuple(is_weights.shape)}")
-    _check_choice("agg", agg, get_args(Aggregation))
-    _check_choice("kl_type", kl_type, get_args(KLType))
-    if agg == "seq_mean_token_sum_norm" and max_len is None:
-        raise ValueError("agg='seq_mean_token_sum_norm' needs max_len (the generation length limit)")
+    _check_loss_args(logp, old_logp, advantages, mask, ref_logp, is_weights, clip_low, clip_high, dual_clip, agg,
+                     kl_type, kl_coef, max_len)
     m = mask.detach().bool()  # (B, T)
     logp = torch.where(m, logp, 0.0)  # (B, T)
     old = torch.where(m, old_logp.detach(), 0.0)  # (B, T)
@@ -153,11 +137,16 @@ def policy_loss(
     per_token = pg + kl_coef * kl if kl_coef else pg  # (B, T)
     loss = _aggregate(per_token, m, agg, max_len)
 
-    with torch.no_grad():
-        token_stats = (kl, ratio, clipped, clipped & (adv < 0), clipped & (adv > 0), dual_capped)
-        stats = [loss.detach(), _aggregate(pg, m, agg, max_len), *(_masked_mean(x, m) for x in token_stats), m.sum()]
-        values = torch.stack([x.to(torch.float64) for x in stats]).tolist()  # one device sync for all
-    return loss, dict(zip(_METRICS, values, strict=True))
+    token_stats = (kl, ratio, clipped, clipped & (adv < 0), clipped & (adv > 0), dual_capped)
+    return loss, _loss_metrics(loss, _aggregate(pg.detach(), m, agg, max_len), token_stats, m)
+
+
+@torch.no_grad()
+def _loss_metrics(loss: Tensor, pg_loss: Tensor, token_stats: tuple[Tensor, ...], m: Tensor) -> dict[str, float]:
+    """policy_loss's metrics as python floats, named by _METRICS, read with one device sync."""
+    stats = [loss.detach(), pg_loss, *(_masked_mean(x.detach(), m) for x in token_stats), m.sum()]
+    values = torch.stack([x.to(torch.float64) for x in stats]).tolist()
+    return dict(zip(_METRICS, values, strict=True))
 
 
 def truncated_is_weights(learner_logp: Tensor, sampler_logp: Tensor, cap: float) -> Tensor:
@@ -222,22 +211,13 @@ def _check_advantage_args(rewards: Tensor, group_size: int, mode: str, eps: floa
         raise ValueError("rewards contain ±inf; use NaN for an unscorable sample")
 
 
-def _check_loss_args(
-    logp: Tensor,
-    old_logp: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    ref_logp: Tensor | None,
-    clip_low: float,
-    clip_high: float,
-    dual_clip: float | None,
-    kl_coef: float,
-    max_len: int | None,
-) -> None:
+def _check_loss_args(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, ref_logp: Tensor | None,
+                     is_weights: Tensor | None, clip_low: float, clip_high: float, dual_clip: float | None, agg: str,
+                     kl_type: str, kl_coef: float, max_len: int | None) -> None:
     if logp.dim() != 2 or not logp.is_floating_point():
         raise ValueError(f"logp must be a (B, T) float tensor, got {logp.dtype} of shape {tuple(logp.shape)}")
     shape = tuple(logp.shape)
-    for name, t in (("old_logp", old_logp), ("mask", mask), ("ref_logp", ref_logp)):
+    for name, t in (("old_logp", old_logp), ("mask", mask), ("ref_logp", ref_logp), ("is_weights", is_weights)):
         if t is not None and tuple(t.shape) != shape:
             raise ValueError(f"{name} must have logp's shape {shape}, got {tuple(t.shape)}")
     if tuple(advantages.shape) not in (shape[:1], shape):
@@ -252,3 +232,7 @@ def _check_loss_args(
         raise ValueError("kl_coef > 0 needs ref_logp")
     if max_len is not None and max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
+    _check_choice("agg", agg, get_args(Aggregation))
+    _check_choice("kl_type", kl_type, get_args(KLType))
+    if agg == "seq_mean_token_sum_norm" and max_len is None:
+        raise ValueError("agg='seq_mean_token_sum_norm' needs max_len (the generation length limit)")
