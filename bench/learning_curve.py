@@ -101,10 +101,12 @@ def run_stage(config: Path, run_dir: Path, overrides: list[str], t0: float) -> P
 
 def final_weights(stats: Path) -> Path:
     """The model directory of the last version a run published (its weights/vNNNNNN)."""
-    versions = sorted((stats.parent / "weights").glob("v[0-9]*"), key=lambda p: int(p.name[1:]))
-    if not versions:
+    from services.common.weights import newest_version
+
+    newest = newest_version(stats.parent / "weights")
+    if newest is None:
         raise click.ClickException(f"{stats.parent}: no published weights to continue from")
-    return versions[-1]
+    return newest[1]
 
 
 def join_stages(first: list[dict], second: list[dict]) -> list[dict]:

@@ -84,7 +84,9 @@ def run_videorl(steps: int, run_dir: Path) -> dict:
                  run_dir.parent / "videorl.log")
     summary = json.loads((run_dir / "summary.json").read_text())
     recs = summary["records"]
-    versions = sorted((run_dir / "weights").glob("v[0-9]*"), key=lambda p: int(p.name[1:]))
+    from services.common.weights import list_versions
+
+    versions = [p for _, p in list_versions(run_dir / "weights")]
     return {"system": "videorl", "wall_s": wall, "steps": len(recs),
             "generated": summary["counters"].get("completions_received", 0),
             "trained": sum(len(r["group_ids"]) for r in recs) * load([]).rollout.group_size,

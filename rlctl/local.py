@@ -5,8 +5,8 @@ actors -> learner; then watch until the learner finishes, and stop everything by
 on Ctrl-C or an error, so no process is left behind.
 
 While watching, a service whose process died (kill -9, out of memory) is replaced rather than ending the run,
-since nothing it held is lost (DESIGN.md invariant 4): a dead rollout actor by a new actor under a new id (its
-prompts are reclaimed by the others after rollout.reclaim_idle_s), up to rollout.max_restarts times; a dead
+since nothing it held is lost (invariant 4 in docs/architecture.md): a dead rollout actor by a new actor under a new
+id (its prompts are reclaimed by the others after rollout.reclaim_idle_s), up to rollout.max_restarts times; a dead
 reward service by a new one on the same port (the actors reconnect and resend what it had not acked), up to
 REWARD_RESTARTS times; a dead learner by a new one resumed from its last checkpoint (learner.checkpoint_every), up to
 learner.max_restarts times: the groups the dead one had taken are trained first, the ledger skips those it had
@@ -33,7 +33,7 @@ from rlctl.cluster import LOCAL_RAY_ENV, ClusterTarget  # noqa: F401 - importing
 from services.common.config import RunConfig
 from services.common.control import ControlPlane
 from services.common.redis_server import EmbeddedRedis, RedisKeeper
-from services.common.weights import manifest_for_dir
+from services.common.weights import manifest_for_dir, newest_version
 
 log = logging.getLogger("videorl.rlctl")
 REWARD_RESTARTS = 5
@@ -129,10 +129,9 @@ class LocalRun:
         run_dir = Path(self.cfg.run_dir)
         if checkpoint.latest(run_dir / "checkpoints") is None:
             raise FileNotFoundError(f"cannot resume: no checkpoint in {run_dir / 'checkpoints'}")
-        versions = sorted((p for p in (run_dir / "weights").glob("v[0-9]*") if p.name[1:].isdigit()),
-                          key=lambda p: int(p.name[1:]))
-        if versions and int(versions[-1].name[1:]) > (self.control.current_version() or -1):
-            self.control.publish_version(manifest_for_dir(versions[-1], version=int(versions[-1].name[1:])))
+        newest = newest_version(run_dir / "weights")
+        if newest and newest[0] > (self.control.current_version() or -1):
+            self.control.publish_version(manifest_for_dir(newest[1], version=newest[0]))
 
     def _start_reward(self, port: int | None = None) -> None:
         """Start the local reward service (on `port`, else reward.port: 0 picks a free one)."""

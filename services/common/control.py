@@ -15,6 +15,7 @@ Keys:
   counters                hash of run-wide counters (completions_received, groups_written, ...)
   learner:steps           list of the learner's step records (JSON), for status views
   ledger                  set of group ids the learner has trained on (a restarted learner skips them)
+  metrics                 hash: process name -> host:port of its Prometheus exporter (for `rlctl status`)
 
 Every client rides out a Redis restart (a pod rescheduled, the local server replaced after a crash): each command
 is retried on a lost connection, with backoff capped at 1 s, for up to `reconnect_s` (60 s by default), and then

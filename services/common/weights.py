@@ -1,20 +1,20 @@
 """The weight store: one directory of safetensors per policy version, and its manifest.
 
-Invariant kept here: a version's directory appears under its final name only when every file in it
-is fully written (write to `.tmp-*`, fsync, rename), and its manifest carries the sha256 of each file,
-so a reader that verifies the manifest never loads a half-written or tampered version.
+Invariant kept here: a version's directory appears under its final name only when every file in it is fully
+written (services/common/atomic.py: temp folder, fsync, rename, fsync of the parent), and its manifest carries the
+sha256 of each file, so a reader that verifies the manifest never loads a half-written or tampered version.
 Importable without torch: the learner hands in a writer callback that produces the files.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from services.common.atomic import atomic_dir
 
 
 @dataclass(frozen=True)
@@ -58,23 +58,29 @@ def version_dir(root: Path, version: int) -> Path:
     return Path(root) / f"v{version:06d}"
 
 
+def list_versions(root: Path) -> list[tuple[int, Path]]:
+    """The version folders under `root` (named as `version_dir` names them), oldest first; temp folders excluded."""
+    found = [(int(p.name[1:]), p) for p in Path(root).glob("v[0-9]*") if p.name[1:].isdigit() and p.is_dir()]
+    return sorted(found)
+
+
+def newest_version(root: Path) -> tuple[int, Path] | None:
+    """The newest version folder under `root`, or None when there is none."""
+    versions = list_versions(root)
+    return versions[-1] if versions else None
+
+
 def write_version(root: Path, version: int, step: int, write: Callable[[Path], None]) -> Manifest:
-    """Run `write(tmpdir)`, fsync and hash its files, then rename tmpdir to the version's final name."""
+    """Run `write(tmpdir)`, then hash its files and make it the version's folder (services/common/atomic.py)."""
     final = version_dir(root, version)
     if final.exists():
         raise FileExistsError(f"{final} already exists: versions are never overwritten")
-    tmp = Path(root) / f".tmp-v{version:06d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    for p in tmp.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
-    sha = hash_dir(tmp)
-    if not sha:
-        raise WeightIntegrityError(f"writer produced no .safetensors file in {tmp}")
-    size = sum(p.stat().st_size for p in tmp.iterdir())
-    os.rename(tmp, final)
+    with atomic_dir(final) as tmp:
+        write(tmp)
+        sha = hash_dir(tmp)
+        if not sha:
+            raise WeightIntegrityError(f"writer produced no .safetensors file in {tmp}")
+        size = sum(p.stat().st_size for p in tmp.iterdir())
     return Manifest(version=version, uri=str(final.resolve()), bytes=size, sha256=sha, step=step,
                     created_at=time.time())
 

@@ -17,9 +17,6 @@ Invariants this module keeps:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +24,8 @@ from typing import Any
 
 import av
 import numpy as np
+
+from services.common.atomic import atomic_dir
 
 MARKER = ".complete"
 FRAMES = 16
@@ -62,26 +61,21 @@ def build_once(out_dir: Path, params: dict[str, Any], build: Callable[[Path], No
     out_dir = Path(out_dir).resolve()
     if read_marker(out_dir) == params:
         return False
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private, but the result is shared with other processes and users
-    try:
+    # A concurrent builder with the same params may finish meanwhile: then its output stays (readers may already
+    # hold paths into it) and ours is dropped.
+    other_built: list[bool] = []
+
+    def built_meanwhile() -> bool:
+        other_built.append(read_marker(out_dir) == params)
+        return other_built[-1]
+
+    with atomic_dir(out_dir, replace=True, discard_if=built_meanwhile) as tmp:
+        tmp.chmod(0o755)  # mkdtemp makes it private, but the result is shared with other processes and users
         build(tmp)
         for path in tmp.rglob("*"):  # some writers (safetensors) create owner-only files; results are shared
             path.chmod(0o755 if path.is_dir() else 0o644)
         (tmp / MARKER).write_text(json.dumps(params, sort_keys=True))
-        # A concurrent builder with the same params may have finished meanwhile: keep its output, readers may
-        # already hold paths into it.
-        if read_marker(out_dir) == params:
-            shutil.rmtree(tmp)
-            return False
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return True
+    return not other_built[-1]
 
 
 def read_marker(out_dir: Path) -> dict[str, Any] | None:

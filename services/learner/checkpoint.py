@@ -5,7 +5,7 @@ step, policy version, the feeder's cursor and RNG, torch's RNG, the group ledger
 newest complete one.
 
 Invariant kept here: a checkpoint appears under its final name only when every file in it is written and
-fsynced (write to `.tmp-*`, rename), and `latest` is replaced atomically after that rename, so a crash at
+fsynced (services/common/atomic.py), and `latest` is replaced atomically after that rename, so a crash at
 any moment leaves `latest` pointing at a complete checkpoint (or absent).
 """
 
@@ -19,26 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from services.common.atomic import atomic_dir, fsync_dir
+
 LATEST = "latest"
 STATE = "learner_state.json"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-        elif p.is_dir():
-            _fsync_dir(p)
-    _fsync_dir(root)
 
 
 def save(root: Path, step: int, state: dict[str, Any], write_engine: Callable[[Path], None], keep: int = 2) -> Path:
@@ -47,21 +31,17 @@ def save(root: Path, step: int, state: dict[str, Any], write_engine: Callable[[P
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:06d}"
-    tmp, final = root / f".tmp-{name}-{os.getpid()}", root / name
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write_engine(tmp / "ds")
-    (tmp / STATE).write_text(json.dumps({"step": step, **state}))
-    _fsync_tree(tmp)
-    if final.exists():  # left by a run that crashed before moving `latest` to it: never current, safe to replace
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    final = root / name
+    # replace: a folder of this name was left by a run that crashed before moving `latest` to it: never current
+    with atomic_dir(final, replace=True) as tmp:
+        write_engine(tmp / "ds")
+        (tmp / STATE).write_text(json.dumps({"step": step, **state}))
     pointer = root / f".{LATEST}.tmp"
     pointer.write_text(name)
     with open(pointer, "rb") as f:
         os.fsync(f.fileno())
     os.replace(pointer, root / LATEST)
-    _fsync_dir(root)
+    fsync_dir(root)
     for old in sorted(root.glob("step-*"))[:-keep]:
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)

@@ -31,7 +31,7 @@ from services.common.dataset import Row
 from services.common.metrics import ControlPlaneCollector, check_name, exporter_address
 from services.common.metrics import serve as serve_metrics
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
-from services.common.weights import write_version
+from services.common.weights import list_versions, write_version
 from services.learner import checkpoint
 from services.learner.evaluation import EvalGroup, summarise_eval
 from services.learner.feeder import PromptFeeder
@@ -232,7 +232,7 @@ class LearnerDriver:
 
     def _publish(self, step: int) -> int:
         root = Path(self.cfg.run_dir) / "weights"
-        on_disk = max((int(p.name[1:]) for p in root.glob("v[0-9]*") if p.name[1:].isdigit()), default=0)
+        on_disk = max((v for v, _ in list_versions(root)), default=0)
         version = max(self.control.current_version() or 0, on_disk) + 1
         manifest = write_version(root, version, step, self.engine.save_weights)
         self.control.publish_version(manifest)
@@ -247,8 +247,8 @@ class LearnerDriver:
         actor still loading an older one holds at most the previous few (a swap takes well under a step)."""
         import shutil
 
-        for path in root.glob("v[0-9]*"):
-            if path.name[1:].isdigit() and int(path.name[1:]) <= newest - self.cfg.learner.keep_versions:
+        for version, path in list_versions(root):
+            if version <= newest - self.cfg.learner.keep_versions:
                 shutil.rmtree(path, ignore_errors=True)
 
     def _checkpoint(self, step: int) -> None:

@@ -1,5 +1,5 @@
 """Chaos on a real local run (embedded Redis, Ray, gRPC reward service, 2 vLLM actors, DeepSpeed learner): a service
-is killed with SIGKILL mid-run and the run must finish losing nothing (DESIGN.md invariant 4).
+is killed with SIGKILL mid-run and the run must finish losing nothing (invariant 4 of the design, docs/architecture.md).
 
 a. a rollout actor dies mid-generation: LocalRun replaces it, the prompts it held are reclaimed by the others after
    rollout.reclaim_idle_s and scored once;
