@@ -17,7 +17,6 @@ Writes bench/results/learning_curve.png and .md next to the printed table.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -32,21 +31,23 @@ OUT = ROOT / "bench" / "results"
 def eval_points(stats: Path, start: float | None = None) -> tuple[list[dict], float]:
     """One point per completed evaluation round: step, wall seconds since `start` (the command's start; else the
     first learner step), accuracy per task."""
-    recs = [json.loads(line) for line in stats.read_text().splitlines() if line.strip()]
+    from services.common.records import read_stats
+
+    recs = read_stats(stats)
     if not recs:
         raise click.ClickException(f"{stats}: no learner steps recorded")
     if start is None:
         started = stats.parent / "command_started"
-        start = float(started.read_text()) if started.exists() else recs[0]["time"]
+        start = float(started.read_text()) if started.exists() else recs[0].time
     points, seen = [], set()
     for r in recs:
-        ev = r.get("eval")
-        if not ev or ev["round"] in seen:
+        ev = r.eval
+        if not ev or ev.round in seen:
             continue
-        seen.add(ev["round"])
-        points.append({"round": ev["round"], "step": ev.get("fed_at_step", r["step"]), "seen_at_step": r["step"],
-                       "seconds": round(ev.get("done_at", r["time"]) - start, 1),
-                       "per_task": ev.get("per_task", {"all": ev["accuracy"]})})
+        seen.add(ev.round)
+        points.append({"round": ev.round, "step": r.step if ev.fed_at_step is None else ev.fed_at_step,
+                       "seen_at_step": r.step, "seconds": round((ev.done_at or r.time) - start, 1),
+                       "per_task": ev.per_task or {"all": ev.accuracy}})
     return points, start
 
 

@@ -43,8 +43,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import actor_overhead_bench as ao  # noqa: E402 - sets the process environment before anything loads torch or ray
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import actor_overhead_bench as ao  # noqa: E402 - sets the process environment before torch or ray load
 
 ROOT, OUT = ao.ROOT, ao.OUT
 JUDGE_SERVER = ROOT / "tests" / "integration" / "judge_server.py"
@@ -197,8 +197,8 @@ def learn_child(cfg_json: str, redis_url: str, model_dir: str) -> None:
     cfg = RunConfig.model_validate_json(cfg_json)
     # No rows: every group it trains on is in the stream already (see learner_alone).
     records = LearnerDriver(cfg, redis_url, Path(model_dir), [], []).run()
-    print("RECORDS " + json.dumps([{"step": r["step"], "time": r["time"], "groups": len(r["group_ids"]),
-                                    "seconds": r["seconds"]} for r in records]), flush=True)
+    print("RECORDS " + json.dumps([{"step": r.step, "time": r.time, "groups": len(r.group_ids),
+                                    "seconds": r.seconds} for r in records]), flush=True)
 
 
 def steady_rate(records: list[dict]) -> tuple[float, int, float]:
@@ -267,14 +267,15 @@ def full_loop(cfg, steps: int, work: Path, name: str, label: str) -> dict:
         run.stop_actors()
     finally:
         run.close()
-    records = [{**r, "groups": len(r["group_ids"])} for r in records]
+    staleness = max(r.staleness_max for r in records)
+    records = [{"step": r.step, "time": r.time, "groups": len(r.group_ids), "seconds": r.seconds} for r in records]
     rate, groups, wall = steady_rate(records)
     (t0, tok0, g0), (t1, tok1, g1) = marks["start"], end
     tokens = {a: tok1[a] - tok0.get(a, 0.0) for a in tok1}
     gen = ao.GenResult(f"actors in the full loop, learner on, {label} ({len(tokens)} actors)", len(tokens),
                        int(g1 - g0), int(sum(tokens.values())), t1 - t0, [v / (t1 - t0) for v in tokens.values()])
     return {"groups_per_s": rate, "groups": groups, "wall_s": wall, "gen": gen, "phases": phases(records),
-            "staleness": max(r["staleness_max"] for r in records)}
+            "staleness": staleness}
 
 
 # ------------------------------------------------------------------------------------------ reporting

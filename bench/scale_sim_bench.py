@@ -428,7 +428,7 @@ def _pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-def summarise(sc: Scenario, cfg, ideal: float, a: Snapshot, b: Snapshot, hosted: list[dict], steps: list[dict],
+def summarise(sc: Scenario, cfg, ideal: float, a: Snapshot, b: Snapshot, hosted: list[dict], steps: list,
               n_hosts: int, load_s: float) -> dict:
     wall = b.t - a.t
     k = cfg.rollout.group_size
@@ -439,10 +439,10 @@ def summarise(sc: Scenario, cfg, ideal: float, a: Snapshot, b: Snapshot, hosted:
     calls = {c: b.redis_calls.get(c, 0) - a.redis_calls.get(c, 0) for c in b.redis_calls}
     cores = {role: (b.cpu[role] - a.cpu[role]) / wall for role in b.cpu}
     host_max = max(v for r, v in cores.items() if r.startswith("host:"))
-    window_steps = [s for s in steps if a.t <= s["time"] < b.t]
+    window_steps = [s for s in steps if a.t <= s.time < b.t]
     phases = ("wait", "train", "publish")
-    step_total = sum(s["seconds"].get(p, 0) for s in window_steps for p in phases)
-    fed = sum(s["seconds"].get("prompts_fed", 0) for s in window_steps)
+    step_total = sum(s.seconds.get(p, 0) for s in window_steps for p in phases)
+    fed = sum(s.seconds.get("prompts_fed", 0) for s in window_steps)
     per = max(written, 1)
     rm = {m: b.reward.get(m, 0.0) - a.reward.get(m, 0.0) for m in REWARD_METRICS}
     return {
@@ -467,10 +467,10 @@ def summarise(sc: Scenario, cfg, ideal: float, a: Snapshot, b: Snapshot, hosted:
         "cpu_hosts": cores["actor hosts"], "cpu_host_max": host_max,
         "cpu_ours": sum(cores[r] for r in ("reward", "redis", "learner", "actor hosts")),
         "cpu_machine": (b.machine_busy - a.machine_busy) / wall, "ncpu": psutil.cpu_count() or 1,
-        "learner_wait": sum(s["seconds"].get("wait", 0) for s in window_steps) / step_total if step_total else math.nan,
+        "learner_wait": sum(s.seconds.get("wait", 0) for s in window_steps) / step_total if step_total else math.nan,
         "groups_per_step": cfg.learner.groups_per_step,
-        "feeder_share": sum(s["seconds"].get("top_up", 0) for s in window_steps) / step_total if step_total else 0.0,
-        "feeder_ms": sum(s["seconds"].get("top_up", 0) for s in window_steps) / max(fed, 1) * 1e3,
+        "feeder_share": sum(s.seconds.get("top_up", 0) for s in window_steps) / step_total if step_total else 0.0,
+        "feeder_ms": sum(s.seconds.get("top_up", 0) for s in window_steps) / max(fed, 1) * 1e3,
         "prompts_waiting": min(a.prompts_waiting, b.prompts_waiting),
     }
 

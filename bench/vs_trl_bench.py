@@ -82,15 +82,17 @@ def run_videorl(steps: int, run_dir: Path) -> dict:
     wall = timed([sys.executable, "-m", "rlctl.cli", "run", str(CONFIG), "--set", f"run_dir={run_dir}",
                   "--set", f"learner.steps={steps}", "--set", "learner.eval_every=0", "--set", "run_id=vs-trl"],
                  run_dir.parent / "videorl.log")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    recs = summary["records"]
+    from services.common.records import RunSummary
+
+    summary = RunSummary.model_validate_json((run_dir / "summary.json").read_text())
+    recs = summary.records
     from services.common.weights import list_versions
 
     versions = [p for _, p in list_versions(run_dir / "weights")]
     return {"system": "videorl", "wall_s": wall, "steps": len(recs),
-            "generated": summary["counters"].get("completions_received", 0),
-            "trained": sum(len(r["group_ids"]) for r in recs) * load([]).rollout.group_size,
-            "step_times": [r["time"] for r in recs], "rewards": [r["reward_mean"] for r in recs],
+            "generated": summary.counters.get("completions_received", 0),
+            "trained": sum(len(r.group_ids) for r in recs) * load([]).rollout.group_size,
+            "step_times": [r.time for r in recs], "rewards": [r.train.reward_mean for r in recs],
             "model": str(versions[-1])}
 
 

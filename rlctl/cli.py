@@ -26,7 +26,6 @@ def run(config: Path | None, overrides: tuple[str, ...], resume_dir: Path | None
     """Run training locally: embedded Redis (unless redis.url is set), Ray, the reward server, rollout
     actors and the learner, with a live progress view. CONFIG defaults to the shipped tiny-model run
     (rlctl/configs/default.yaml): a Qwen2-VL built locally, trained on synthetic videos."""
-    import json
     import time
 
     from rich.console import Console
@@ -51,24 +50,24 @@ def run(config: Path | None, overrides: tuple[str, ...], resume_dir: Path | None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: every process of the run was stopped[/]")
         sys.exit(130)
-    recs = summary["records"]
-    published = sorted({r["published"] for r in recs if r.get("published")})
+    recs = summary.records
+    published = sorted({r.published for r in recs if r.published})
     versions = (f"v{published[0]}-v{published[-1]} ({len(published)})" if len(published) > 3 else
                 ", ".join(f"v{v}" for v in published) or "none")
-    lags = [x for x in summary["swap_lag"] if x["seconds"] is not None]
-    console.print(f"done: {len(recs)} learner steps, published versions {versions}, {summary['seconds']:.0f}s; "
+    lags = [(x.seconds, x.steps or 0) for x in summary.swap_lag if x.seconds is not None]
+    console.print(f"done: {len(recs)} learner steps, published versions {versions}, {summary.seconds:.0f}s; "
                   f"stats in {cfg.run_dir}/stats.jsonl", soft_wrap=True)
     from rlctl.summary import actor_table, phase_table
 
-    console.print(phase_table(recs, summary["actors"], summary["reward_metrics"]))
-    console.print(actor_table(summary["actors"]))
+    console.print(phase_table(recs, summary.actors, summary.reward_metrics))
+    console.print(actor_table(summary.actors))
     if lags:
-        secs = [x["seconds"] for x in lags]
-        next_step = sum(1 for x in lags if x["steps"] == 0)
-        rest = "" if next_step == len(lags) else f", all within {max(x['steps'] for x in lags) + 1} steps"
+        secs = [s for s, _ in lags]
+        next_step = sum(1 for _, steps in lags if steps == 0)
+        rest = "" if next_step == len(lags) else f", all within {max(steps for _, steps in lags) + 1} steps"
         console.print(f"version pickup by the actors: {min(secs):.2f}-{max(secs):.2f}s after publication; "
                       f"{next_step}/{len(lags)} within the next learner step{rest}", soft_wrap=True)
-    (Path(cfg.run_dir) / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (Path(cfg.run_dir) / "summary.json").write_text(summary.model_dump_json(indent=1))
 
 
 @main.command("eval")
@@ -102,7 +101,7 @@ def eval_cmd(config: Path | None, model_dir: Path | None, overrides: tuple[str, 
         console.print("[yellow]interrupted: every process of the evaluation was stopped[/]")
         sys.exit(130)
     console.print(eval_table(summary))
-    console.print(f"overall accuracy {summary['accuracy']:.3f} of {summary['model']}; "
+    console.print(f"overall accuracy {summary.accuracy:.3f} of {summary.model}; "
                   f"written to {write_summary(summary, cfg.run_dir)}", soft_wrap=True)
 
 

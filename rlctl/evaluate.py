@@ -8,7 +8,6 @@ reward component exactly as the learner's periodic evaluation does -> stop every
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -18,13 +17,14 @@ from rich.table import Table
 from services.common.config import RunConfig
 from services.common.control import EVALS
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
+from services.common.records import EvalReport
 from services.learner.evaluation import EvalGroup, summarise_eval
 from services.learner.feeder import PromptFeeder
 
 CONSUMER = "rlctl-eval"
 
 
-def run_eval(cfg: RunConfig, console: Console, timeout_s: float = 1800.0) -> dict:
+def run_eval(cfg: RunConfig, console: Console, timeout_s: float = 1800.0) -> EvalReport:
     from rlctl.local import LocalRun
 
     run = LocalRun(cfg, console, learner=False)
@@ -47,27 +47,27 @@ def run_eval(cfg: RunConfig, console: Console, timeout_s: float = 1800.0) -> dic
                 for entry_id, payload in control.read_groups(EVALS, CONSUMER, 64, block_ms=500):
                     groups.append(EvalGroup.of(pb.ScoredGroup.FromString(payload)))
                     control.ack_group(EVALS, entry_id)
-        summary = {**summarise_eval(groups), "rows": n, "quarantined": quarantined,
-                   "model": str(run.assets.model_dir), "seconds": round(time.time() - t0, 1)}
+        summary = EvalReport(**summarise_eval(groups).model_dump(), rows=n, quarantined=quarantined,
+                             model=str(run.assets.model_dir), seconds=round(time.time() - t0, 1))
         run.stop_actors()
         return summary
     finally:
         run.close()
 
 
-def eval_table(summary: dict) -> Table:
-    comps = sorted({c for per in summary["components"].values() for c in per})
-    table = Table(title=f"held-out: {summary['groups']} rows scored, {summary['quarantined']} quarantined")
+def eval_table(summary: EvalReport) -> Table:
+    comps = sorted({c for per in summary.components.values() for c in per})
+    table = Table(title=f"held-out: {summary.groups} rows scored, {summary.quarantined} quarantined")
     for col in ("task", "accuracy", *comps):
         table.add_column(col, justify="left" if col == "task" else "right")
-    for task, acc in summary["per_task"].items():
-        per = summary["components"][task]
+    for task, acc in summary.per_task.items():
+        per = summary.components[task]
         table.add_row(task, f"{acc:.3f}", *(f"{per[c]:.3f}" if c in per else "" for c in comps))
     return table
 
 
-def write_summary(summary: dict, run_dir: Path) -> Path:
+def write_summary(summary: EvalReport, run_dir: Path) -> Path:
     path = Path(run_dir) / "eval.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=1))
+    path.write_text(summary.model_dump_json(indent=1))
     return path

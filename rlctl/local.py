@@ -32,6 +32,7 @@ from rlctl.assets import prepare_assets
 from rlctl.cluster import LOCAL_RAY_ENV, ClusterTarget  # noqa: F401 - importing rlctl.local sets Ray's environment
 from services.common.config import RunConfig
 from services.common.control import ControlPlane
+from services.common.records import ActorStats, RunSummary, StepRecord, SwapLag
 from services.common.redis_server import EmbeddedRedis, RedisKeeper
 from services.common.weights import manifest_for_dir, newest_version
 
@@ -68,7 +69,7 @@ class LocalRun:
         self.actors: dict[str, object] = {}            # live actors (not retiring)
         self.actor_runs: dict[str, object] = {}
         self.retiring: dict[str, object] = {}          # scaled down: asked to stop, finishing what they hold
-        self.retired: list[dict] = []                  # totals of actors that stopped after a scale-down
+        self.retired: list[ActorStats] = []                  # totals of actors that stopped after a scale-down
         self.started_at: dict[str, float] = {}         # monotonic time each actor was asked to start
         self.next_index = 0
         self.pids: dict[str, int] = {}                 # service -> pid of its Ray worker (for `rlctl logs`)
@@ -77,7 +78,7 @@ class LocalRun:
         self.reward_run = None                         # the reward service's wait(): fails when its process dies
         self.restarts = {"actors": 0, "reward": 0, "learner": 0}
         self.redis_keeper: RedisKeeper | None = None
-        self.learner_records: list[dict] = []          # steps recorded by learners that died (in Redis)
+        self.learner_records: list[StepRecord] = []          # steps recorded by learners that died (in Redis)
 
     def start(self) -> ControlPlane:
         cfg = self.cfg
@@ -202,7 +203,7 @@ class LocalRun:
         self.pids["learner"] = _pid(self.learner)   # before run(): the driver serves one call at a time
         self.learner_run = self.learner.run.remote()
 
-    def wait(self, on_tick=None, tick_s: float = 0.5) -> list[dict]:
+    def wait(self, on_tick=None, tick_s: float = 0.5) -> list[StepRecord]:
         """Block until the learner finishes; returns the step records of every learner of the run (those of one
         that died first), re-raises a learner's own error. `on_tick()` runs between polls."""
         import ray
@@ -279,7 +280,7 @@ class LocalRun:
             raise RuntimeError(f"the learner died ({why}) and was already restarted {lc.max_restarts} times "
                                "(learner.max_restarts)")
         self.learner_records = self.control.step_records()
-        last = self.learner_records[-1]["step"] if self.learner_records else 0
+        last = self.learner_records[-1].step if self.learner_records else 0
         log.warning("the learner died (%s) after step %d: a new one resumes from the last checkpoint", why, last)
         self.restarts["learner"] += 1
         self.control.incr("learner_restarted")
@@ -309,7 +310,7 @@ class LocalRun:
             time.sleep(0.1)
         return False
 
-    def stop_actors(self, timeout_s: float = 60.0) -> list[dict]:
+    def stop_actors(self, timeout_s: float = 60.0) -> list[ActorStats]:
         import ray
 
         for h in self.actors.values():
@@ -351,24 +352,24 @@ class LocalRun:
                 write_record(Path(self.cfg.run_dir), finished=time.time())
 
 
-def version_lag(control: ControlPlane, records: list[dict], actor_ids: list[str]) -> list[dict]:
+def version_lag(control: ControlPlane, records: list[StepRecord], actor_ids: list[str]) -> list[SwapLag]:
     """For each published version and actor: seconds from publication to the actor serving it, and in learner
     steps (0 = before the next step's record, 1 = before the one after, ...)."""
-    step_times = [r["time"] for r in records]
+    step_times = [r.time for r in records]
     out = []
     for rec in records:
-        v = rec.get("published")
+        v = rec.published
         if not v:
             continue
         published_at = control.manifest(v).created_at
         for a in actor_ids:
             loaded = control.swaps(a).get(v)
-            later = [t for t in step_times if t > rec["time"]]
+            later = [t for t in step_times if t > rec.time]
             if loaded is None:
-                out.append({"version": v, "actor": a, "seconds": None, "steps": None})
+                out.append(SwapLag(version=v, actor=a, seconds=None, steps=None))
                 continue
-            out.append({"version": v, "actor": a, "seconds": round(loaded - published_at, 3),
-                        "steps": sum(1 for t in later if t < loaded)})
+            out.append(SwapLag(version=v, actor=a, seconds=round(loaded - published_at, 3),
+                               steps=sum(1 for t in later if t < loaded)))
     return out
 
 
@@ -384,7 +385,7 @@ def _reward_metrics(control: ControlPlane) -> dict[str, float]:
         return {}
 
 
-def run_local(cfg: RunConfig, console: Console | None = None, resume: bool = False) -> dict:
+def run_local(cfg: RunConfig, console: Console | None = None, resume: bool = False) -> RunSummary:
     from rlctl.progress import Progress
 
     console = console or Console()
@@ -402,8 +403,8 @@ def run_local(cfg: RunConfig, console: Console | None = None, resume: bool = Fal
         swap_lag = version_lag(control, records, list(run.actors))
         reward_metrics = _reward_metrics(control)
         actor_stats = run.stop_actors()
-        return {"records": records, "actors": actor_stats, "counters": control.counters(),
-                "reward_metrics": reward_metrics,
-                "swap_lag": swap_lag, "seconds": time.time() - t0, "run_dir": str(cfg.run_dir)}
+        return RunSummary(records=records, actors=actor_stats, counters=control.counters(),
+                          reward_metrics=reward_metrics, swap_lag=swap_lag, seconds=time.time() - t0,
+                          run_dir=str(cfg.run_dir))
     finally:
         run.close()

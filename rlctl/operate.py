@@ -21,6 +21,8 @@ import click
 from rich.console import Console, Group
 from rich.table import Table
 
+from services.common.records import StepRecord, read_stats
+
 RECORD = "run.json"
 
 
@@ -96,21 +98,21 @@ def status_json(control) -> dict:
                         "host": a.fields.get("host"), "heartbeat": a.heartbeat} for a in control.actors()]}
 
 
-def _learner_line(records: list[dict]) -> str:
+def _learner_line(records: list[StepRecord]) -> str:
     last = records[-1]
     recent = records[-10:]
-    span = recent[-1]["time"] - recent[0]["time"] if len(recent) > 1 else 0.0
+    span = recent[-1].time - recent[0].time if len(recent) > 1 else 0.0
     rate = f"{(len(recent) - 1) / span:.2f} steps/s" if span > 0 else "-"
-    rewards = " ".join(f"{r['reward_mean']:.2f}" for r in records[-5:])
-    ev = next((r["eval"] for r in reversed(records) if r.get("eval")), None)
-    acc = f"  held-out {ev['accuracy']:.3f} (round {ev['round']})" if ev else ""
-    return (f"learner step {last['step']}  {rate}  staleness max {last['staleness_max']}  "
+    rewards = " ".join(f"{r.train.reward_mean:.2f}" for r in records[-5:])
+    ev = next((r.eval for r in reversed(records) if r.eval), None)
+    acc = f"  held-out {ev.accuracy:.3f} (round {ev.round})" if ev else ""
+    return (f"learner step {last.step}  {rate}  staleness max {last.staleness_max}  "
             f"recent rewards {rewards}{acc}")
 
 
 def finished_view(run_dir: Path, record: dict) -> Group:
     stats = run_dir / "stats.jsonl"
-    recs = [json.loads(x) for x in stats.read_text().splitlines() if x.strip()] if stats.exists() else []
+    recs = read_stats(stats) if stats.exists() else []
     state = "finished" if record.get("finished") else "not running (its process is gone)"
     lines = [f"run [cyan]{record['run_id']}[/] {state}; {len(recs)} learner steps in {stats}"]
     if recs:

@@ -13,19 +13,19 @@ from rich.table import Table
 
 from services.common.config import RunConfig
 from services.common.control import GROUPS, ControlPlane
+from services.common.records import StepRecord
 
 
-def step_line(rec: dict) -> str:
-    s = rec.get("seconds", {})
-    ev = rec.get("eval")
+def step_line(rec: StepRecord) -> str:
+    s, ev, m = rec.seconds, rec.eval, rec.train
     acc = ""
     if ev:
-        tasks = ev.get("per_task", {})
+        tasks = ev.per_task
         detail = " (" + ", ".join(f"{t} {a:.2f}" for t, a in tasks.items()) + ")" if len(tasks) > 1 else ""
-        acc = f" held-out {ev['accuracy']:.3f}{detail} [round {ev['round']} @v{max(ev['versions'])}]"
-    pub = f" -> published v{rec['published']}" if rec.get("published") else ""
-    return (f"step {rec['step']:>3}  v{rec['version']}  reward {rec['reward_mean']:.3f}  loss {rec['loss']:+.4f}  "
-            f"clip {rec.get('clip_frac', 0):.2f}  stale<={rec['staleness_max']}  wait {s.get('wait', 0):.2f}s  "
+        acc = f" held-out {ev.accuracy:.3f}{detail} [round {ev.round} @v{max(ev.versions)}]"
+    pub = f" -> published v{rec.published}" if rec.published else ""
+    return (f"step {rec.step:>3}  v{rec.version}  reward {m.reward_mean:.3f}  loss {m.loss:+.4f}  "
+            f"clip {m.clip_frac:.2f}  stale<={rec.staleness_max}  wait {s.get('wait', 0):.2f}s  "
             f"train {s.get('train', 0):.2f}s{acc}{pub}")
 
 
@@ -52,7 +52,7 @@ class Progress:
         for rec in self.control.step_records(self.seen):
             self.seen += 1
             self.console.print(step_line(rec), soft_wrap=True)
-            self.bar.update(self.task, completed=rec["step"])
+            self.bar.update(self.task, completed=rec.step)
         if self.live:
             self.live.update(Group(self.bar, self._table()))
 

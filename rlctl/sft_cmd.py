@@ -57,8 +57,8 @@ def sft(config: Path | None, overrides: tuple[str, ...], out_dir: Path | None) -
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: nothing was written[/]")
         sys.exit(130)
-    skipped = sum(summary["skipped_rows"].values())
-    console.print(f"done: {summary['steps']} steps on {summary['rows']} rows in {summary['seconds']:.0f}s, "
-                  f"loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f}, skipped rows {skipped} "
-                  f"{summary['skipped_rows'] or ''}", soft_wrap=True)
+    skipped = sum(summary.skipped_rows.values())
+    console.print(f"done: {summary.steps} steps on {summary.rows} rows in {summary.seconds:.0f}s, "
+                  f"loss {summary.loss_first:.4f} -> {summary.loss_last:.4f}, skipped rows {skipped} "
+                  f"{summary.skipped_rows or ''}", soft_wrap=True)
     console.print(f"model in {out}; start GRPO from it with: rlctl run CONFIG --set model.path={out}", soft_wrap=True)

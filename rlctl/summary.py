@@ -7,6 +7,8 @@ import urllib.request
 
 from rich.table import Table
 
+from services.common.records import ActorStats, StepRecord
+
 
 def scrape(address: str, names: tuple[str, ...]) -> dict[str, float]:
     """Read a few samples from a Prometheus text endpoint (sum over label sets)."""
@@ -22,18 +24,18 @@ def scrape(address: str, names: tuple[str, ...]) -> dict[str, float]:
     return out
 
 
-def phase_table(records: list[dict], actors: list[dict], reward_metrics: dict[str, float]) -> Table:
+def phase_table(records: list[StepRecord], actors: list[ActorStats], reward_metrics: dict[str, float]) -> Table:
     """Median seconds per phase. generate / score / swap are per group or per swap, measured where they happen."""
     t = Table(title="time per learner step, by phase (median over steps; s)", box=None)
     for col in ("phase", "seconds", "measured"):
         t.add_column(col)
 
     def med(key: str) -> float:
-        vals = [r["seconds"][key] for r in records[1:] if key in r["seconds"]] or [0.0]  # step 1 includes start-up
+        vals = [r.seconds[key] for r in records[1:] if key in r.seconds] or [0.0]  # step 1 includes start-up
         return statistics.median(vals)
 
-    gen = [a["gen_seconds"] / a["groups_sent"] for a in actors if a.get("groups_sent")]
-    swaps = [a["swap_seconds"] / a["swaps"] for a in actors if a.get("swaps")]
+    gen = [a.gen_seconds / a.groups_sent for a in actors if a.groups_sent]
+    swaps = [a.swap_seconds / a.swaps for a in actors if a.swaps]
     n_scored = reward_metrics.get("videorl_reward_score_seconds_count", 0)
     score = reward_metrics.get("videorl_reward_score_seconds_sum", 0) / n_scored if n_scored else 0.0
     t.add_row("generate", f"{statistics.mean(gen) if gen else 0:.3f}", "per group of K, in the actor")
@@ -41,18 +43,17 @@ def phase_table(records: list[dict], actors: list[dict], reward_metrics: dict[st
     t.add_row("wait", f"{med('wait'):.3f}", "learner waiting for groups")
     t.add_row("prepare", f"{med('prepare'):.3f}", "decode + processor, in the learner")
     t.add_row("train", f"{med('train'):.3f}", "forward + backward + step")
-    pub = [r["seconds"]["publish"] for r in records if "publish" in r["seconds"]]
+    pub = [r.seconds["publish"] for r in records if "publish" in r.seconds]
     t.add_row("publish", f"{statistics.median(pub) if pub else 0:.3f}", "write + fsync + hash + Redis bump")
     t.add_row("swap", f"{statistics.mean(swaps) if swaps else 0:.3f}", "actor paused per weight swap")
     return t
 
 
-def actor_table(actors: list[dict]) -> Table:
+def actor_table(actors: list[ActorStats]) -> Table:
     t = Table(title="rollout actors", box=None)
     for col in ("actor", "groups", "tokens", "tokens/s", "swaps", "final version"):
         t.add_column(col)
     for a in actors:
-        tps = a["tokens"] / a["busy_seconds"] if a.get("busy_seconds") else 0.0
-        t.add_row(a["actor_id"], str(a["groups_sent"]), str(a["tokens"]), f"{tps:.0f}", str(a["swaps"]),
-                  str(a["loaded_version"]))
+        t.add_row(a.actor_id, str(a.groups_sent), str(a.tokens), f"{a.tokens_per_s:.0f}", str(a.swaps),
+                  str(a.loaded_version))
     return t

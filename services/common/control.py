@@ -29,7 +29,6 @@ group is written at most once per prompt id (atomic check-and-add in a Lua scrip
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -40,6 +39,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from services.common.records import StepRecord
 from services.common.weights import Manifest
 
 PROMPTS, GROUPS, EVALS = "stream:prompts", "stream:groups", "stream:evals"
@@ -337,14 +337,14 @@ class ControlPlane:
     def exporters(self) -> dict[str, str]:
         return {k.decode(): v.decode() for k, v in self.r.hgetall(self.key("metrics")).items()}
 
-    def record_step(self, stats: dict) -> None:
+    def record_step(self, record: StepRecord) -> None:
         """Append a learner step record (list `learner:steps`) for status views."""
-        self.r.rpush(self.key("learner:steps"), json.dumps(stats))
+        self.r.rpush(self.key("learner:steps"), record.model_dump_json())
 
-    def step_records(self, start: int = 0) -> list[dict]:
+    def step_records(self, start: int = 0) -> list[StepRecord]:
         """The learner's step records; one pushed twice by a replayed RPUSH (a lost reply) is listed once."""
         raw = self.r.lrange(self.key("learner:steps"), start, -1)
-        return [json.loads(x) for i, x in enumerate(raw) if i == 0 or x != raw[i - 1]]
+        return [StepRecord.model_validate_json(x) for i, x in enumerate(raw) if i == 0 or x != raw[i - 1]]
 
     def close(self) -> None:
         self.r.close()

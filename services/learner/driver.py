@@ -15,7 +15,6 @@ Invariants kept here:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -31,6 +30,7 @@ from services.common.dataset import Row
 from services.common.metrics import ControlPlaneCollector, check_name, exporter_address
 from services.common.metrics import serve as serve_metrics
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
+from services.common.records import EvalSummary, StepRecord, TrainStats
 from services.common.weights import list_versions, write_version
 from services.learner import checkpoint
 from services.learner.evaluation import EvalGroup, summarise_eval
@@ -81,15 +81,15 @@ class LearnerMetrics:
         for reason in DROP_REASONS:  # 0 from the start: a clean run shows no drops, not "no data"
             self.dropped.labels(reason)
 
-    def step(self, m: dict[str, float]) -> None:
-        """The last step's training statistics (train_step's metrics)."""
+    def step(self, m: TrainStats) -> None:
+        """The last step's training statistics."""
         self.steps.inc()
-        self.loss.set(m["loss"])
-        self.reward.set(m["reward_mean"])
-        self.kl.set(m["kl_mean"])
-        self.clip.set(m["clip_frac"])
-        for stat in ("abs_mean", "std", "min", "max"):
-            self.advantage.labels(stat).set(m[f"adv_{stat}"])
+        self.loss.set(m.loss)
+        self.reward.set(m.reward_mean)
+        self.kl.set(m.kl_mean)
+        self.clip.set(m.clip_frac)
+        for stat, value in (("abs_mean", m.adv_abs_mean), ("std", m.adv_std), ("min", m.adv_min), ("max", m.adv_max)):
+            self.advantage.labels(stat).set(value)
 
 
 class LearnerDriver:
@@ -119,7 +119,7 @@ class LearnerDriver:
         self.timings[name] = dt = time.perf_counter() - t0
         self.metrics.phase.labels(name).observe(dt)
 
-    def run(self) -> list[dict]:
+    def run(self) -> list[StepRecord]:
         from transformers import AutoProcessor
 
         from services.learner.batch import BatchBuilder
@@ -133,7 +133,7 @@ class LearnerDriver:
         first = self._restore() + 1 if self.resume else 1
         self.version = self.control.current_version() or 0
         self.stats_path.parent.mkdir(parents=True, exist_ok=True)
-        records = []
+        records: list[StepRecord] = []
         if lc.eval_every and not self.resume:
             self._feed_eval(0)  # the starting point of the held-out curve
         for step in range(first, lc.steps + 1):
@@ -291,7 +291,7 @@ class LearnerDriver:
             self.eval_rounds[round_no].append(EvalGroup.of(g))
             self.control.ack_group(EVALS, entry_id)
 
-    def _eval_summary(self) -> dict | None:
+    def _eval_summary(self) -> EvalSummary | None:
         """The oldest evaluation round whose every held-out prompt is scored and that no record reported yet:
         accuracy per task (the mean of each task's first reward component, e.g. mcq) and the mean of every
         component per task. Oldest first, one per record, so a round that finishes late is still a point of the
@@ -303,25 +303,24 @@ class LearnerDriver:
         round_no = min(done)
         self.eval_reported.add(round_no)
         fed_step, fed_time = self.eval_fed.get(round_no, (None, None))
-        summary = {"round": round_no, **summarise_eval(self.eval_rounds[round_no]), "fed_at_step": fed_step,
-                   "fed_at": fed_time, "done_at": time.time()}
-        for task, acc in summary["per_task"].items():
+        summary = summarise_eval(self.eval_rounds[round_no]).model_copy(
+            update={"round": round_no, "fed_at_step": fed_step, "fed_at": fed_time, "done_at": time.time()})
+        for task, acc in summary.per_task.items():
             self.metrics.eval_accuracy.labels(task).set(acc)
-        log.info("held-out round %d (fed after step %s, versions %s): %s", round_no, fed_step, summary["versions"],
-                 summary["per_task"])
+        log.info("held-out round %d (fed after step %s, versions %s): %s", round_no, fed_step, summary.versions,
+                 summary.per_task)
         return summary
 
-    def _record(self, step: int, groups, m: dict, published: int | None) -> dict:
+    def _record(self, step: int, groups, m: TrainStats, published: int | None) -> StepRecord:
         versions = [g.policy_version for _, g in groups]
-        rec = {"step": step, "time": time.time(), "version": self.version, "published": published,
-               "group_ids": [g.group_id for _, g in groups],
-               "group_versions": versions, "staleness_max": self.version - min(versions),
-               "actor_versions": {a.actor_id: a.loaded_version for a in self.control.actors()},
-               "seconds": {k: round(v, 4) for k, v in self.timings.items()}, **{k: round(v, 5) for k, v in m.items()}}
-        if summary := self._eval_summary():
-            rec["eval"] = summary
+        rec = StepRecord(step=step, time=time.time(), version=self.version, published=published,
+                         group_ids=[g.group_id for _, g in groups], group_versions=versions,
+                         staleness_max=self.version - min(versions),
+                         actor_versions={a.actor_id: a.loaded_version for a in self.control.actors()},
+                         seconds={k: round(v, 4) for k, v in self.timings.items()}, train=m,
+                         eval=self._eval_summary())
         self.metrics.step(m)
         with open(self.stats_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+            f.write(rec.model_dump_json() + "\n")
         self.control.record_step(rec)
         return rec

@@ -30,6 +30,7 @@ import torch
 
 from services.common.config import LearnerConfig
 from services.common.processes import free_port
+from services.common.records import TrainStats
 from services.common.torch_ext import clear_stale_build_locks
 from services.learner.batch import Batch, completion_logp, pack_micro_batches
 from services.learner.grpo import compute_advantages, policy_loss, truncated_is_weights
@@ -158,7 +159,7 @@ class LearnerEngine:
         total = max(sum(counts), 1.0)
         return [c / total for c in counts]
 
-    def train_step(self, batch: Batch, group_size: int) -> dict[str, float]:
+    def train_step(self, batch: Batch, group_size: int) -> TrainStats:
         """`num_iterations` GRPO updates on a batch of whole groups; returns their metrics."""
         cfg, dev = self.cfg, self.device
         self.engine.train()
@@ -194,10 +195,10 @@ class LearnerEngine:
                     sums[k] += w * v / cfg.num_iterations
             self.engine.step()
         finite = batch.rewards[torch.isfinite(batch.rewards)]
-        return {"adv_abs_mean": float(adv.abs().mean()), "adv_std": float(adv.std(correction=0)),
-                "adv_min": float(adv.min()), "adv_max": float(adv.max()),
-                "reward_mean": float(finite.mean()) if finite.numel() else float("nan"),
-                "micro_batches": float(len(micro)), **sums}
+        return TrainStats(adv_abs_mean=float(adv.abs().mean()), adv_std=float(adv.std(correction=0)),
+                          adv_min=float(adv.min()), adv_max=float(adv.max()),
+                          reward_mean=float(finite.mean()) if finite.numel() else float("nan"),
+                          micro_batches=float(len(micro)), **sums)
 
     def _fixed_terms(self, mb: Batch, logp: torch.Tensor, sampler: torch.Tensor) -> _Fixed:
         """Old log-probs, reference log-probs and TIS weights of a micro-batch, from the first update's pass."""

@@ -7,9 +7,9 @@ import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
 
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
+from services.common.records import EvalSummary
 
 
 def _mean(values: list[float]) -> float:
@@ -36,14 +36,15 @@ class EvalGroup:
         return cls(str(extra.get("synth_task") or g.prompt.task), g.policy_version, first, comps)
 
 
-def summarise_eval(groups: list[EvalGroup]) -> dict[str, Any]:
+def summarise_eval(groups: list[EvalGroup]) -> EvalSummary:
     """Accuracy overall and per task (the mean of each task's first reward component, e.g. mcq), the mean of every
     component per task, and the versions that answered."""
     by_task: dict[str, list[EvalGroup]] = defaultdict(list)
     for g in groups:
         by_task[g.task].append(g)
-    return {"accuracy": round(_mean([g.accuracy for g in groups]), 4),
-            "per_task": {t: round(_mean([g.accuracy for g in gs]), 4) for t, gs in sorted(by_task.items())},
-            "components": {t: {c: round(_mean([g.components[c] for g in gs if c in g.components]), 4)
-                               for c in gs[0].components} for t, gs in sorted(by_task.items())},
-            "groups": len(groups), "versions": sorted({g.version for g in groups})}
+    return EvalSummary(
+        accuracy=round(_mean([g.accuracy for g in groups]), 4),
+        per_task={t: round(_mean([g.accuracy for g in gs]), 4) for t, gs in sorted(by_task.items())},
+        components={t: {c: round(_mean([g.components[c] for g in gs if c in g.components]), 4)
+                        for c in gs[0].components} for t, gs in sorted(by_task.items())},
+        groups=len(groups), versions=sorted({g.version for g in groups}))

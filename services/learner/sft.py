@@ -44,6 +44,7 @@ from services.common.config import MediaConfig, SFTConfig
 from services.common.dataset import DatasetError, Row, load_rows, rows_with_reverse
 from services.common.media import FrameCache, MediaError
 from services.common.prompts import chat_text
+from services.common.records import SFTSummary
 
 IGNORE = -100  # label of a position that carries no loss
 # Files of a model directory besides the weights and config that save_pretrained writes (as engine.py copies them).
@@ -179,7 +180,7 @@ def total_steps(cfg: SFTConfig, n_rows: int) -> int:
 
 
 def train_sft(cfg: SFTConfig, media: MediaConfig, model_dir: Path, data: list[Path], out_dir: Path,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True) -> SFTSummary:
     """Train the model in `model_dir` on `data` and write the result to `out_dir`; returns the summary."""
     out_dir = Path(out_dir).resolve()
     if (out_dir / "config.json").exists():
@@ -203,11 +204,11 @@ def train_sft(cfg: SFTConfig, media: MediaConfig, model_dir: Path, data: list[Pa
                 log.append(record)
                 window = []
             show(loss, sum(stream.skipped.values()), record)
-    summary = {"model_dir": str(model_dir), "data": [str(p) for p in data], "rows": len(rows),
-               "steps": trainer.steps, "batch_size": cfg.batch_size, "world_size": trainer.world,
-               "skipped_rows": dict(stream.skipped), "loss_first": log[0]["loss"], "loss_last": log[-1]["loss"],
-               "seconds": round(time.perf_counter() - start, 2), "out": str(out_dir),
-               "config": cfg.model_dump(mode="json")}
+    summary = SFTSummary(model_dir=str(model_dir), data=[str(p) for p in data], rows=len(rows),
+                         steps=trainer.steps, batch_size=cfg.batch_size, world_size=trainer.world,
+                         skipped_rows=dict(stream.skipped), loss_first=log[0]["loss"], loss_last=log[-1]["loss"],
+                         seconds=round(time.perf_counter() - start, 2), out=str(out_dir),
+                         config=cfg.model_dump(mode="json"))
     trainer.save(out_dir, summary, log)
     return summary
 
@@ -270,7 +271,7 @@ class _Trainer:
         self.engine.step()
         return loss_sum / total, total
 
-    def save(self, out_dir: Path, summary: dict[str, Any], log: list[dict[str, Any]]) -> None:
+    def save(self, out_dir: Path, summary: SFTSummary, log: list[dict[str, Any]]) -> None:
         """Every rank calls this (ZeRO-3 gathers collectively); rank 0 writes a temp dir and renames it into place."""
         tmp = out_dir.with_name(f".{out_dir.name}.partial")
         if self.rank == 0:
@@ -290,7 +291,7 @@ class _Trainer:
             for f in self.model_dir.glob(pattern):
                 if f.name not in _NOT_COPIED and not (tmp / f.name).exists():
                     shutil.copy2(f, tmp / f.name)
-        (tmp / "sft_info.json").write_text(json.dumps(summary, indent=1))
+        (tmp / "sft_info.json").write_text(summary.model_dump_json(indent=1))
         (tmp / "sft_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
         if out_dir.exists():  # an empty or half-written dir (a complete one was refused up front)
             shutil.rmtree(out_dir)

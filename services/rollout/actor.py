@@ -33,6 +33,7 @@ from services.common.metrics import check_name, exporter_address
 from services.common.metrics import serve as serve_metrics
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.prompts import chat_text
+from services.common.records import ActorStats
 from services.common.weights import WeightIntegrityError, verify
 from services.rollout.engine import Engine, EngineFactory, VLLMEngine
 from services.rollout.reward_link import RewardLink
@@ -86,10 +87,7 @@ class RolloutActor:
         self.loaded_version = -1
         self.link = RewardLink(cfg, reward_addr, self._on_ack)   # holds each sent group until it is acked
         self.refused: set[int] = set()       # versions whose files failed their hash check
-        # gen_seconds sums each group's own generation latency (groups in flight overlap); busy_seconds is wall time
-        # with at least one prompt in flight.
-        self.stats = {"tokens": 0, "gen_seconds": 0.0, "busy_seconds": 0.0, "groups_sent": 0, "swaps": 0,
-                      "swap_seconds": 0.0}
+        self.stats = ActorStats(actor_id=actor_id)
         self.retry: list[tuple[str, bytes]] = []    # prompts whose generation a swap aborted
         self._holding: set[str] = set()               # prompt entry ids taken and not acked yet
         self._orphans_checked = time.monotonic()
@@ -108,7 +106,7 @@ class RolloutActor:
         self.metrics.retry.set_function(lambda: len(self.retry))
 
     # -- lifecycle -------------------------------------------------------------------------------
-    async def run(self) -> dict:
+    async def run(self) -> ActorStats:
         """Serve until `stop()`; returns this actor's totals."""
         self.control.register_exporter(f"rollout:{self.actor_id}", exporter_address(serve_metrics(self.registry)))
         self.control.heartbeat(self.actor_id, self.loaded_version, "loading")
@@ -135,15 +133,15 @@ class RolloutActor:
                     running.discard(task)
                     task.result()   # a rollout's failure is the actor's
                 if busy:
-                    self.stats["busy_seconds"] += time.perf_counter() - t0
+                    self.stats.busy_seconds += time.perf_counter() - t0
             await self.link.close(link)
         finally:
             for task in [*background, *running]:
                 task.cancel()
             self.engine.shutdown()
             self.control.heartbeat(self.actor_id, self.loaded_version, "stopped", **self._rates())
-        return dict(self.stats, actor_id=self.actor_id, loaded_version=self.loaded_version,
-                    reconnects=self.link.reconnects, groups_resent=self.link.resent)
+        return self.stats.model_copy(update={"loaded_version": self.loaded_version, "reconnects": self.link.reconnects,
+                                             "groups_resent": self.link.resent})
 
     async def stop(self) -> None:
         self._stop.set()
@@ -184,8 +182,8 @@ class RolloutActor:
         if samples is None:
             self.retry.append((entry_id, payload))   # aborted by a swap: again, under the new version
             return
-        self.stats["gen_seconds"] += time.perf_counter() - t0
-        self.stats["tokens"] += sum(len(s.token_ids) for s in samples)
+        self.stats.gen_seconds += time.perf_counter() - t0
+        self.stats.tokens += sum(len(s.token_ids) for s in samples)
         self.metrics.generate.observe(time.perf_counter() - t0)
         self.metrics.tokens.inc(sum(len(s.token_ids) for s in samples))
         group_id = f"{prompt.prompt_id}/v{version}"
@@ -194,7 +192,7 @@ class RolloutActor:
             group_size=len(samples), policy_version=version, prompt_token_ids=s.prompt_token_ids,
             completion_token_ids=s.token_ids, logprobs=s.logprobs, text=s.text,
             finish_reason=s.finish_reason, actor_id=self.actor_id, prompt=prompt) for i, s in enumerate(samples)])
-        self.stats["groups_sent"] += 1
+        self.stats.groups_sent += 1
 
     async def _generate(self, prompt: pb.Prompt, frames) -> tuple[int, list | None]:
         """Sample K completions; returns (the version that produced them, samples or None if aborted)."""
@@ -287,8 +285,8 @@ class RolloutActor:
                 self._gate.notify_all()
         paused = time.perf_counter() - t0
         await asyncio.to_thread(self.control.record_swap, self.actor_id, current, time.time())
-        self.stats["swaps"] += 1
-        self.stats["swap_seconds"] += paused
+        self.stats.swaps += 1
+        self.stats.swap_seconds += paused
         self.metrics.swap.observe(paused)
         await asyncio.to_thread(self.control.heartbeat, self.actor_id, current, "running", last_swap_s=round(paused, 4),
                                 **self._rates())
@@ -302,6 +300,5 @@ class RolloutActor:
 
     def _rates(self) -> dict:
         s = self.stats
-        return {"tokens": s["tokens"], "groups_sent": s["groups_sent"], "swaps": s["swaps"],
-                "reconnects": self.link.reconnects, "groups_resent": self.link.resent,
-                "tokens_per_s": round(s["tokens"] / s["busy_seconds"], 1) if s["busy_seconds"] else 0.0}
+        return {"tokens": s.tokens, "groups_sent": s.groups_sent, "swaps": s.swaps, "reconnects": self.link.reconnects,
+                "groups_resent": self.link.resent, "tokens_per_s": s.tokens_per_s}

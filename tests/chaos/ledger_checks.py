@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from services.common.control import EVALS, GROUPS, LEARNER_GROUP, PROMPTS, ROLLOUT_GROUP, ControlPlane
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
+from services.common.records import StepRecord
 
 
 def _sid(entry_id: bytes | str) -> tuple[int, int]:
@@ -48,7 +49,7 @@ class Counts:
                 f"completions of groups cut short {self.cut_short}")
 
 
-def assert_exactly_once(control: ControlPlane, records: list[dict], unrecorded: int = 0,
+def assert_exactly_once(control: ControlPlane, records: list[StepRecord], unrecorded: int = 0,
                         replays: bool = False) -> Counts:
     """`unrecorded`: how many ledger entries may have no step record, for a learner killed between recording its
     groups as trained and writing the step's record (at most one step's groups: they are never trained again).
@@ -78,7 +79,7 @@ def assert_exactly_once(control: ControlPlane, records: list[dict], unrecorded: 
     assert cut_short >= (-k * c.get("groups_duplicate", 0) if replays else 0)
     # No group trained twice: the steps' groups are all distinct, they are the ledger, each a written train group.
     ledger = control.ledger()
-    trained = [gid for r in records for gid in r["group_ids"]]
+    trained = [gid for r in records for gid in r.group_ids]
     assert c.get("groups_trained_twice", 0) == 0 and len(trained) == len(set(trained))
     assert set(trained) <= ledger <= {g.group_id for g in groups if g.prompt.split == "train"}
     assert len(ledger - set(trained)) <= unrecorded, f"in the ledger, never in a step: {ledger - set(trained)}"

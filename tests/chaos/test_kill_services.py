@@ -27,6 +27,7 @@ from rich.console import Console
 from rlctl.local import LocalRun
 from rlctl.summary import scrape
 from services.common.config import load_config
+from services.common.records import StepRecord
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STEPS = 30
@@ -49,7 +50,7 @@ def _steps(control):
 class Outcome:
     """What a scenario's run left, read from Redis once the learner finished and every actor stopped."""
     run: LocalRun
-    records: list[dict]
+    records: list[StepRecord]
     counts: Counts
     groups: list
     counters: dict[str, int]
@@ -92,7 +93,7 @@ def test_kill_9_a_rollout_actor_mid_generation(tiny_assets, tmp_path):
     out = _run_with_fault(cfg, tick)
     run, records, counts, groups, counters = out.run, out.records, out.counts, out.groups, out.counters
     assert "killed" in state, "the run ended before rollout-0 was caught mid-generation"
-    assert [r["step"] for r in records] == list(range(1, STEPS + 1))      # the run finished
+    assert [r.step for r in records] == list(range(1, STEPS + 1))      # the run finished
     assert run.restarts == {"actors": 1, "reward": 0, "learner": 0} and counters["actors_restarted"] == 1
     by_prompt = {g.prompt_id: g for g in groups}
     held = state["held"]
@@ -122,7 +123,7 @@ def test_kill_9_the_reward_service_and_restart_it(tiny_assets, tmp_path):
                                                       out.actors)
 
     assert "killed" in state
-    assert [r["step"] for r in records] == list(range(1, STEPS + 1))      # the run finished
+    assert [r.step for r in records] == list(range(1, STEPS + 1))      # the run finished
     assert run.restarts == {"actors": 0, "reward": 1, "learner": 0} and counters["reward_restarted"] == 1
     assert run.pids["reward"] != state["old_pid"]
     # Both actors lived through it: they reconnected to the new service and both scored groups after the kill.
@@ -160,7 +161,7 @@ def test_kill_9_the_learner_and_resume_it_from_its_checkpoint(tiny_assets, tmp_p
     assert "killed" in state
     assert run.restarts == {"actors": 0, "reward": 0, "learner": 1} and counters["learner_restarted"] == 1
     assert run.pids["learner"] != state["old_pid"]
-    steps = [r["step"] for r in records]
+    steps = [r.step for r in records]
     first_resumed = len(run.learner_records)    # the dead learner's records come first
     resumed = steps[first_resumed:]
     # The new learner continued after the checkpoint (step 5 or 10), not from scratch, and finished the run.
@@ -199,14 +200,14 @@ def test_kill_9_redis_and_restart_it_on_its_persisted_data(tiny_assets, tmp_path
                                                       out.ledger)
 
     assert "killed" in state
-    assert [r["step"] for r in records] == list(range(1, STEPS + 1))      # the run finished
+    assert [r.step for r in records] == list(range(1, STEPS + 1))      # the run finished
     assert run.redis_keeper.restarts == 1 and counters["redis_restarted"] == 1
     assert run.restarts == {"actors": 0, "reward": 0, "learner": 0}    # every service rode it out
     assert out.redis_pid not in (None, state["pid"])
     # What was acknowledged before the crash is still there after it (append-only file, fsync always).
     assert counters["groups_written"] >= state["written"] and counters["prompts_fed"] >= state["fed"]
     assert state["ledger"] <= ledger
-    after = [r["published"] for r in records if r.get("published") and r["time"] > state["killed"]]
+    after = [r.published for r in records if r.published and r.time > state["killed"]]
     assert after and min(after) > state["version"], "a version published after the crash is not above the last one"
     # Both actors worked on after Redis came back.
     assert set(_scored_between(groups, state["killed"], float("inf"))) == {"rollout-0", "rollout-1"}

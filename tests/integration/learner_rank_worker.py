@@ -39,7 +39,7 @@ def main() -> None:
     engine = LearnerEngine(args.model, cfg, batch_size=len(batch))
     for _ in range(args.steps):
         m = engine.train_step(batch, k)
-        assert m["micro_batches"] == 2, m
+        assert m.micro_batches == 2, m
     engine.save_weights(args.out / "published")  # every rank calls it (ZeRO-3 gathers collectively); rank 0 writes
     save_file(engine.full_state_dict(), str(args.out / f"rank{rank}-engine.safetensors"))
     engine.engine.eval()

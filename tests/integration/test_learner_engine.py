@@ -30,9 +30,9 @@ def test_micro_batches_accumulate_to_the_whole_batch_update(assets, agg):
     model, batch = assets
     whole, [m1] = _train(model, batch, loss_agg=agg)
     packed, [m2] = _train(model, batch, loss_agg=agg, micro_batch_tokens=2 * max(batch.seq_lens()))
-    assert m1["micro_batches"] == 1 and m2["micro_batches"] == 4
-    assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-5)
-    assert m2["clip_frac"] == pytest.approx(m1["clip_frac"]) and m2["tokens"] == m1["tokens"]
+    assert m1.micro_batches == 1 and m2.micro_batches == 4
+    assert m2.loss == pytest.approx(m1.loss, rel=1e-5)
+    assert m2.clip_frac == pytest.approx(m1.clip_frac) and m2.tokens == m1.tokens
     # Adam's first step moves each weight by about lr = 1e-3 whatever its gradient's size, so a micro-batch whose
     # gradient went missing would show as ~1e-3 differences; summation order alone gives ~1e-6
     a, b = whole.full_state_dict(), packed.full_state_dict()
@@ -46,9 +46,9 @@ def test_freeze_vision_reference_kl_tis_and_iterations(assets, tmp_path):
     engine, metrics = _train(model, batch, steps=2, freeze_vision=True, kl_coef=0.1, kl_type="k3", num_iterations=2,
                              old_logp="learner", tis_cap=2.0, micro_batch_tokens=4 * max(batch.seq_lens()))
     assert engine.ref is not None and not any(p.requires_grad for p in engine.ref.parameters())
-    assert metrics[0]["kl_mean"] > 0  # the second update of the first batch already moved away from the reference
-    assert metrics[1]["kl_mean"] > 0 and metrics[1]["loss"] != metrics[1]["pg_loss"]  # the KL term is in the loss
-    assert 0 < metrics[0]["tis_weight_mean"] <= 2.0
+    assert metrics[0].kl_mean > 0  # the second update of the first batch already moved away from the reference
+    assert metrics[1].kl_mean > 0 and metrics[1].loss != metrics[1].pg_loss  # the KL term is in the loss
+    assert 0 < metrics[0].tis_weight_mean <= 2.0
     from transformers import Qwen2VLForConditionalGeneration
 
     start = Qwen2VLForConditionalGeneration.from_pretrained(str(model), dtype=torch.float32)

@@ -63,21 +63,21 @@ def test_kill_and_resume(control, redis_server, tmp_path, monkeypatch):
     with pytest.raises(Crash):
         _driver(cfg, redis_server, model, rows).run()
     records = control.step_records()
-    assert [r["step"] for r in records] == [1, 2, 3] and control.current_version() == 3
+    assert [r.step for r in records] == [1, 2, 3] and control.current_version() == 3
     assert checkpoint.load_state(checkpoint.latest(tmp_path / "run" / "checkpoints"))["step"] == 2
     pending = [pb.ScoredGroup.FromString(p).group_id for _, p in control.pending_groups(GROUPS, "learner-0", 100)]
     assert len(pending) == 2  # step 4's groups: taken, never trained, never acked
-    trained_before = [gid for r in records for gid in r["group_ids"]]
+    trained_before = [gid for r in records for gid in r.group_ids]
     [(_, first_group)] = control.r.xrange(control.key(GROUPS), count=1)
     control.r.xadd(control.key(GROUPS), first_group)  # an already-trained group delivered again
 
     monkeypatch.setattr(LearnerEngine, "train_step", real_step)
     second = _driver(cfg, redis_server, model, rows, resume=True)
     resumed = second.run()
-    assert [r["step"] for r in resumed] == [3, 4, 5, 6]  # continues after the checkpoint's step 2
-    assert [r["published"] for r in resumed] == [4, 5, 6, 7]  # above every version published before the crash
-    assert set(pending) <= set(resumed[0]["group_ids"])  # the dead learner's unfinished groups come first
-    trained = trained_before + [gid for r in resumed for gid in r["group_ids"]]
+    assert [r.step for r in resumed] == [3, 4, 5, 6]  # continues after the checkpoint's step 2
+    assert [r.published for r in resumed] == [4, 5, 6, 7]  # above every version published before the crash
+    assert set(pending) <= set(resumed[0].group_ids)  # the dead learner's unfinished groups come first
+    trained = trained_before + [gid for r in resumed for gid in r.group_ids]
     assert len(trained) == len(set(trained)) == len(control.ledger())  # no group trained twice
     counters = control.counters()
     assert "groups_trained_twice" not in counters and counters["groups_dropped:already_trained"] >= 1

@@ -60,9 +60,9 @@ def test_two_actors_full_loop(tiny_assets, tmp_path, monkeypatch):
     loopback = ("127.", "::ffff:127.", "::1")
     off_loopback = [a for a in seen["listening"] if not a[0].startswith(loopback)]
     assert not off_loopback, f"processes of the run listen beyond loopback: {off_loopback}"
-    recs = summary["records"]
-    assert [r["step"] for r in recs] == list(range(1, 7))
-    assert [r["published"] for r in recs if r["published"]] == [1, 2, 3]
+    recs = summary.records
+    assert [r.step for r in recs] == list(range(1, 7))
+    assert [r.published for r in recs if r.published] == [1, 2, 3]
     assert seen["version"] == 3
     k = cfg.rollout.group_size
     for g in seen["groups"] + seen["evals"]:
@@ -80,17 +80,17 @@ def test_two_actors_full_loop(tiny_assets, tmp_path, monkeypatch):
     # the learner recomputes the sampled tokens' log-probs as vLLM reported them: a misaligned batch
     # (off-by-one, wrong prompt tokens, missing M-RoPE types) would differ by nats, not hundredths. Only step 1 is
     # exact (both hold version 0); later steps also see the policy move since the sampling version.
-    diffs = [round(r["logp_diff_vs_behaviour"], 4) for r in recs]
+    diffs = [round(r.train.logp_diff_vs_behaviour, 4) for r in recs]
     assert diffs[0] < 0.01 and all(d < 1.0 for d in diffs), diffs
     # no group older than max_staleness was trained on
-    assert all(r["staleness_max"] <= cfg.learner.max_staleness for r in recs)
+    assert all(r.staleness_max <= cfg.learner.max_staleness for r in recs)
     # every actor reached the last version before being stopped
     assert {a.loaded_version for a in seen["actors"]} == {3}
     assert (Path(cfg.run_dir) / "stats.jsonl").read_text().count("\n") == 6
-    evals = [r["eval"] for r in recs if "eval" in r]
-    assert evals and evals[0]["round"] == 0 and evals[0]["fed_at_step"] == 0      # the curve starts before step 1
-    assert set(evals[0]["per_task"]) == {"direction"} and 0.0 <= evals[0]["accuracy"] <= 1.0
-    assert evals[0]["groups"] == 4
+    evals = [r.eval for r in recs if r.eval]
+    assert evals and evals[0].round == 0 and evals[0].fed_at_step == 0      # the curve starts before step 1
+    assert set(evals[0].per_task) == {"direction"} and 0.0 <= evals[0].accuracy <= 1.0
+    assert evals[0].groups == 4
 
 
 def test_rlctl_eval_scores_every_held_out_row_once_through_the_actors(tiny_assets, tmp_path):
@@ -98,6 +98,6 @@ def test_rlctl_eval_scores_every_held_out_row_once_through_the_actors(tiny_asset
 
     cfg = load_config(None, ["rollout.num_actors=1", f"run_dir={tmp_path / 'eval'}", "data.synth_eval=4"])
     summary = run_eval(cfg, Console(quiet=True), timeout_s=300)
-    assert summary["rows"] == summary["groups"] == 4 and summary["quarantined"] == 0
-    assert summary["versions"] == [0] and set(summary["per_task"]) == {"direction"}
-    assert set(summary["components"]["direction"]) == {"mcq", "answer_format"}
+    assert summary.rows == summary.groups == 4 and summary.quarantined == 0
+    assert summary.versions == [0] and set(summary.per_task) == {"direction"}
+    assert set(summary.components["direction"]) == {"mcq", "answer_format"}

@@ -19,26 +19,20 @@ uncapped row with the same 2,560 completions (80 streams x 8 groups) peaked 223 
 `pytest -s` prints the numbers asserted.
 """
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
+from bench import reward_load_bench as bench
 from services.common.control import GROUPS, ControlPlane
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 
 pytestmark = pytest.mark.integration
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "reward_load_bench.py"
 CAP = 64                      # completions: 16 groups of K=4, below what 4 flooding streams send
 NORMAL_STREAMS, GROUPS_PER_STREAM = 4, 16
 MIB = 1 << 20
 
 
-_spec = importlib.util.spec_from_file_location("reward_load_bench", BENCH)
-bench = sys.modules["reward_load_bench"] = importlib.util.module_from_spec(_spec)   # dataclasses look it up
-_spec.loader.exec_module(bench)
 
 
 @pytest.fixture(scope="module")

@@ -111,9 +111,9 @@ def test_every_prompt_is_scored_once_and_retired_actors_hold_nothing(scaled):
     ids = [g.prompt_id for g in scaled["groups"] + scaled["evals"]]
     assert len(ids) == len(set(ids))
     assert scaled["counters"].get("groups_duplicate", 0) == 0
-    assert {r["actor_id"] for r in scaled["retired"]} == {"rollout-1", "rollout-2"}
+    assert {r.actor_id for r in scaled["retired"]} == {"rollout-1", "rollout-2"}
     assert scaled["pending"].get("rollout-1", 0) == 0 and scaled["pending"].get("rollout-2", 0) == 0
-    assert all(r["groups_sent"] > 0 for r in scaled["retired"])
+    assert all(r.groups_sent > 0 for r in scaled["retired"])
 
 
 def test_throughput_rises_while_there_are_3_actors(scaled):

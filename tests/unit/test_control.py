@@ -7,6 +7,7 @@ import time
 
 import pytest
 import redis
+from step_records import step_record
 
 from services.common.control import EVALS, GROUPS, PROMPTS, ControlPlane
 from services.common.redis_server import EmbeddedRedis
@@ -197,7 +198,8 @@ def test_replayed_writes_change_nothing(control):
     again = control.r.xadd(control.key(GROUPS), {"group": b"g0"}).decode()
     control.read_groups(GROUPS, "learner-0", 1, None)
     assert control.mark_trained(GROUPS, [(again, "g0")]) == 0  # a group delivered again really is a repeat
-    control.record_step({"step": 1})
-    control.record_step({"step": 1})
-    control.record_step({"step": 2})
-    assert [r["step"] for r in control.step_records()] == [1, 2]
+    first = step_record(1)
+    control.record_step(first)
+    control.record_step(first)
+    control.record_step(step_record(2))
+    assert [r.step for r in control.step_records()] == [1, 2]

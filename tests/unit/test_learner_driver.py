@@ -121,9 +121,9 @@ def test_held_out_round_is_reported_once_per_task_with_its_first_component_as_ac
     _eval_group(control, 0, "r1", "mcq", [0.0, float("nan")], synth="order")  # NaN: unscorable, left out
     d._read_evals()
     s = d._eval_summary()
-    assert s["round"] == 0 and s["fed_at_step"] == 0 and s["versions"] == [3]
-    assert s["per_task"] == {"direction": 1.0, "order": 0.0} and s["accuracy"] == 0.5
-    assert s["components"]["order"] == {"mcq": 0.0, "answer_format": 1.0}
+    assert s.round == 0 and s.fed_at_step == 0 and s.versions == [3]
+    assert s.per_task == {"direction": 1.0, "order": 0.0} and s.accuracy == 0.5
+    assert s.components["order"] == {"mcq": 0.0, "answer_format": 1.0}
     assert d._eval_summary() is None                  # reported once
     # Two rounds that finish between two records are both reported, oldest first, one per record.
     for r in (1, 2):
@@ -131,7 +131,7 @@ def test_held_out_round_is_reported_once_per_task_with_its_first_component_as_ac
         _eval_group(control, r, "r0", "mcq", [1.0], synth="direction")
         _eval_group(control, r, "r1", "mcq", [1.0], synth="order")
     d._read_evals()
-    assert [d._eval_summary()["round"], d._eval_summary()["round"], d._eval_summary()] == [1, 2, None]
+    assert [d._eval_summary().round, d._eval_summary().round, d._eval_summary()] == [1, 2, None]
 
 
 def test_feeder_samples_by_difficulty_from_observed_pass_rates(control, redis_server, tmp_path):

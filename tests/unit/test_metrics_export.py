@@ -4,6 +4,7 @@
 import time
 
 from prometheus_client import CollectorRegistry
+from step_records import step_record
 
 from services.common.control import ControlPlane
 from services.common.metrics import ControlPlaneCollector, file_sd_targets
@@ -75,8 +76,10 @@ def test_learner_step_statistics_become_gauges():
     from services.learner.driver import LearnerMetrics
 
     registry = CollectorRegistry()
-    LearnerMetrics(registry).step({"loss": 0.5, "reward_mean": 0.25, "kl_mean": 0.01, "clip_frac": 0.125,
-                                   "adv_abs_mean": 0.8, "adv_std": 0.9, "adv_min": -1.5, "adv_max": 1.5})
+    stats = step_record(1, reward_mean=0.25).train.model_copy(
+        update={"loss": 0.5, "kl_mean": 0.01, "clip_frac": 0.125, "adv_abs_mean": 0.8, "adv_std": 0.9,
+                "adv_min": -1.5, "adv_max": 1.5})
+    LearnerMetrics(registry).step(stats)
     assert _value(registry, "videorl_learner_steps_total") == 1
     assert _value(registry, "videorl_learner_kl_value") == 0.01
     assert _value(registry, "videorl_learner_clip_fraction_ratio") == 0.125

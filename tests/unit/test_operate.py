@@ -1,10 +1,10 @@
 """rlctl status / scale / logs against run records, with a real Redis where a live run is needed."""
 
-import json
 import os
 import time
 
 from click.testing import CliRunner
+from step_records import step_record
 
 from rlctl.cli import main
 from rlctl.operate import find_run, is_live, service_logs, write_record
@@ -29,8 +29,7 @@ def test_a_dead_or_finished_run_is_reported_not_contacted(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     write_record(run, run_id="gone", redis_url="redis://127.0.0.1:1/0", pid=2**22 + 12345)   # no such pid
-    (run / "stats.jsonl").write_text(json.dumps({"step": 1, "time": 1.0, "reward_mean": 0.5, "staleness_max": 0})
-                                     + "\n")
+    (run / "stats.jsonl").write_text(step_record(1, reward_mean=0.5, time=1.0).model_dump_json() + "\n")
     r = CliRunner().invoke(main, ["status", str(run)])
     assert r.exit_code == 0 and "gone" in r.output and "1 learner steps" in r.output and "process is gone" in r.output
     r = CliRunner().invoke(main, ["scale", "rollout", "3", "--run", str(run)])
@@ -47,7 +46,7 @@ def test_scale_sets_the_desired_count_and_status_reads_the_live_run(tmp_path):
         control.ensure_streams()
         control.set_desired_actors(1)
         control.heartbeat("rollout-0", 3, "running", tokens_per_s=120.0, groups_sent=7)
-        control.record_step({"step": 4, "time": time.time(), "reward_mean": 0.25, "staleness_max": 1})
+        control.record_step(step_record(4, reward_mean=0.25, staleness_max=1))
         run = tmp_path / "run"
         run.mkdir()
         write_record(run, run_id="r1", redis_url=redis.url, pid=os.getpid(), heartbeat_s=2.0)

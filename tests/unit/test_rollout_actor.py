@@ -90,7 +90,7 @@ def test_actor_streams_groups_quarantines_bad_videos_and_swaps(control, redis_se
     assert sorted(g.prompt_id for g in groups) == ["p0", "p1", "p2", "p3"]      # the corrupt one is not there
     assert all(len(g.completions) == 3 and list(g.rewards) == pytest.approx([1.1] * 3) for g in groups)
     assert {g.policy_version for g in groups} <= {0, 1}
-    assert fake.loaded == [v1.uri] and stats["loaded_version"] == 1
+    assert fake.loaded == [v1.uri] and stats.loaded_version == 1
     c = control.counters()
     assert c["prompts_quarantined:corrupt"] == 1                              # counted with its reason
     assert control.prompts_queued() == 0                                      # every prompt acked, none lost

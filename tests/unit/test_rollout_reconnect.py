@@ -113,7 +113,7 @@ def test_actor_survives_a_reward_service_restart_and_scores_every_prompt_once(co
     ids = [pb.ScoredGroup.FromString(f[b"group"]).prompt_id for _, f in control.r.xrange(control.key(GROUPS))]
     assert sorted(ids) == sorted(f"p{i}" for i in range(12))      # each once: none lost, none written twice
     assert control.prompts_queued() == 0
-    assert stats["reconnects"] >= 1
+    assert stats.reconnects >= 1
     c = control.counters()
-    assert c["groups_written"] == stats["groups_sent"] == 12
-    assert c.get("groups_duplicate", 0) <= stats["groups_resent"]   # resent after the service had written them
+    assert c["groups_written"] == stats.groups_sent == 12
+    assert c.get("groups_duplicate", 0) <= stats.groups_resent   # resent after the service had written them

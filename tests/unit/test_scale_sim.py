@@ -2,8 +2,6 @@
 a real reward gRPC server: if either drifts from the actor's engine protocol, the scale simulation breaks here."""
 
 import asyncio
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +19,11 @@ from services.reward.scoring import Scorer
 from services.reward.server import start_server
 from services.rollout.actor import RolloutActor
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "scale_sim_bench.py"
-
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("scale_sim_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    from bench import scale_sim_bench
+
+    return scale_sim_bench
 
 
 def test_actor_builds_its_engine_with_the_factory_and_the_timed_engine_serves_it(control, redis_server, tmp_path):
@@ -65,7 +59,7 @@ def test_actor_builds_its_engine_with_the_factory_and_the_timed_engine_serves_it
     # one correct letter in K: mcq 1 + format 0.1 for it, format 0.1 for the others
     assert all(sorted(g.rewards) == pytest.approx([0.1, 0.1, 0.1, 1.1]) for g in groups)
     assert all(len(c.completion_token_ids) == 3 for g in groups for c in g.completions)
-    assert engine.loads == 1 and stats["loaded_version"] == 1 and control.prompts_queued() == 0
+    assert engine.loads == 1 and stats.loaded_version == 1 and control.prompts_queued() == 0
 
 
 def test_timed_engine_sleeps_its_cost_and_returns_none_when_aborted():
