@@ -18,9 +18,6 @@ On CPU it trains in fp32 over gloo (bf16 is 10-30x slower on CPUs without AMX) w
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -29,73 +26,13 @@ from pathlib import Path
 import torch
 
 from services.common.config import LearnerConfig
-from services.common.processes import free_port
 from services.common.records import TrainStats
-from services.common.torch_ext import clear_stale_build_locks
 from services.learner.batch import Batch, completion_logp, pack_micro_batches
+from services.learner.ds_model import TrainSpec, build_engine, full_state_dict, load_model, save_model_dir
 from services.learner.grpo import compute_advantages, policy_loss, truncated_is_weights
 
-# Files of a model directory that are not weights; each published version carries them so that it is
-# a complete model directory a fresh engine can load.
-_NON_WEIGHT_FILES = ("*.json", "*.jinja", "*.txt", "*.model")
 # policy_loss metrics that are means over tokens (the rest, loss and pg_loss, follow the batch's aggregation)
 _TOKEN_MEANS = ("kl_mean", "ratio_mean", "clip_frac", "clip_frac_low", "clip_frac_high", "dual_clip_frac")
-
-
-_OWN_GROUP = "VIDEORL_ONE_RANK_GROUP"  # set with the launcher variables when init_process_group wrote them itself
-
-
-def init_process_group() -> None:
-    """Join the launcher's process group (torchrun/deepspeed set RANK, WORLD_SIZE, ...), or make a one-rank group.
-
-    A one-rank group rendezvous through a file, not a TCPStore: the store's server would listen on every
-    interface whatever MASTER_ADDR says, and a local run keeps every socket on loopback.
-    """
-    import deepspeed
-
-    if torch.distributed.is_initialized():
-        return
-    clear_stale_build_locks()  # DeepSpeed compiles or loads its CPU comm op here; a stale lock would hang it
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    # A launcher's variables, not ones this function wrote earlier in this process (or in the parent a Ray worker
-    # inherited them from, as in a test session): those would send a one-rank group through a TCPStore on '::'.
-    if "WORLD_SIZE" in os.environ and os.environ.get(_OWN_GROUP) != "1":
-        deepspeed.init_distributed(dist_backend=backend)
-        return
-    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
-                 (_OWN_GROUP, "1")):
-        os.environ[k] = v
-    if backend == "gloo" and (loopback := _loopback_interface()):
-        # Gloo binds a listener for each group it creates at the address of the machine's hostname unless told an
-        # interface. One rank needs no network at all: keep it on loopback.
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
-    os.environ.setdefault("MASTER_PORT", str(free_port()))  # read by some DeepSpeed code paths; nothing binds it
-    rendezvous = Path(tempfile.mkdtemp(prefix="videorl-pg-")) / "store"
-    deepspeed.init_distributed(dist_backend=backend, init_method=f"file://{rendezvous}", rank=0, world_size=1)
-
-
-def _loopback_interface() -> str:
-    """The name of this machine's loopback interface ('lo' on Linux), or '' if there is none."""
-    import psutil
-
-    for name, addrs in psutil.net_if_addrs().items():
-        if any(a.address == "127.0.0.1" for a in addrs):
-            return name
-    return ""
-
-
-def _load_model(model_dir: Path):
-    from transformers import Qwen2VLForConditionalGeneration
-
-    return Qwen2VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32)
-
-
-def vision_parameters(model) -> list[torch.nn.Parameter]:
-    """The vision tower's parameters (Qwen2-VL keeps it under `model.visual`, or `visual` in older transformers)."""
-    tower = getattr(getattr(model, "model", model), "visual", None) or getattr(model, "visual", None)
-    if tower is None:
-        raise ValueError(f"{type(model).__name__} has no vision tower named `visual`")
-    return list(tower.parameters())
 
 
 @dataclass
@@ -111,34 +48,19 @@ class LearnerEngine:
     def __init__(self, model_dir: Path, cfg: LearnerConfig, batch_size: int, max_len: int | None = None):
         """`batch_size` is the nominal number of sequences per step (DeepSpeed's bookkeeping); `max_len` is the
         generation length bound, needed by loss_agg=seq_mean_token_sum_norm."""
-        import deepspeed
         from transformers.utils import logging as hf_logging
 
         if cfg.loss_agg == "seq_mean_token_sum_norm" and max_len is None:
             raise ValueError("loss_agg=seq_mean_token_sum_norm needs max_len (the rollout's max_new_tokens)")
         hf_logging.disable_progress_bar()  # the run's own progress view reports publishing
-        init_process_group()
         self.cfg, self.model_dir, self.max_len = cfg, Path(model_dir), max_len
-        model = _load_model(self.model_dir)
-        if cfg.freeze_vision:
-            for p in vision_parameters(model):
-                p.requires_grad_(False)
-        ds_config = {
-            "train_micro_batch_size_per_gpu": batch_size,
-            "gradient_accumulation_steps": 1,  # micro-batches are accumulated by hand: their number varies
-            "gradient_clipping": cfg.grad_clip,
-            "zero_optimization": {"stage": cfg.zero_stage},
-            "optimizer": {"type": "AdamW", "params": {"lr": cfg.lr, "weight_decay": 0.0, "torch_adam": True}},
-            "bf16": {"enabled": False},
-            "fp16": {"enabled": False},
-            "steps_per_print": 10**9,
-        }
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
+        self.engine, _ = build_engine(self.model_dir, TrainSpec(
+            micro_batch_size=batch_size, lr=cfg.lr, weight_decay=0.0, grad_clip=cfg.grad_clip,
+            zero_stage=cfg.zero_stage, freeze_vision=cfg.freeze_vision))
         self.device = self.engine.device
         self.ref = None  # the frozen reference for the KL term: not even loaded when kl_coef = 0
         if cfg.kl_coef > 0:
-            self.ref = _load_model(self.model_dir).to(self.device).eval().requires_grad_(False)
+            self.ref = load_model(self.model_dir).to(self.device).eval().requires_grad_(False)
 
     def _logp(self, model, mb: Batch) -> torch.Tensor:
         dev = self.device
@@ -227,13 +149,7 @@ class LearnerEngine:
     # -- publishing ------------------------------------------------------------------------------------
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Every weight, gathered across ranks (ZeRO-3 partitions them), as CPU tensors."""
-        module = self.engine.module
-        if self.cfg.zero_stage == 3:
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        return full_state_dict(self.engine, self.cfg.zero_stage)
 
     def save_weights(self, out_dir: Path) -> None:
         """Write a complete model directory (config, tokenizer, processor, safetensors) into out_dir.
@@ -241,16 +157,5 @@ class LearnerEngine:
         Every rank calls it (ZeRO-3 gathers the weights collectively); only rank 0 writes, as save_pretrained does.
         """
         t0 = time.perf_counter()
-        module = self.engine.module
-        if self.cfg.zero_stage == 3:
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                module.save_pretrained(str(out_dir), safe_serialization=True)
-        else:
-            module.save_pretrained(str(out_dir), safe_serialization=True)
-        for pattern in _NON_WEIGHT_FILES if self.engine.global_rank == 0 else ():
-            for f in self.model_dir.glob(pattern):
-                if not (out_dir / f.name).exists():
-                    shutil.copy2(f, out_dir / f.name)
+        save_model_dir(self.engine, self.cfg.zero_stage, self.model_dir, out_dir)
         self.save_seconds = time.perf_counter() - t0

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from services.common.atomic import fsync_dir, fsync_tree
 from services.common.config import MediaConfig, SFTConfig
 from services.common.dataset import DatasetError, Row, load_rows, rows_with_reverse
 from services.common.media import FrameCache, MediaError
@@ -48,8 +49,6 @@ from services.common.records import SFTSummary
 
 IGNORE = -100  # label of a position that carries no loss
 # Files of a model directory besides the weights and config that save_pretrained writes (as engine.py copies them).
-_NON_WEIGHT_FILES = ("*.json", "*.jinja", "*.txt", "*.model")
-_NOT_COPIED = {"build_info.json", "sft_info.json"}  # facts about the source dir, not about this one
 
 
 def response_text(row: Row) -> str:
@@ -217,36 +216,19 @@ class _Trainer:
     """The model under DeepSpeed (as LearnerEngine sets it up), one `step` per optimizer update."""
 
     def __init__(self, cfg: SFTConfig, model_dir: Path, steps: int):
-        import deepspeed
         from transformers import AutoProcessor
         from transformers.utils import logging as hf_logging
 
-        from services.learner.engine import _load_model, init_process_group, vision_parameters
+        from services.learner.ds_model import TrainSpec, build_engine
 
         hf_logging.disable_progress_bar()
-        init_process_group()
         self.cfg, self.model_dir, self.steps = cfg, model_dir, steps
         self.processor = AutoProcessor.from_pretrained(str(model_dir))
         self.pad_id = self.processor.tokenizer.pad_token_id or 0
         torch.manual_seed(cfg.seed)
-        model = _load_model(model_dir)
-        if cfg.freeze_vision:
-            for p in vision_parameters(model):
-                p.requires_grad_(False)
-        ds_config = {
-            "train_micro_batch_size_per_gpu": cfg.micro_batch_size or cfg.batch_size,
-            "gradient_accumulation_steps": 1,  # micro-batches are accumulated by hand, as in engine.py
-            "gradient_clipping": cfg.grad_clip,
-            "zero_optimization": {"stage": cfg.zero_stage},
-            "optimizer": {"type": "AdamW",
-                          "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "torch_adam": True}},
-            "bf16": {"enabled": False},
-            "fp16": {"enabled": False},
-            "steps_per_print": 10**9,
-        }
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        self.engine, self.optimizer, *_ = deepspeed.initialize(model=model, model_parameters=trainable,
-                                                               config=ds_config)
+        self.engine, self.optimizer = build_engine(model_dir, TrainSpec(
+            micro_batch_size=cfg.micro_batch_size or cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+            grad_clip=cfg.grad_clip, zero_stage=cfg.zero_stage, freeze_vision=cfg.freeze_vision))
         self.device = self.engine.device
         self.rank, self.world = self.engine.global_rank, self.engine.world_size
 
@@ -273,29 +255,22 @@ class _Trainer:
 
     def save(self, out_dir: Path, summary: SFTSummary, log: list[dict[str, Any]]) -> None:
         """Every rank calls this (ZeRO-3 gathers collectively); rank 0 writes a temp dir and renames it into place."""
-        tmp = out_dir.with_name(f".{out_dir.name}.partial")
+        from services.learner.ds_model import save_model_dir
+
+        tmp = out_dir.with_name(f".{out_dir.name}.partial")  # one name for every rank (only rank 0 writes)
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.parent.mkdir(parents=True, exist_ok=True)
-        module = self.engine.module
-        if self.cfg.zero_stage == 3:
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                module.save_pretrained(str(tmp), safe_serialization=True, is_main_process=self.rank == 0)
-        else:
-            module.save_pretrained(str(tmp), safe_serialization=True, is_main_process=self.rank == 0)
+        save_model_dir(self.engine, self.cfg.zero_stage, self.model_dir, tmp)
         if self.rank != 0:
             return
-        for pattern in _NON_WEIGHT_FILES:
-            for f in self.model_dir.glob(pattern):
-                if f.name not in _NOT_COPIED and not (tmp / f.name).exists():
-                    shutil.copy2(f, tmp / f.name)
         (tmp / "sft_info.json").write_text(summary.model_dump_json(indent=1))
         (tmp / "sft_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+        fsync_tree(tmp)
         if out_dir.exists():  # an empty or half-written dir (a complete one was refused up front)
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
+        fsync_dir(out_dir.parent)
 
 
 @contextmanager

@@ -7,7 +7,8 @@ import torch
 from learner_fakes import fake_batch, synth_rows, tiny_model
 
 from services.common.config import LearnerConfig
-from services.learner.engine import LearnerEngine, vision_parameters
+from services.learner.ds_model import vision_parameters
+from services.learner.engine import LearnerEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
