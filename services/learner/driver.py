@@ -243,12 +243,16 @@ class LearnerDriver:
         return version
 
     def _prune_versions(self, root: Path, newest: int) -> None:
-        """Delete versions older than the newest `keep_versions`: actors only ever load the current one, and an
-        actor still loading an older one holds at most the previous few (a swap takes well under a step)."""
+        """Delete versions older than the newest `keep_versions` that no live actor reports as loaded (invariant 6):
+        an actor that serves an old version (its swap failed, or it is slow) keeps its files until it moves on. Live:
+        not stopped, and a heartbeat within the last 5 periods (a dead actor's record would pin its version)."""
         import shutil
 
+        now, silent_s = time.time(), 5 * self.cfg.rollout.heartbeat_s
+        in_use = {a.loaded_version for a in self.control.actors()
+                  if a.state != "stopped" and now - a.heartbeat <= silent_s}
         for version, path in list_versions(root):
-            if version <= newest - self.cfg.learner.keep_versions:
+            if version <= newest - self.cfg.learner.keep_versions and version not in in_use:
                 shutil.rmtree(path, ignore_errors=True)
 
     def _checkpoint(self, step: int) -> None:

@@ -1,5 +1,7 @@
 """The learner driver's collection phase against a real Redis: staleness drops, acks, feeder bounds."""
 
+import time
+
 from services.common.config import RunConfig
 from services.common.control import GROUPS
 from services.common.dataset import Row
@@ -149,11 +151,18 @@ def test_feeder_samples_by_difficulty_from_observed_pass_rates(control, redis_se
     assert f.state()["pass_rate"] == {"r0": 1.0, "r1": 0.0, "r2": 0.25}
 
 
-def test_only_the_newest_keep_versions_weight_dirs_stay_on_disk(control, redis_server, tmp_path):
+def test_only_the_newest_keep_versions_and_those_live_actors_serve_stay_on_disk(control, redis_server, tmp_path):
     d = _driver(control, redis_server, tmp_path, keep_versions=4)
     root = tmp_path / "weights"
     for v in range(1, 7):
         (root / f"v{v:06d}").mkdir(parents=True)
     (root / "vnotes").mkdir()                         # not a version: left alone
+    control.heartbeat("slow", 1, "running")                 # a live actor still serving v1 keeps it on disk
+    control.heartbeat("gone", 2, "stopped")                 # a stopped one does not
+    control.heartbeat("dead", 2, "running")
+    control.r.hset(control.key("actor:dead"), "heartbeat", time.time() - 60)   # silent for a minute: dead
+    d._prune_versions(root, newest=6)
+    assert sorted(p.name for p in root.iterdir()) == ["v000001", "v000003", "v000004", "v000005", "v000006", "vnotes"]
+    control.heartbeat("slow", 6, "running")                 # it moved on: v1 goes at the next publication
     d._prune_versions(root, newest=6)
     assert sorted(p.name for p in root.iterdir()) == ["v000003", "v000004", "v000005", "v000006", "vnotes"]
