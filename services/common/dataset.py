@@ -12,17 +12,19 @@ Fields (all strings non-empty unless said otherwise):
   answer    required; a string (a JSON number is accepted and kept as its text)
   options   list of str, the bare option texts in letter order A, B, ... (default [])
   split     str (default "train")
-  extra     object, passed to rewards as is (default {})
+  extra     object, kept with the row (default {}); `extra.synth_task` names a synthetic task (per-task accuracy),
+            `extra.reverse_time` plays the video backwards; rewards see only the typed ground truth below
   reasoning str, optional: a worked chain of thought for the answer (CoT-SFT, services/learner/sft.py trains on
             `<think>{reasoning}</think><answer>{answer}</answer>`); non-empty when given, never seen by rewards
-Optional ground truth (top level; for backward compatibility also read from `extra` when absent at top level):
+Optional ground truth (top level; for backward compatibility also read from `extra` when absent at top level),
+checked by the rules of services/common/ground_truth.py, the same the rewards read their targets with:
   segment   [s, e] seconds, finite, 0 <= s <= e (<= duration when duration is given)
   segments  [[s, e], ...], each as `segment`
   duration  seconds > 0
   box       [x1, y1, x2, y2], finite, x1 <= x2, y1 <= y2 (pixel or normalised coordinates: rewards decide)
   boxes     [[x1, y1, x2, y2] or null, ...], one per frame, at least one box
-  graph     {"nodes": [{"id", "name", "pos": [x, y]}], "edges": [{"src", "dst", "rel"}]}: node ids (str or int)
-            unique, names str, pos 2 or 3 finite numbers (optional), every edge names declared ids, rel a str
+  graph     {"nodes": [{"id", "name", "pos": [x, y]}], "edges": [{"src", "dst", "rel"}], "keyframes": [...]}:
+            node ids (str or int) unique, names str, pos two finite numbers, every edge names declared ids, rel a str
   reference str, a reference answer for the LLM judge
   reverse   {"question": str, "answer": str, "options": [str] (optional, default: the row's options),
             "reasoning": str (optional)}: the ST-R1 reverse-time variant, expanded into its own row by
@@ -32,9 +34,8 @@ numeric needs an answer that parses as a finite float; temporal needs segment or
 bbox needs box or boxes. Scene-layout rows are mcq or open rows carrying a graph.
 
 Invariants: every error is a DatasetError naming the file, the line and the field
-("data.jsonl:12: field 'segment': ..."); a Row's ground truth reaches rewards through `Row.to_prompt`'s
-extra_json, under exactly the keys segment, segments, duration, box, boxes, graph, reference, num_options
-(mcq only), merged over the row's own `extra`.
+("data.jsonl:12: field 'segment': ..."); a Row's ground truth reaches the actors and rewards as the typed
+`Prompt.truth` (`Row.to_prompt`), checked here once.
 """
 
 from __future__ import annotations
@@ -45,8 +46,22 @@ import string
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
+from services.common.ground_truth import (
+    Box,
+    GroundTruth,
+    GroundTruthError,
+    SceneGraph,
+    Segment,
+    check_box,
+    check_boxes,
+    check_duration,
+    check_graph,
+    check_segment,
+    check_segments,
+    finite,
+)
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 
 TASKS = ("mcq", "numeric", "temporal", "bbox", "open", "route")
@@ -56,8 +71,6 @@ MAX_OPTIONS = len(LETTERS)
 REVERSE_SUFFIX = "-rev"
 _REQUIRED = ("id", "video", "task", "question", "answer")
 
-Segment = tuple[float, float]
-Box = tuple[float, float, float, float]
 
 
 class DatasetError(ValueError):
@@ -89,37 +102,26 @@ class Row:
     duration: float | None = None
     box: Box | None = None
     boxes: tuple[Box | None, ...] = ()
-    graph: dict | None = None
+    graph: SceneGraph | None = None
     reference: str = ""
     reverse: Reverse | None = None
     reasoning: str = ""  # "" = none (the JSON field is absent or null)
 
-    def ground_truth(self) -> dict[str, Any]:
-        """What rewards see in Sample.extra besides the row's own `extra`; absent fields are left out."""
-        gt: dict[str, Any] = {}
-        if self.segment is not None:
-            gt["segment"] = list(self.segment)
-        if self.segments:
-            gt["segments"] = [list(s) for s in self.segments]
-        if self.duration is not None:
-            gt["duration"] = self.duration
-        if self.box is not None:
-            gt["box"] = list(self.box)
-        if self.boxes:
-            gt["boxes"] = [None if b is None else list(b) for b in self.boxes]
-        if self.graph is not None:
-            gt["graph"] = self.graph
-        if self.reference:
-            gt["reference"] = self.reference
-        if self.task == "mcq" and self.options:
-            gt["num_options"] = len(self.options)
-        return gt
+    def ground_truth(self) -> GroundTruth:
+        """The row's ground truth as rewards and actors see it (`segments` wins over `segment` when both are given,
+        as the temporal rewards read them)."""
+        segments = self.segments or ((self.segment,) if self.segment is not None else ())
+        synth_task = self.extra.get("synth_task")
+        return GroundTruth(segments=segments, single_segment=not self.segments and self.segment is not None,
+                           duration=self.duration, box=self.box, boxes=self.boxes, graph=self.graph,
+                           reference=self.reference, num_options=len(self.options) if self.task == "mcq" else 0,
+                           reverse_time=self.extra.get("reverse_time") is True,
+                           synth_task=synth_task if isinstance(synth_task, str) else "")
 
     def to_prompt(self, prompt_id: str) -> pb.Prompt:
-        extra = {**self.extra, **self.ground_truth()}
         return pb.Prompt(prompt_id=prompt_id, sample_id=self.id, task=self.task, video_uri=self.video,
                          question=self.question, options=list(self.options), answer=self.answer, split=self.split,
-                         extra_json=json.dumps(extra) if extra else "")
+                         truth=self.ground_truth().to_proto())
 
 
 def rows_with_reverse(rows: Iterable[Row]) -> Iterator[Row]:
@@ -146,56 +148,6 @@ def _mirror(s: Segment, duration: float) -> Segment:
 
 
 # ---- parsing -----------------------------------------------------------------------------------------
-
-
-def _finite(v: object) -> TypeGuard[int | float]:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _segment(v: object, where: str, name: str) -> Segment:
-    if not (isinstance(v, list) and len(v) == 2 and all(_finite(x) for x in v)):
-        raise DatasetError(f"{where}: field {name!r} must be [start, end], two finite numbers of seconds")
-    s, e = float(v[0]), float(v[1])
-    if not 0 <= s <= e:
-        raise DatasetError(f"{where}: field {name!r} must have 0 <= start <= end, got [{s}, {e}]")
-    return s, e
-
-
-def _box(v: object, where: str, name: str) -> Box:
-    if not (isinstance(v, list) and len(v) == 4 and all(_finite(x) for x in v)):
-        raise DatasetError(f"{where}: field {name!r} must be [x1, y1, x2, y2], four finite numbers")
-    x1, y1, x2, y2 = (float(x) for x in v)
-    if x1 > x2 or y1 > y2:
-        raise DatasetError(f"{where}: field {name!r} must have x1 <= x2 and y1 <= y2, got {v}")
-    return x1, y1, x2, y2
-
-
-def _graph(v: object, where: str) -> dict:
-    if not isinstance(v, dict) or not isinstance(v.get("nodes"), list) or not isinstance(v.get("edges", []), list):
-        raise DatasetError(f"{where}: field 'graph' must be an object with lists 'nodes' and 'edges'")
-    ids: set = set()
-    for i, n in enumerate(v["nodes"]):
-        f = f"graph.nodes[{i}]"
-        if not isinstance(n, dict) or not isinstance(n.get("id"), (str, int)) or isinstance(n.get("id"), bool):
-            raise DatasetError(f"{where}: field {f!r} must be an object with an 'id' (string or integer)")
-        if n["id"] in ids:
-            raise DatasetError(f"{where}: field {f + '.id'!r}: duplicate node id {n['id']!r}")
-        ids.add(n["id"])
-        if "name" in n and not isinstance(n["name"], str):
-            raise DatasetError(f"{where}: field {f + '.name'!r} must be a string")
-        pos = n.get("pos")
-        if pos is not None and not (isinstance(pos, list) and len(pos) in (2, 3) and all(_finite(x) for x in pos)):
-            raise DatasetError(f"{where}: field {f + '.pos'!r} must be [x, y] or [x, y, z], finite numbers")
-    for i, e in enumerate(v.get("edges", [])):
-        f = f"graph.edges[{i}]"
-        if not isinstance(e, dict):
-            raise DatasetError(f"{where}: field {f!r} must be an object with 'src', 'dst', 'rel'")
-        for k in ("src", "dst"):
-            if k not in e or e[k] not in ids:
-                raise DatasetError(f"{where}: field {f + '.' + k!r}: {e.get(k)!r} is not a declared node id")
-        if not isinstance(e.get("rel"), str):
-            raise DatasetError(f"{where}: field {f + '.rel'!r} must be a string")
-    return v
 
 
 def _string(obj: dict, k: str, where: str, default: str = "") -> str:
@@ -231,7 +183,8 @@ def _check_letter(answer: str, options: tuple[str, ...], where: str, prefix: str
 
 
 def _ground_truth(obj: dict, extra: dict, where: str) -> dict[str, Any]:
-    """The optional ground-truth fields, typed; a key missing at top level is looked up in `extra`."""
+    """The optional ground-truth fields, typed (services/common/ground_truth.py's rules); a key missing at top level
+    is looked up in `extra`."""
     def get(k: str) -> tuple[object, str] | None:
         if k in obj:
             return obj[k], k
@@ -240,32 +193,25 @@ def _ground_truth(obj: dict, extra: dict, where: str) -> dict[str, Any]:
         return None
 
     gt: dict[str, Any] = {}
-    if (g := get("segment")) is not None:
-        gt["segment"] = _segment(g[0], where, g[1])
-    if (g := get("segments")) is not None:
-        if not isinstance(g[0], list) or not g[0]:
-            raise DatasetError(f"{where}: field {g[1]!r} must be a non-empty list of [start, end]")
-        gt["segments"] = tuple(_segment(s, where, f"{g[1]}[{i}]") for i, s in enumerate(g[0]))
-    if (g := get("duration")) is not None:
-        value, name = g
-        if not _finite(value) or value <= 0:
-            raise DatasetError(f"{where}: field {name!r} must be a finite number of seconds > 0")
-        gt["duration"] = float(value)
-        for s in ([gt["segment"]] if "segment" in gt else []) + list(gt.get("segments", ())):
-            if s[1] > gt["duration"]:
-                raise DatasetError(f"{where}: field 'segment(s)': end {s[1]} is past duration {gt['duration']}")
-    if (g := get("box")) is not None:
-        gt["box"] = _box(g[0], where, g[1])
-    if (g := get("boxes")) is not None:
-        if not isinstance(g[0], list) or not any(b is not None for b in g[0]):
-            raise DatasetError(f"{where}: field {g[1]!r} must be a list of boxes or nulls with at least one box")
-        gt["boxes"] = tuple(None if b is None else _box(b, where, f"{g[1]}[{i}]") for i, b in enumerate(g[0]))
-    if (g := get("graph")) is not None:
-        gt["graph"] = _graph(g[0], where)
-    if (g := get("reference")) is not None:
-        if not isinstance(g[0], str):
-            raise DatasetError(f"{where}: field {g[1]!r} must be a string")
-        gt["reference"] = g[0]
+    try:
+        if (g := get("duration")) is not None:
+            gt["duration"] = check_duration(*g)
+        if (g := get("segment")) is not None:
+            gt["segment"] = check_segment(g[0], g[1], gt.get("duration"))
+        if (g := get("segments")) is not None:
+            gt["segments"] = check_segments(g[0], g[1], gt.get("duration"))
+        if (g := get("box")) is not None:
+            gt["box"] = check_box(*g)
+        if (g := get("boxes")) is not None:
+            gt["boxes"] = check_boxes(*g)
+        if (g := get("graph")) is not None:
+            gt["graph"] = check_graph(*g)
+        if (g := get("reference")) is not None:
+            if not isinstance(g[0], str):
+                raise GroundTruthError(g[1], "must be a string")
+            gt["reference"] = g[0]
+    except GroundTruthError as e:
+        raise DatasetError(f"{where}: {e}") from None
     return gt
 
 
@@ -305,7 +251,7 @@ def parse_row(obj: object, where: str, base: Path) -> Row:
     if not isinstance(obj, dict):
         raise DatasetError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     obj = dict(obj)
-    if _finite(obj.get("answer")):
+    if finite(obj.get("answer")):
         obj["answer"] = str(obj["answer"])
     for k in _REQUIRED:
         if k not in obj:

@@ -20,7 +20,6 @@ or a folder of jpg/png/bmp/webp frames in natural name order, played at the conf
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import threading
 from collections import OrderedDict
@@ -70,11 +69,17 @@ class MediaConfigLike(Protocol):
     def max_pixels(self) -> int: ...
 
 
+class _TruthLike(Protocol):
+    reverse_time: bool
+
+
 class PromptLike(Protocol):
     """What FrameCache.get_for_prompt reads from a videorl.v1.Prompt."""
 
     video_uri: str
-    extra_json: str
+
+    @property
+    def truth(self) -> _TruthLike: ...
 
 
 class MediaError(Exception):
@@ -156,17 +161,6 @@ def _sample_forward(p: Path, media: MediaConfigLike, folder_fps: float | None) -
     total, video_fps, height, width = _probe_video(p, fmt)
     idx, size = _plan(p, total, video_fps, height, width, media)
     return _decode_video(p, fmt, idx, size)
-
-
-def reverse_time(extra_json: str) -> bool:
-    """Whether a Prompt's extra_json asks for the video to be played backwards ({"reverse_time": true})."""
-    if not extra_json:
-        return False
-    try:
-        extra = json.loads(extra_json)
-    except (json.JSONDecodeError, RecursionError):
-        return False  # malformed extras are the reward service's to report; frames are still well defined
-    return isinstance(extra, dict) and extra.get("reverse_time") is True
 
 
 def _plan(
@@ -371,8 +365,8 @@ class FrameCache:
             return len(self._items)
 
     def get_for_prompt(self, prompt: PromptLike, media: MediaConfigLike) -> np.ndarray:
-        """The frames for a videorl.v1.Prompt: its video_uri, backwards when its extra_json says reverse_time."""
-        return self.get_or_load(prompt.video_uri, media, reverse=reverse_time(prompt.extra_json))
+        """The frames for a videorl.v1.Prompt: its video_uri, backwards when its ground truth says reverse_time."""
+        return self.get_or_load(prompt.video_uri, media, reverse=prompt.truth.reverse_time)
 
     def get_or_load(self, path: str | Path, media: MediaConfigLike, *, reverse: bool = False) -> np.ndarray:
         frames = self._forward(path, media)

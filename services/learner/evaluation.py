@@ -3,7 +3,6 @@ the learner's driver (periodic evaluation in a run) and by `rlctl eval` (one pas
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -30,10 +29,9 @@ class EvalGroup:
 
     @classmethod
     def of(cls, g: pb.ScoredGroup) -> EvalGroup:
-        extra = json.loads(g.prompt.extra_json) if g.prompt.extra_json else {}
         comps = {c.name: _mean(list(c.values)) for c in g.components}
         first = next(iter(comps.values())) if comps else _mean(list(g.rewards))
-        return cls(str(extra.get("synth_task") or g.prompt.task), g.policy_version, first, comps)
+        return cls(g.prompt.truth.synth_task or g.prompt.task, g.policy_version, first, comps)
 
 
 def summarise_eval(groups: list[EvalGroup]) -> EvalSummary:

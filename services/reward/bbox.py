@@ -4,7 +4,8 @@ Invariants this module keeps (on top of those in ``registry``):
 
 - Boxes are ``[x1, y1, x2, y2]`` in continuous coordinates (pixels or normalised: the prediction must use
   the target's); a box with ``x2 < x1`` or ``y2 < y1`` is invalid. Targets live in ``sample.extra``:
-  ``"box"`` (one box) or ``"boxes"`` (one per frame, in frame order). Malformed targets raise ``ValueError``.
+  ``"box"`` (one box) or ``"boxes"`` (one per frame, in frame order; ``None`` = the object is not in that frame),
+  read by the ground-truth rules of services/common/ground_truth.py; a malformed target raises ``ValueError``.
 - A predicted box is four numbers inside brackets or parentheses separated by commas: "[10, 20, 110, 220]",
   "(10.5,20,110,220)"; numbers may carry a sign and a decimal part. With a ``box`` target the prediction is
   the first such group; when the answer has no bracketed group but exactly four stand-alone numbers
@@ -13,21 +14,19 @@ Invariants this module keeps (on top of those in ``registry``):
   i's box, a frame without one scores 0, groups beyond the last frame are ignored.
 - Tracking answers are long, so the answer region is read up to ``BOX_CHARS`` (64 KiB) with linear,
   non-backtracking patterns; a longer answer region is cut and scores 0 (its first frames are gone).
-- The value is the IoU (mean over frames for ``boxes``); an invalid or non-finite predicted box scores 0
-  for its frame. Two boxes of zero area have IoU 0.
+- The value is the IoU (for ``boxes``, the mean over the frames that hold the object; a predicted box for a
+  frame without it is ignored); an invalid or non-finite predicted box scores 0 for its frame. Two boxes of zero
+  area have IoU 0.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
-from typing import Any
 
+from services.common.ground_truth import Box, GroundTruthError, check_box, check_boxes
 from services.reward.registry import Sample, register
 from services.reward.text import answer_region
-
-Box = tuple[float, float, float, float]
 
 BOX_CHARS = 1 << 16
 
@@ -35,18 +34,6 @@ _NUM = r"\s*([-+]?(?:\d+(?:\.\d+)?|\.\d+))\s*"
 _GROUP = re.compile(r"[\[(]" + ",".join([_NUM] * 4) + r"[\])]")
 # A number not glued to a word on either side, so the "1" of "x1=10" is a name and "1e308" is not 1.
 _ANY_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+(?:\.\d+)?|\.\d+)(?!\.?\w)")
-
-
-def _box(values: Sequence[Any], what: str) -> Box:
-    if isinstance(values, str) or not isinstance(values, Sequence) or len(values) != 4:
-        raise ValueError(f"bbox target {what} must be [x1, y1, x2, y2], got {values!r}")
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise ValueError(f"bbox target {what} must hold finite numbers, got {values!r}")
-    x1, y1, x2, y2 = (float(v) for v in values)
-    if x2 < x1 or y2 < y1:
-        raise ValueError(f"bbox target {what} has x2 < x1 or y2 < y1: {values!r}")
-    return x1, y1, x2, y2
 
 
 def box_iou(a: Box, b: Box) -> float:
@@ -92,15 +79,16 @@ def bbox_iou_reward(completion: str, sample: Sample) -> float:
     >>> bbox_iou_reward("<answer>[[0, 0, 10, 10]]</answer>", t)  # the second frame is missing
     0.5
     """
-    if "boxes" in sample.extra:
-        listed = sample.extra["boxes"]
-        if isinstance(listed, str) or not isinstance(listed, Sequence) or not listed:
-            raise ValueError(f"bbox target 'boxes' must be a non-empty list of boxes, got {listed!r}")
-        targets = [_box(b, "boxes[]") for b in listed]
-    elif "box" in sample.extra:
-        targets = [_box(sample.extra["box"], "box")]
-    else:
+    if "boxes" not in sample.extra and "box" not in sample.extra:
         raise ValueError("bbox sample needs extra['box'] = [x1, y1, x2, y2] or extra['boxes'] = [[...], ...]")
+    targets: list[Box | None]
+    try:
+        if "boxes" in sample.extra:
+            targets = list(check_boxes(sample.extra["boxes"]))
+        else:
+            targets = [check_box(sample.extra["box"])]
+    except GroundTruthError as e:
+        raise ValueError(f"bbox target {e}") from None
     text, cut = answer_region(completion, BOX_CHARS)
     if cut:
         return 0.0
@@ -113,5 +101,5 @@ def bbox_iou_reward(completion: str, sample: Sample) -> float:
                 break
         if len(numbers) == 4:
             predicted = [(numbers[0], numbers[1], numbers[2], numbers[3])]
-    total = math.fsum(box_iou(p, t) for p, t in zip(predicted, targets, strict=False))
-    return total / len(targets)
+    total = math.fsum(box_iou(p, t) for p, t in zip(predicted, targets, strict=False) if t is not None)
+    return total / sum(t is not None for t in targets)

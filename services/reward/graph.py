@@ -7,7 +7,8 @@ Schema (the prediction and ``sample.extra["graph"]`` share it; unknown extra key
      "keyframes": [{"t": seconds, "nodes": [{"id": "n1", "pos": [x, y]}, ...]}, ...]}   # optional
 
 ``id`` is a string or an integer (compared as text) and unique, ``name``/``rel`` are strings, ``pos`` two
-finite numbers. A malformed ground truth raises ``ValueError``.
+finite numbers. The ground truth is read by the rules of services/common/ground_truth.py (edges and keyframes
+must be valid too); a malformed one raises ``ValueError``.
 
 Extraction: the text searched is the last ``<think>`` block (to ``</think>``, else to ``<answer>``, else to
 the end), or the whole completion when there is no ``<think>``, cut to its last ``GRAPH_CHARS``. The graph
@@ -60,6 +61,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from services.common.ground_truth import GroundTruthError, check_graph
 from services.reward.registry import Sample, register
 from services.reward.text import ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 
@@ -351,9 +353,10 @@ def graph_reward(completion: str, sample: Sample) -> float:
     >>> graph_reward("<think>{\\"nodes\\": [</think><answer>A</answer>", s)
     0.0
     """
-    gt = parse_graph(sample.extra.get("graph"))
-    if gt.edges is None or gt.keyframes is None:
-        raise ValueError("invalid graph: the ground truth's edges or keyframes break the schema")
+    try:  # the ground-truth rules, strict
+        gt = parse_graph(check_graph(sample.extra.get("graph")).as_json())
+    except GroundTruthError as e:
+        raise ValueError(f"invalid graph: {e}") from None
     raw = find_graph(completion)
     if raw is None:
         return 0.0

@@ -16,7 +16,6 @@ Invariants this module keeps:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -28,6 +27,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common.config import ConfigError, RewardComponentConfig, RewardConfig
+from services.common.ground_truth import GroundTruth, GroundTruthError
 from services.common.metrics import check_name
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.reward import catalogue
@@ -150,20 +150,18 @@ class Scorer:
         comps = self.components_for(prompt.task)
         per: dict[str, list[float]] = {}
         errors: list[str] = []
-        try:
-            extra = json.loads(prompt.extra_json) if prompt.extra_json else {}
-            if not isinstance(extra, dict):
-                raise ValueError(f"a JSON object is needed, got {type(extra).__name__}")
-        except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than the JSON parser goes
-            reason = str(e) if isinstance(e, ValueError) else "nested too deeply"
-            log.warning("prompt %s has unusable extra_json: %s", prompt.prompt_id, reason)
+        try:  # checked when the dataset was read; checked again here, against a foreign writer of the stream
+            truth = GroundTruth.from_proto(prompt.truth)
+        except GroundTruthError as e:
+            log.warning("prompt %s has unusable ground truth: %s", prompt.prompt_id, e)
             nan = [math.nan] * len(texts)
             for c in comps:
                 self.metrics.errors.labels(c.key).inc()
                 self.metrics.observe(c.key, nan, 0, 0.0)
             return GroupScore(list(nan), {c.key: list(nan) for c in comps}, {c.key: c.weight for c in comps},
-                              [f"extra_json: {reason}"])
-        sample = catalogue.Sample(task=prompt.task, answer=prompt.answer, options=tuple(prompt.options), extra=extra)
+                              [f"truth: {e}"])
+        sample = catalogue.Sample(task=prompt.task, answer=prompt.answer, options=tuple(prompt.options),
+                                  extra=truth.target())
         for comp in comps:
             t0 = time.perf_counter()
             per[comp.key], gated, error = await self._component(comp, per, sample, prompt.question, texts)

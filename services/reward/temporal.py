@@ -4,7 +4,8 @@ Invariants this module keeps (on top of those in ``registry``):
 
 - Targets live in ``sample.extra``: ``"segment": [s, e]`` (one ground-truth segment) or ``"segments":
   [[s, e], …]`` (several; their union is the target), in seconds, and ``"duration": T`` (seconds, > 0),
-  needed by the Time-R1 variant only. Malformed targets raise ``ValueError``.
+  needed by the Time-R1 variant only; read by the ground-truth rules of services/common/ground_truth.py
+  (0 <= s <= e). A malformed target raises ``ValueError``.
 - The prediction is read from the answer region (``text.answer_region``, at most ``TAIL_CHARS``). Times
   are unsigned decimals ("12.5", ".5") or clock times ("1:05" = 65 s, "1:02:03.5" = 3723.5 s); anything
   between them is ignored, so "[12.5, 20.3]", "12.5s - 20.3s" and "from 12.5 to 20.3 seconds" all read
@@ -22,13 +23,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
-from typing import Any
 
+from services.common.ground_truth import GroundTruthError, Segment, check_duration, check_segment, check_segments
 from services.reward.registry import Sample, register
 from services.reward.text import answer_region
-
-Segment = tuple[float, float]
 
 _TIME = re.compile(r"\d+(?::\d+){0,2}(?:\.\d+)?|\.\d+")
 
@@ -54,30 +52,15 @@ def read_times(text: str, limit: int | None = None) -> list[float]:
     return times
 
 
-def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"temporal target {what} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _segment(value: Any, what: str) -> Segment:
-    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
-        raise ValueError(f"temporal target {what} must be [start, end], got {value!r}")
-    start, end = _number(value[0], what), _number(value[1], what)
-    if end < start:
-        raise ValueError(f"temporal target {what} ends before it starts: {value!r}")
-    return start, end
-
-
 def _targets(sample: Sample) -> tuple[list[Segment], bool]:
     """The ground-truth segments, and whether the task lists several (``segments``) or one (``segment``)."""
-    if "segments" in sample.extra:
-        listed = sample.extra["segments"]
-        if not isinstance(listed, Sequence) or isinstance(listed, str) or not listed:
-            raise ValueError(f"temporal target 'segments' must be a non-empty list, got {listed!r}")
-        return [_segment(s, "segments[]") for s in listed], True
-    if "segment" in sample.extra:
-        return [_segment(sample.extra["segment"], "segment")], False
+    try:
+        if "segments" in sample.extra:
+            return list(check_segments(sample.extra["segments"])), True
+        if "segment" in sample.extra:
+            return [check_segment(sample.extra["segment"])], False
+    except GroundTruthError as e:
+        raise ValueError(f"temporal target {e}") from None
     raise ValueError("temporal sample needs extra['segment'] = [s, e] or extra['segments'] = [[s, e], ...]")
 
 
@@ -138,10 +121,10 @@ def temporal_iou_reward(completion: str, sample: Sample) -> float:
 
 
 def _duration(sample: Sample) -> float:
-    duration = _number(sample.extra.get("duration"), "duration")
-    if duration <= 0.0:
-        raise ValueError(f"temporal target duration must be > 0, got {duration!r}")
-    return duration
+    try:
+        return check_duration(sample.extra.get("duration"))
+    except GroundTruthError as e:
+        raise ValueError(f"temporal target {e}") from None
 
 
 @register("temporal_iou_time_r1")

@@ -230,7 +230,8 @@ BAD_ROWS: dict[str, BadRow] = {
                                 "field 'duration' must be a finite number of seconds > 0"),
     "box_inverted": BadRow(_row(id="box-inv", task="bbox", options=[], box=[9, 0, 1, 1]), "field 'box' must have x1"),
     "graph_edge_to_nowhere": BadRow(
-        _row(id="graph-x", graph={"nodes": [{"id": "a"}], "edges": [{"src": "a", "dst": "z", "rel": "near"}]}),
+        _row(id="graph-x", graph={"nodes": [{"id": "a", "name": "cube", "pos": [0, 0]}],
+                                  "edges": [{"src": "a", "dst": "z", "rel": "near"}]}),
         "field 'graph.edges[0].dst': 'z' is not a declared node id"),
     "duplicate_id": BadRow(_row(id="good-mcq"), "field 'id': duplicate id 'good-mcq'"),
 }
@@ -278,14 +279,25 @@ BAD_COMPLETIONS: dict[str, str] = {
 NOT_UTF8 = ("invalid_utf8_escaped", "lone_surrogates")
 
 
-# Prompt.extra_json carries a row's ground truth to the actor (reverse_time) and the reward service. The feeder
-# writes it from a checked row; these are what a buggy or foreign writer of the prompts stream could send.
-BAD_EXTRA_JSON: dict[str, str] = {
-    "not_json": '{"segment": [1, 2',
-    "a_list": '[{"reverse_time": true}]',
-    "a_string": '"reverse_time"',
-    "nested_100k": "[" * 100_000 + "]" * 100_000,
-}
+def bad_truths():
+    """Prompt.truth carries a row's ground truth to the actor (reverse_time) and the reward service. The feeder
+    writes it from a checked row; these break the rules, as a buggy or foreign writer of the stream could."""
+    from services.common.pb.videorl.v1 import rollout_pb2 as pb
+
+    node = pb.GraphNode(id="a", name="cube", pos=pb.Point(x=0, y=0))
+    return {
+        "inverted_segment": pb.GroundTruth(segments=[pb.Segment(start=5, end=2)], single_segment=True),
+        "segment_past_duration": pb.GroundTruth(segments=[pb.Segment(start=1, end=20)], duration=10),
+        "nan_duration": pb.GroundTruth(segments=[pb.Segment(start=1, end=2)], duration=float("nan")),
+        "inverted_box": pb.GroundTruth(box=pb.Box(x1=5, y1=0, x2=1, y2=1)),
+        "no_box_in_any_frame": pb.GroundTruth(boxes=[pb.FrameBox(), pb.FrameBox()]),
+        "undeclared_edge": pb.GroundTruth(graph=pb.SceneGraph(nodes=[node], edges=[pb.GraphEdge(src="a", dst="b")])),
+        "infinite_position": pb.GroundTruth(graph=pb.SceneGraph(nodes=[
+            pb.GraphNode(id="a", name="cube", pos=pb.Point(x=float("inf"), y=0))])),
+    }
+
+
+BAD_TRUTH = bad_truths()
 
 
 def reward_samples():

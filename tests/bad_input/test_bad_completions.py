@@ -12,7 +12,7 @@ import math
 
 import grpc
 import pytest
-from bad_corpus import BAD_COMPLETIONS, BAD_EXTRA_JSON, GOOD_COMPLETION, NOT_UTF8, reward_samples
+from bad_corpus import BAD_COMPLETIONS, BAD_TRUTH, GOOD_COMPLETION, NOT_UTF8, reward_samples
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
@@ -59,16 +59,16 @@ def test_the_scorer_scores_a_group_of_bad_completions_and_the_good_one_next_to_t
     assert score.components["mcq"][1 + list(BAD_COMPLETIONS).index("hostile_instructions")] == 0.0
 
 
-@pytest.mark.parametrize("name", sorted(BAD_EXTRA_JSON))
-def test_a_prompt_whose_extra_json_is_broken_is_unscorable_naming_it(name, caplog):
+@pytest.mark.parametrize("name", sorted(BAD_TRUTH))
+def test_a_prompt_whose_ground_truth_breaks_the_rules_is_unscorable_naming_it(name, caplog):
     prompt = pb.Prompt()
     prompt.CopyFrom(PROMPT)
-    prompt.extra_json = BAD_EXTRA_JSON[name]
+    prompt.truth.CopyFrom(BAD_TRUTH[name])
     with caplog.at_level(logging.WARNING, logger="videorl.reward"):
         score = asyncio.run(Scorer(CFG).score(prompt, [GOOD_COMPLETION, "B"]))
     assert all(math.isnan(t) for t in score.totals) and len(score.totals) == 2
-    assert len(score.errors) == 1 and score.errors[0].startswith("extra_json: ")
-    assert any(f"prompt {prompt.prompt_id} has unusable extra_json" in r.getMessage() for r in caplog.records)
+    assert len(score.errors) == 1 and score.errors[0].startswith("truth: field ")
+    assert any(f"prompt {prompt.prompt_id} has unusable ground truth" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.integration
@@ -87,10 +87,10 @@ def test_the_reward_server_writes_a_group_of_bad_completions_to_redis(control, s
                               text=t, actor_id="a0", prompt=prompt) for i, t in enumerate(texts)]
 
     broken = []
-    for name, extra_json in BAD_EXTRA_JSON.items():
-        broken += group(f"p-extra-{name}", [GOOD_COMPLETION, GOOD_COMPLETION])
+    for name, truth in BAD_TRUTH.items():
+        broken += group(f"p-truth-{name}", [GOOD_COMPLETION, GOOD_COMPLETION])
         for c in broken[-2:]:
-            c.prompt.extra_json = extra_json
+            c.prompt.truth.CopyFrom(truth)
 
     async def exchange():
         server, port = await start_server(control, Scorer(CFG), CollectorRegistry())
@@ -105,17 +105,17 @@ def test_the_reward_server_writes_a_group_of_bad_completions_to_redis(control, s
             await server.stop(1)
 
     acks = asyncio.run(exchange())
-    n = len(BAD_EXTRA_JSON)
+    n = len(BAD_TRUTH)
     assert [a.status for a in acks] == [pb.GroupAck.SCORED] * (n + 2)
     assert acks[0].rewards[0] == 1.5 and all(0.0 <= r <= 1.5 for r in acks[0].rewards)
     assert all(math.isnan(r) for a in acks[1:-1] for r in a.rewards)  # unscorable, never 0
     assert list(acks[-1].rewards) == [1.5, 0.0]
     stored = [pb.ScoredGroup.FromString(p) for _, p in control.read_groups(GROUPS, "l", 20, 100)]
-    assert [g.prompt_id for g in stored] == ["p-bad", *(f"p-extra-{k}" for k in BAD_EXTRA_JSON), "p-next"]
+    assert [g.prompt_id for g in stored] == ["p-bad", *(f"p-truth-{k}" for k in BAD_TRUTH), "p-next"]
     assert [c.text for c in stored[0].completions] == texts  # the megabyte and the NULs arrive intact
     summary(f"completions through the reward server + Redis: 1 group of {len(texts)} (1 good, {len(bad)} bad; "
             f"{len(NOT_UTF8)} non-UTF-8 ones cannot be sent over protobuf) scored and written once, the good one "
-            f"rewarded {acks[0].rewards[0]}; {n} groups whose prompt extra_json is broken written all-NaN; "
+            f"rewarded {acks[0].rewards[0]}; {n} groups whose ground truth breaks the rules written all-NaN; "
             "the next group on the stream scored normally")
 
 

@@ -13,7 +13,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from bad_corpus import BAD_EXTRA_JSON, BAD_VIDEOS, GOOD_VIDEOS
+from bad_corpus import BAD_TRUTH, BAD_VIDEOS, GOOD_VIDEOS
 
 from services.common.config import MediaConfig, RunConfig
 from services.common.control import PROMPTS, ROLLOUT_GROUP
@@ -43,13 +43,13 @@ def test_a_bad_video_is_a_media_error_naming_the_file(tmp_path, name):
     assert info.value.path == path and repr(path) in str(info.value)
 
 
-@pytest.mark.parametrize("name", sorted(BAD_EXTRA_JSON))
-def test_a_prompt_with_broken_extra_json_still_gets_its_frames_forwards(tmp_path, name):
+@pytest.mark.parametrize("name", sorted(BAD_TRUTH))
+def test_a_prompt_whose_ground_truth_breaks_the_rules_still_gets_its_frames_forwards(tmp_path, name):
     prompt = _prompt(0, _make(tmp_path, "good", GOOD_VIDEOS["good_mp4"]))
-    prompt.extra_json = BAD_EXTRA_JSON[name]
+    prompt.truth.CopyFrom(BAD_TRUTH[name])
     cache = FrameCache(16 << 20)
     frames = cache.get_for_prompt(prompt, MediaConfig())
-    prompt.extra_json = ""
+    prompt.ClearField("truth")
     assert np.array_equal(frames, cache.get_for_prompt(prompt, MediaConfig()))
 
 

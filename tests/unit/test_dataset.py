@@ -1,4 +1,4 @@
-"""services/common/dataset.py: the JSONL schema, its errors (file:line: field), ground truth into extra_json,
+"""services/common/dataset.py: the JSONL schema, its errors (file:line: field), typed ground truth on the wire,
 and reverse-time expansion."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from services.common.dataset import DatasetError, Reverse, Row, load_rows, parse_row, rows_with_reverse
+from services.common.ground_truth import GroundTruth
+from services.common.pb.videorl.v1 import rollout_pb2 as pb
 
 BASE = {"id": "a", "video": "v.mp4", "task": "mcq", "question": "Which way?", "options": ["left", "right"],
         "answer": "B"}
@@ -32,9 +34,14 @@ def fails(tmp_path: Path, pattern: str, line: int = 1, **fields) -> None:
         load_rows(write(tmp_path, *rows))
 
 
+def truth_of(row: Row) -> GroundTruth:
+    """The row's ground truth as an actor and the reward service read it from the wire."""
+    return GroundTruth.from_proto(row.to_prompt("p1").truth)
+
+
 def extra_of(row: Row) -> dict:
-    p = row.to_prompt("p1")
-    return json.loads(p.extra_json) if p.extra_json else {}
+    """What rewards see of the row: its ground truth after the wire (Prompt.truth), as Sample.extra."""
+    return GroundTruth.from_proto(row.to_prompt("p1").truth).target()
 
 
 # ---- backward compatibility -------------------------------------------------------------------------
@@ -44,10 +51,10 @@ def test_existing_rows_and_constructors_still_work(tmp_path):
     row = one(tmp_path, split="eval", extra={"k": 1})
     assert (row.id, row.task, row.options, row.answer, row.split) == ("a", "mcq", ("left", "right"), "B", "eval")
     assert row.video == str(tmp_path / "v.mp4")  # relative to the JSONL's folder
-    assert extra_of(row) == {"k": 1, "num_options": 2}
+    assert extra_of(row) == {"num_options": 2} and row.extra == {"k": 1}  # the row keeps its own extra
     positional = Row("r", "/v.mp4", "mcq", "q", "A", ("x", "y"))  # as tests/unit/test_learner_driver.py builds it
     assert positional.segment is None and positional.reverse is None and extra_of(positional) == {"num_options": 2}
-    assert Row("r", "/v.mp4", "open", "q", "a").to_prompt("p").extra_json == ""
+    assert Row("r", "/v.mp4", "open", "q", "a").to_prompt("p").truth == pb.GroundTruth()
 
 
 def test_answer_given_as_number_is_kept_as_text(tmp_path):
@@ -104,18 +111,26 @@ def test_field_errors(tmp_path, fields, pattern):
     fails(tmp_path, pattern, line=2, **fields)
 
 
+NODE = {"id": "a", "name": "red cube", "pos": [0, 0]}
+
+
 @pytest.mark.parametrize(
     "graph, pattern",
     [
         ([], "field 'graph' must be an object"),
         ({"edges": []}, "field 'graph' must be an object"),
-        ({"nodes": [{"name": "a"}]}, r"field 'graph.nodes\[0\]' must be an object with an 'id'"),
-        ({"nodes": [{"id": 1}, {"id": 1}]}, r"field 'graph.nodes\[1\].id': duplicate node id 1"),
-        ({"nodes": [{"id": "a", "pos": [0]}]}, r"graph.nodes\[0\].pos"),
-        ({"nodes": [{"id": "a", "name": 5}]}, r"graph.nodes\[0\].name"),
-        ({"nodes": [{"id": "a"}], "edges": [{"src": "a", "dst": "b", "rel": "left_of"}]},
+        ({"nodes": []}, r"field 'graph.nodes' must hold 1 to 64 nodes"),
+        ({"nodes": [{"name": "a", "pos": [0, 0]}]}, r"field 'graph.nodes\[0\].id' must be a string or an integer"),
+        ({"nodes": [NODE | {"id": 1}, NODE | {"id": 1}]}, r"field 'graph.nodes\[1\].id': duplicate node id '1'"),
+        ({"nodes": [NODE | {"pos": [0]}]}, r"graph.nodes\[0\].pos"),
+        ({"nodes": [{"id": "a", "name": "cube"}]}, r"field 'graph.nodes\[0\].pos' must be \[x, y\]"),  # the reward
+        ({"nodes": [NODE | {"name": 5}]}, r"graph.nodes\[0\].name"),                            # needs both
+        ({"nodes": [{"id": "a", "pos": [0, 0]}]}, r"field 'graph.nodes\[0\].name' must be a string"),
+        ({"nodes": [NODE], "edges": [{"src": "a", "dst": "b", "rel": "left_of"}]},
          r"field 'graph.edges\[0\].dst': 'b' is not a declared node id"),
-        ({"nodes": [{"id": "a"}], "edges": [{"src": "a", "dst": "a"}]}, r"graph.edges\[0\].rel"),
+        ({"nodes": [NODE], "edges": [{"src": "a", "dst": "a"}]}, r"graph.edges\[0\].rel"),
+        ({"nodes": [NODE], "keyframes": [{"t": 1, "nodes": [{"id": "z", "pos": [0, 0]}]}]},
+         r"graph.keyframes\[0\].nodes\[0\]' must name a declared node"),
     ],
 )
 def test_graph_errors(tmp_path, graph, pattern):
@@ -145,16 +160,18 @@ GRAPH = {"nodes": [{"id": "n1", "name": "red cube", "pos": [0.1, 0.2]},
          "edges": [{"src": "n1", "dst": "n2", "rel": "left_of"}]}
 
 
-def test_ground_truth_goes_to_extra_json_under_fixed_keys(tmp_path):
+def test_ground_truth_reaches_rewards_typed_under_fixed_keys(tmp_path):
     temporal = one(tmp_path, task="temporal", options=[], answer="2-4", segment=[2, 4], segments=[[2, 4], [6, 7.5]],
                    duration=8, extra={"fps": 2})
-    assert extra_of(temporal) == {"fps": 2, "segment": [2.0, 4.0], "segments": [[2.0, 4.0], [6.0, 7.5]],
-                                  "duration": 8.0}
+    # both given: the list wins, as the temporal rewards read it; the row's own extra stays with the row
+    assert extra_of(temporal) == {"segments": [[2.0, 4.0], [6.0, 7.5]], "duration": 8.0}
+    single = one(tmp_path, task="temporal", options=[], answer="2-4", segment=[2, 4], duration=8)
+    assert extra_of(single) == {"segment": [2.0, 4.0], "duration": 8.0}
     bbox = one(tmp_path, task="bbox", options=[], answer="box", box=[1, 2, 3, 4], boxes=[None, [0, 0, 1, 1]])
     assert extra_of(bbox) == {"box": [1.0, 2.0, 3.0, 4.0], "boxes": [None, [0.0, 0.0, 1.0, 1.0]]}
     layout = one(tmp_path, graph=GRAPH, reference="the cube is left of the ball")
     assert extra_of(layout) == {"graph": GRAPH, "reference": "the cube is left of the ball", "num_options": 2}
-    assert one(tmp_path, task="open", options=[], answer="x", graph=GRAPH).graph == GRAPH
+    assert one(tmp_path, task="open", options=[], answer="x", graph=GRAPH).graph.as_json() == GRAPH
     route = one(tmp_path, task="route", options=[], answer="left, then right", reference="left, then right")
     assert extra_of(route) == {"reference": "left, then right"}
 
@@ -189,12 +206,12 @@ def test_rows_with_reverse_expands_and_mirrors_time(tmp_path):
     mcq_rev = out[2]
     assert (mcq_rev.question, mcq_rev.answer, mcq_rev.options, mcq_rev.video) == (
         "Backwards, which way?", "A", ("left", "right"), rows[1].video)
-    assert mcq_rev.reverse is None and extra_of(mcq_rev) == {"reverse_time": True, "num_options": 2}
+    assert mcq_rev.reverse is None and extra_of(mcq_rev) == {"num_options": 2} and truth_of(mcq_rev).reverse_time
     seg_rev = out[4]
     assert seg_rev.segment == (7.0, 9.0) and seg_rev.segments == ((7.0, 9.0),) and seg_rev.duration == 10.0
     assert seg_rev.boxes == (None, (0.0, 0.0, 1.0, 1.0))
-    assert extra_of(seg_rev)["reverse_time"] is True and extra_of(seg_rev)["k"] == "v"
-    assert "reverse_time" not in extra_of(out[3])  # the forward row is untouched
+    assert truth_of(seg_rev).reverse_time is True and seg_rev.extra == {"k": "v", "reverse_time": True}
+    assert not truth_of(out[3]).reverse_time and out[3].extra == {"k": "v"}  # the forward row is untouched
     assert out[6].options == ("a", "b", "c") and out[6].answer == "C"
     assert out[1].reverse == Reverse("Backwards, which way?", "A")
 
@@ -213,7 +230,7 @@ def test_reasoning_is_optional_and_non_empty_when_given(tmp_path):
     assert one(tmp_path).reasoning == "" and one(tmp_path, reasoning=None).reasoning == ""
     row = one(tmp_path, reasoning="The cup moves left.")
     assert row.reasoning == "The cup moves left."
-    assert "reasoning" not in row.to_prompt("p").extra_json  # rewards never see it
+    assert "reasoning" not in str(row.to_prompt("p").truth)  # rewards never see it
     fails(tmp_path, "field 'reasoning' must be a non-empty string", reasoning="  ")
     fails(tmp_path, "field 'reasoning' must be a non-empty string", line=2, reasoning=["a"])
     fails(tmp_path, "field 'reverse.reasoning'", reverse={"question": "q", "answer": "A", "reasoning": ""})

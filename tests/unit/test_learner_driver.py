@@ -104,10 +104,10 @@ def test_a_restarted_learner_rereads_its_pending_groups_and_skips_trained_ones(c
 
 
 def _eval_group(control, round_no, row_id, task, mcq, version=3, synth=None):
-    extra = f'{{"synth_task": "{synth}"}}' if synth else ""
     g = pb.ScoredGroup(prompt_id=f"eval-{round_no}-{row_id}", group_id=f"eval-{round_no}-{row_id}/g",
                        policy_version=version, rewards=[m + 0.1 for m in mcq],
-                       prompt=pb.Prompt(sample_id=row_id, task=task, split="eval", extra_json=extra),
+                       prompt=pb.Prompt(sample_id=row_id, task=task, split="eval",
+                                        truth=pb.GroundTruth(synth_task=synth or "")),
                        components=[pb.RewardComponent(name="mcq", weight=1.0, values=mcq),
                                    pb.RewardComponent(name="answer_format", weight=0.1, values=[1.0] * len(mcq))])
     control.write_group(g.prompt_id, g.SerializeToString(), len(mcq), held_out=True)

@@ -7,7 +7,6 @@ so a test can read back which source frames were picked.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import struct
@@ -26,7 +25,7 @@ from PIL import Image
 
 from services.common import frames, media
 from services.common.frames import frame_indices, smart_nframes, smart_resize, video_max_pixels
-from services.common.media import FrameCache, MediaError, frames_sha, reverse_time, sample_video
+from services.common.media import FrameCache, MediaError, frames_sha, sample_video
 
 
 @dataclass
@@ -206,17 +205,10 @@ def test_cache_serves_reverse_from_the_forward_entry(tmp_path):
     path = write_video(tmp_path / "a.mp4", 16)
     cache = FrameCache(max_bytes=10**8)
     forward = cache.get_for_prompt(pb.Prompt(video_uri=str(path)), Media())
-    backward = cache.get_for_prompt(pb.Prompt(video_uri=str(path), extra_json=json.dumps({"reverse_time": True})),
-                                    Media())
+    backward = cache.get_for_prompt(pb.Prompt(video_uri=str(path), truth=pb.GroundTruth(reverse_time=True)), Media())
     assert picked(forward) == [0, 5, 10, 15] and picked(backward) == [15, 10, 5, 0]
     assert (cache.misses, cache.hits, len(cache)) == (1, 1, 1) and not backward.flags.writeable
     assert picked(cache.get_or_load(path, Media())) == [0, 5, 10, 15]  # the cached entry was not reversed in place
-
-
-def test_reverse_time_flag():
-    assert reverse_time(json.dumps({"reverse_time": True, "segment": [1, 2]}))
-    for extra in ("", "{}", json.dumps({"reverse_time": "yes"}), "[1]", "{broken"):
-        assert not reverse_time(extra)
 
 
 def test_frame_folder_fps_from_config(tmp_path):

@@ -186,7 +186,7 @@ def test_box_iou_never_overflows_into_nan():
 @pytest.mark.parametrize(
     "extra",
     [{}, {"box": [0, 0, 1]}, {"box": [1, 1, 0, 0]}, {"box": "0 0 1 1"}, {"box": [0, 0, 1, float("nan")]},
-     {"boxes": []}, {"boxes": [[0, 0, 1, 1], None]}],
+     {"boxes": []}, {"boxes": [None, None]}],
 )
 def test_malformed_bbox_target_raises(extra):
     with pytest.raises(ValueError, match="bbox"):
@@ -198,3 +198,11 @@ def test_bbox_on_megabyte_completions():
     assert bbox_iou_reward(f"<think>{filler}</think><answer>[0, 0, 10, 10]</answer>", BOX) == 1.0
     assert bbox_iou_reward(f"<answer>{filler}</answer>", BOX) == 0.0  # longer than BOX_CHARS: cut
     assert bbox_iou_reward("<answer>" + "[" * MB + "0, 0, 10, 10]</answer>", BOX) == 0.0
+
+
+def test_frames_without_the_object_are_left_out_of_the_tracking_mean():
+    """A null box (the object is not in that frame) is valid ground truth, as the dataset reader accepts it: the mean
+    IoU is over the frames that hold the object, and a box predicted for an empty frame is ignored."""
+    s = Sample(task="tracking", answer="", extra={"boxes": [[0, 0, 10, 10], None, [0, 0, 10, 10]]})
+    assert bbox_iou_reward("<answer>[0, 0, 10, 10] [5, 5, 6, 6] [0, 0, 10, 10]</answer>", s) == 1.0
+    assert bbox_iou_reward("<answer>[0, 0, 10, 10]</answer>", s) == 0.5

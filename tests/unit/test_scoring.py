@@ -19,9 +19,9 @@ RIGHT, WRONG = "<think>it goes down</think><answer>B</answer>", "<think>hm</thin
 RIGHT_BARE, WRONG_BARE = "B", "A"
 
 
-def _prompt(task="mcq", answer="B", extra_json="", question="Which way?"):
+def _prompt(task="mcq", answer="B", truth=None, question="Which way?"):
     return pb.Prompt(prompt_id="p", task=task, question=question, options=OPTIONS, answer=answer,
-                     extra_json=extra_json)
+                     truth=truth or pb.GroundTruth())
 
 
 def _cfg(**reward):
@@ -133,10 +133,13 @@ def test_an_unscorable_gate_makes_the_gated_component_and_total_unscorable_not_z
     assert len(score.errors) == 1 and score.errors[0].startswith("mcq: ValueError")
 
 
-def test_a_malformed_extra_json_is_unscorable_not_fatal():
-    for bad in ("{not json", "[1, 2]"):
-        score = _score(Scorer(RewardConfig()), [RIGHT, WRONG], extra_json=bad)
-        assert all(math.isnan(t) for t in score.totals) and score.errors[0].startswith("extra_json")
+def test_ground_truth_that_breaks_the_rules_is_unscorable_not_fatal():
+    """What a foreign writer of the prompts stream could send; the dataset reader never produces it."""
+    inverted = pb.GroundTruth(segments=[pb.Segment(start=5, end=2)], single_segment=True)
+    no_box = pb.GroundTruth(boxes=[pb.FrameBox(), pb.FrameBox()])
+    for bad, field in ((inverted, "segment[0]"), (no_box, "boxes")):
+        score = _score(Scorer(RewardConfig()), [RIGHT, WRONG], truth=bad)
+        assert all(math.isnan(t) for t in score.totals) and score.errors[0].startswith(f"truth: field '{field}'")
         assert set(score.components) == {"mcq", "answer_format"}
 
 
@@ -190,5 +193,5 @@ def test_the_reference_comes_from_extra_when_the_row_has_one():
 
     cfg = _cfg(components=[{"name": "judge", "rubric": "reference"}], judge={"model": "m"})
     scorer = Scorer(cfg, judge=JudgeClient(cfg.judge, post=post))
-    score = _score(scorer, ["an answer"], extra_json=json.dumps({"reference": "the long reference"}))
+    score = _score(scorer, ["an answer"], truth=pb.GroundTruth(reference="the long reference"))
     assert score.totals == [pytest.approx(0.3)] and "REFERENCE ANSWER:\nthe long reference" in seen[0]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18videorl/v1/rollout.proto\x12\nvideorl.v1\"\xa5\x01\n\x06Prompt\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x11\n\tsample_id\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x11\n\tvideo_uri\x18\x04 \x01(\t\x12\x10\n\x08question\x18\x05 \x01(\t\x12\x0f\n\x07options\x18\x06 \x03(\t\x12\x0e\n\x06\x61nswer\x18\x07 \x01(\t\x12\r\n\x05split\x18\x08 \x01(\t\x12\x12\n\nextra_json\x18\t \x01(\t\"\xa8\x02\n\nCompletion\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12\x10\n\x08group_id\x18\x03 \x01(\t\x12\x14\n\x0csample_index\x18\x04 \x01(\r\x12\x12\n\ngroup_size\x18\x05 \x01(\r\x12\x16\n\x0epolicy_version\x18\x06 \x01(\x03\x12\x18\n\x10prompt_token_ids\x18\x07 \x03(\x05\x12\x1c\n\x14\x63ompletion_token_ids\x18\x08 \x03(\x05\x12\x10\n\x08logprobs\x18\t \x03(\x02\x12\x0c\n\x04text\x18\n \x01(\t\x12\x15\n\rfinish_reason\x18\x0b \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x0c \x01(\t\x12\"\n\x06prompt\x18\r \x01(\x0b\x32\x12.videorl.v1.Prompt\"\xc8\x01\n\x08GroupAck\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.videorl.v1.GroupAck.Status\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07rewards\x18\x05 \x03(\x02\"I\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\n\n\x06SCORED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\x0c\n\x08REJECTED\x10\x03\"?\n\x0fRewardComponent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x02\x12\x0e\n\x06values\x18\x03 \x03(\x02\"\x92\x02\n\x0bScoredGroup\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x11\n\tprompt_id\x18\x03 \x01(\t\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x03\x12\"\n\x06prompt\x18\x05 \x01(\x0b\x32\x12.videorl.v1.Prompt\x12+\n\x0b\x63ompletions\x18\x06 \x03(\x0b\x32\x16.videorl.v1.Completion\x12\x0f\n\x07rewards\x18\x07 \x03(\x02\x12/\n\ncomponents\x18\x08 \x03(\x0b\x32\x1b.videorl.v1.RewardComponent\x12\x10\n\x08\x61\x63tor_id\x18\t \x01(\t\x12\x11\n\tscored_at\x18\n \x01(\x01\x32V\n\rRewardService\x12\x45\n\x11StreamCompletions\x12\x16.videorl.v1.Completion\x1a\x14.videorl.v1.GroupAck(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18videorl/v1/rollout.proto\x12\nvideorl.v1\"\xcb\x01\n\x06Prompt\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x11\n\tsample_id\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x11\n\tvideo_uri\x18\x04 \x01(\t\x12\x10\n\x08question\x18\x05 \x01(\t\x12\x0f\n\x07options\x18\x06 \x03(\t\x12\x0e\n\x06\x61nswer\x18\x07 \x01(\t\x12\r\n\x05split\x18\x08 \x01(\t\x12&\n\x05truth\x18\n \x01(\x0b\x32\x17.videorl.v1.GroundTruthJ\x04\x08\t\x10\nR\nextra_json\"\xac\x02\n\x0bGroundTruth\x12%\n\x08segments\x18\x01 \x03(\x0b\x32\x13.videorl.v1.Segment\x12\x16\n\x0esingle_segment\x18\x02 \x01(\x08\x12\x15\n\x08\x64uration\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x03\x62ox\x18\x04 \x01(\x0b\x32\x0f.videorl.v1.Box\x12#\n\x05\x62oxes\x18\x05 \x03(\x0b\x32\x14.videorl.v1.FrameBox\x12%\n\x05graph\x18\x06 \x01(\x0b\x32\x16.videorl.v1.SceneGraph\x12\x11\n\treference\x18\x07 \x01(\t\x12\x13\n\x0bnum_options\x18\x08 \x01(\r\x12\x14\n\x0creverse_time\x18\t \x01(\x08\x12\x12\n\nsynth_task\x18\n \x01(\tB\x0b\n\t_duration\"%\n\x07Segment\x12\r\n\x05start\x18\x01 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x01\"5\n\x03\x42ox\x12\n\n\x02x1\x18\x01 \x01(\x01\x12\n\n\x02y1\x18\x02 \x01(\x01\x12\n\n\x02x2\x18\x03 \x01(\x01\x12\n\n\x02y2\x18\x04 \x01(\x01\"5\n\x08\x46rameBox\x12!\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x0f.videorl.v1.BoxH\x00\x88\x01\x01\x42\x06\n\x04_box\"\x1d\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x01\x12\t\n\x01y\x18\x02 \x01(\x01\"E\n\tGraphNode\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1e\n\x03pos\x18\x03 \x01(\x0b\x32\x11.videorl.v1.Point\"2\n\tGraphEdge\x12\x0b\n\x03src\x18\x01 \x01(\t\x12\x0b\n\x03\x64st\x18\x02 \x01(\t\x12\x0b\n\x03rel\x18\x03 \x01(\t\":\n\x0cKeyframeNode\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1e\n\x03pos\x18\x02 \x01(\x0b\x32\x11.videorl.v1.Point\">\n\x08Keyframe\x12\t\n\x01t\x18\x01 \x01(\x01\x12\'\n\x05nodes\x18\x02 \x03(\x0b\x32\x18.videorl.v1.KeyframeNode\"\x81\x01\n\nSceneGraph\x12$\n\x05nodes\x18\x01 \x03(\x0b\x32\x15.videorl.v1.GraphNode\x12$\n\x05\x65\x64ges\x18\x02 \x03(\x0b\x32\x15.videorl.v1.GraphEdge\x12\'\n\tkeyframes\x18\x03 \x03(\x0b\x32\x14.videorl.v1.Keyframe\"\xa8\x02\n\nCompletion\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12\x10\n\x08group_id\x18\x03 \x01(\t\x12\x14\n\x0csample_index\x18\x04 \x01(\r\x12\x12\n\ngroup_size\x18\x05 \x01(\r\x12\x16\n\x0epolicy_version\x18\x06 \x01(\x03\x12\x18\n\x10prompt_token_ids\x18\x07 \x03(\x05\x12\x1c\n\x14\x63ompletion_token_ids\x18\x08 \x03(\x05\x12\x10\n\x08logprobs\x18\t \x03(\x02\x12\x0c\n\x04text\x18\n \x01(\t\x12\x15\n\rfinish_reason\x18\x0b \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x0c \x01(\t\x12\"\n\x06prompt\x18\r \x01(\x0b\x32\x12.videorl.v1.Prompt\"\xc8\x01\n\x08GroupAck\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.videorl.v1.GroupAck.Status\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07rewards\x18\x05 \x03(\x02\"I\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\n\n\x06SCORED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\x0c\n\x08REJECTED\x10\x03\"?\n\x0fRewardComponent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x02\x12\x0e\n\x06values\x18\x03 \x03(\x02\"\x92\x02\n\x0bScoredGroup\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x11\n\tprompt_id\x18\x03 \x01(\t\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x03\x12\"\n\x06prompt\x18\x05 \x01(\x0b\x32\x12.videorl.v1.Prompt\x12+\n\x0b\x63ompletions\x18\x06 \x03(\x0b\x32\x16.videorl.v1.Completion\x12\x0f\n\x07rewards\x18\x07 \x03(\x02\x12/\n\ncomponents\x18\x08 \x03(\x0b\x32\x1b.videorl.v1.RewardComponent\x12\x10\n\x08\x61\x63tor_id\x18\t \x01(\t\x12\x11\n\tscored_at\x18\n \x01(\x01\x32V\n\rRewardService\x12\x45\n\x11StreamCompletions\x12\x16.videorl.v1.Completion\x1a\x14.videorl.v1.GroupAck(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,17 +32,37 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'videorl.v1.rollout_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROMPT']._serialized_start=41
-  _globals['_PROMPT']._serialized_end=206
-  _globals['_COMPLETION']._serialized_start=209
-  _globals['_COMPLETION']._serialized_end=505
-  _globals['_GROUPACK']._serialized_start=508
-  _globals['_GROUPACK']._serialized_end=708
-  _globals['_GROUPACK_STATUS']._serialized_start=635
-  _globals['_GROUPACK_STATUS']._serialized_end=708
-  _globals['_REWARDCOMPONENT']._serialized_start=710
-  _globals['_REWARDCOMPONENT']._serialized_end=773
-  _globals['_SCOREDGROUP']._serialized_start=776
-  _globals['_SCOREDGROUP']._serialized_end=1050
-  _globals['_REWARDSERVICE']._serialized_start=1052
-  _globals['_REWARDSERVICE']._serialized_end=1138
+  _globals['_PROMPT']._serialized_end=244
+  _globals['_GROUNDTRUTH']._serialized_start=247
+  _globals['_GROUNDTRUTH']._serialized_end=547
+  _globals['_SEGMENT']._serialized_start=549
+  _globals['_SEGMENT']._serialized_end=586
+  _globals['_BOX']._serialized_start=588
+  _globals['_BOX']._serialized_end=641
+  _globals['_FRAMEBOX']._serialized_start=643
+  _globals['_FRAMEBOX']._serialized_end=696
+  _globals['_POINT']._serialized_start=698
+  _globals['_POINT']._serialized_end=727
+  _globals['_GRAPHNODE']._serialized_start=729
+  _globals['_GRAPHNODE']._serialized_end=798
+  _globals['_GRAPHEDGE']._serialized_start=800
+  _globals['_GRAPHEDGE']._serialized_end=850
+  _globals['_KEYFRAMENODE']._serialized_start=852
+  _globals['_KEYFRAMENODE']._serialized_end=910
+  _globals['_KEYFRAME']._serialized_start=912
+  _globals['_KEYFRAME']._serialized_end=974
+  _globals['_SCENEGRAPH']._serialized_start=977
+  _globals['_SCENEGRAPH']._serialized_end=1106
+  _globals['_COMPLETION']._serialized_start=1109
+  _globals['_COMPLETION']._serialized_end=1405
+  _globals['_GROUPACK']._serialized_start=1408
+  _globals['_GROUPACK']._serialized_end=1608
+  _globals['_GROUPACK_STATUS']._serialized_start=1535
+  _globals['_GROUPACK_STATUS']._serialized_end=1608
+  _globals['_REWARDCOMPONENT']._serialized_start=1610
+  _globals['_REWARDCOMPONENT']._serialized_end=1673
+  _globals['_SCOREDGROUP']._serialized_start=1676
+  _globals['_SCOREDGROUP']._serialized_end=1950
+  _globals['_REWARDSERVICE']._serialized_start=1952
+  _globals['_REWARDSERVICE']._serialized_end=2038
 # @@protoc_insertion_point(module_scope)
