@@ -220,8 +220,8 @@ def wired_run_class():
     class WiredRun(LocalRun):
         wire: WireCounter | None = None
 
-        def _start_reward(self, port: int | None = None) -> None:
-            super()._start_reward(port)
+        def start_reward(self, port: int | None = None) -> None:
+            super().start_reward(port)
             if self.wire is None:
                 self.wire = WireCounter(self.reward_addr)
             self.reward_addr = self.wire.address
@@ -288,7 +288,7 @@ def wait_for(what: str, ready, run, timeout_s: float = 600.0, poll_s: float = 0.
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not done after {timeout_s:.0f}s")
         if time.monotonic() - checked > 1.0:
-            run.check_actors()   # an actor that died or never loads is an error, not a silent wait
+            run.supervisor.check()   # an actor that died is replaced; one that never loads is an error
             checked = time.monotonic()
         time.sleep(poll_s)
     return time.perf_counter()

@@ -42,7 +42,7 @@ def run_eval(cfg: RunConfig, console: Console, timeout_s: float = 1800.0) -> Eva
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"rlctl eval: {len(groups)} of {n} held-out rows scored after {timeout_s:.0f}s")
-                run.check_actors()  # an actor that died or never loads is an error, not a silent wait
+                run.supervisor.check()  # an actor that died is replaced; one that never loads is an error
                 status.update(f"held-out rows scored {len(groups)}/{n} (quarantined {quarantined})")
                 for entry_id, payload in control.read_groups(EVALS, CONSUMER, 64, block_ms=500):
                     groups.append(EvalGroup.of(pb.ScoredGroup.FromString(payload)))

@@ -4,18 +4,9 @@ Story: control plane (Redis) -> assets (model, data) -> version 0 -> Ray -> rewa
 actors -> learner; then watch until the learner finishes, and stop everything by handle or pid, also
 on Ctrl-C or an error, so no process is left behind.
 
-While watching, a service whose process died (kill -9, out of memory) is replaced rather than ending the run,
-since nothing it held is lost (invariant 4 in docs/architecture.md): a dead rollout actor by a new actor under a new
-id (its prompts are reclaimed by the others after rollout.reclaim_idle_s), up to rollout.max_restarts times; a dead
-reward service by a new one on the same port (the actors reconnect and resend what it had not acked), up to
-REWARD_RESTARTS times; a dead learner by a new one resumed from its last checkpoint (learner.checkpoint_every), up to
-learner.max_restarts times: the groups the dead one had taken are trained first, the ledger skips those it had
-trained; a dead embedded Redis by a new server on the same port and data dir, up to REDIS_RESTARTS times, when
-redis.persistence is on (the append-only file is fsynced on every write, so it comes back with everything
-acknowledged; the services retry their commands meanwhile, see control.py). All are counted in Redis
-(`actors_restarted`, `reward_restarted`, `learner_restarted`, `redis_restarted`). An actor or learner that fails
-with an error of its own (a bug, a reward service gone past rollout.reward_outage_s) still fails the run:
-replacing it would only repeat the error.
+While watching, rlctl/supervisor.py keeps every service alive with one restart policy per role (the config's
+`supervisor` block): a process that died is replaced, since nothing it held is lost (invariant 4 in
+docs/architecture.md); one that failed with an error of its own fails the run.
 """
 
 from __future__ import annotations
@@ -24,12 +15,15 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
 from rlctl.assets import prepare_assets
 from rlctl.cluster import LOCAL_RAY_ENV, ClusterTarget  # noqa: F401 - importing rlctl.local sets Ray's environment
+from rlctl.supervisor import Supervisor
 from services.common.config import RunConfig
 from services.common.control import ControlPlane
 from services.common.records import ActorStats, RunSummary, StepRecord, SwapLag
@@ -37,8 +31,6 @@ from services.common.redis_server import EmbeddedRedis, RedisKeeper
 from services.common.weights import manifest_for_dir, newest_version
 
 log = logging.getLogger("videorl.rlctl")
-REWARD_RESTARTS = 5
-REDIS_RESTARTS = 5
 
 
 def _ray_init(target: ClusterTarget) -> None:
@@ -76,9 +68,10 @@ class LocalRun:
         self.learner = None
         self.ray_started = False
         self.reward_run = None                         # the reward service's wait(): fails when its process dies
-        self.restarts = {"actors": 0, "reward": 0, "learner": 0}
         self.redis_keeper: RedisKeeper | None = None
-        self.learner_records: list[StepRecord] = []          # steps recorded by learners that died (in Redis)
+        self.learner_records: list[StepRecord] = []    # steps recorded by learners that died (in Redis)
+        self.supervisor = Supervisor(self, cfg.supervisor)
+        self.launched = False                          # start() finished: later (re)starts update run.json
 
     def start(self) -> ControlPlane:
         cfg = self.cfg
@@ -92,7 +85,7 @@ class LocalRun:
         self.control = ControlPlane(self.url, cfg.run_id, cfg.redis.reconnect_s)
         if self.redis is not None and cfg.redis.persistence:
             self.redis_keeper = RedisKeeper(self.redis, lambda: self.control.incr("redis_restarted"),
-                                            limit=REDIS_RESTARTS).start()
+                                            limit=cfg.supervisor.redis.max_restarts).start()
         self.control.ensure_streams()
         self.assets = prepare_assets(cfg, self.console)
         if self.assets.skipped and not self.resume:
@@ -104,12 +97,13 @@ class LocalRun:
         with self.console.status("starting Ray" if self.target.ray_address is None else "joining the Ray cluster"):
             _ray_init(self.target)
             self.ray_started = True
-        self._start_reward()
+        self.start_reward()
         self.control.set_desired_actors(cfg.rollout.num_actors)
         self.scale()
         if self.with_learner:
-            self._start_learner()
+            self.start_learner()
         self._write_record()
+        self.launched = True
         return self.control
 
     def _write_record(self) -> None:
@@ -134,7 +128,7 @@ class LocalRun:
         if newest and newest[0] > (self.control.current_version() or -1):
             self.control.publish_version(manifest_for_dir(newest[1], version=newest[0]))
 
-    def _start_reward(self, port: int | None = None) -> None:
+    def start_reward(self, port: int | None = None) -> None:
         """Start the local reward service (on `port`, else reward.port: 0 picks a free one)."""
         if self.target.reward_address is not None:   # a cluster's reward Deployment
             self.reward_addr = self.target.reward_address
@@ -146,13 +140,20 @@ class LocalRun:
         cfg = self.cfg
         if port is not None:
             cfg = cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"port": port})})
-        n = self.restarts["reward"]
+        n = self.supervisor.restarts["reward"]
         self.reward = ray.remote(num_cpus=0)(RewardService).options(
             name=f"{cfg.run_id}-reward" + (f"-{n}" if n else "")).remote(cfg, self.url)
         port = ray.get(self.reward.start.remote(), timeout=60)
         self.reward_run = self.reward.wait.remote()
         self.pids["reward"] = _pid(self.reward)
         self.reward_addr = f"127.0.0.1:{port}"
+        if self.launched:
+            self._write_record()
+
+    def next_actor_id(self) -> str:
+        """A new actor's id, `rollout-<n>`: never one an earlier actor of this run had (Redis keys are per id)."""
+        self.next_index += 1
+        return f"rollout-{self.next_index - 1}"
 
     def add_actor(self, actor_id: str) -> None:
         import ray
@@ -179,8 +180,7 @@ class LocalRun:
         if want is None:
             return
         while len(self.actors) < want:
-            self.add_actor(f"rollout-{self.next_index}")
-            self.next_index += 1
+            self.add_actor(self.next_actor_id())
         for actor_id in sorted(self.actors, key=lambda a: self.started_at[a])[want:]:
             self.actors.pop(actor_id).stop.remote()
             self.retiring[actor_id] = self.actor_runs.pop(actor_id)
@@ -190,18 +190,20 @@ class LocalRun:
                 del self.retiring[actor_id]
                 self.retired.append(ray.get(ref))   # an actor that failed while stopping fails the run
 
-    def _start_learner(self, resume: bool | None = None) -> None:
+    def start_learner(self, resume: bool | None = None) -> None:
         import ray
 
         from services.learner.driver import LearnerDriver
 
-        n = self.restarts["learner"]
+        n = self.supervisor.restarts["learner"]
         self.learner = ray.remote(num_cpus=0)(LearnerDriver).options(
             name=f"{self.cfg.run_id}-learner" + (f"-{n}" if n else ""), **self.target.placement("learner")).remote(
             self.cfg, self.url, self.assets.model_dir, self.assets.train, self.assets.eval_rows,
             resume=self.resume if resume is None else resume)
         self.pids["learner"] = _pid(self.learner)   # before run(): the driver serves one call at a time
         self.learner_run = self.learner.run.remote()
+        if self.launched:
+            self._write_record()
 
     def wait(self, on_tick=None, tick_s: float = 0.5) -> list[StepRecord]:
         """Block until the learner finishes; returns the step records of every learner of the run (those of one
@@ -210,96 +212,16 @@ class LocalRun:
 
         while True:
             ready, _ = ray.wait([self.learner_run], timeout=tick_s)
-            if self.redis_keeper is not None and self.redis_keeper.error:
-                raise RuntimeError(self.redis_keeper.error)
             if on_tick:
                 on_tick()
             if ready:
                 try:
                     return self.learner_records + ray.get(self.learner_run)
                 except ray.exceptions.RayActorError as e:   # the process died; its own error (RayTaskError) raises
-                    self._restart_learner(str(e).splitlines()[0])
+                    self.supervisor.learner_died(str(e).splitlines()[0])
                     continue
-            self.check_reward()
-            self.check_actors()
+            self.supervisor.check()
             self.scale()
-
-    def check_reward(self) -> None:
-        """Start a new reward service on the same port if this run's one died (see the module docstring)."""
-        import ray
-
-        if self.reward_run is None or not ray.wait([self.reward_run], timeout=0)[0]:
-            return
-        try:
-            ray.get(self.reward_run)
-            why = "its server stopped"
-        except ray.exceptions.RayActorError as e:
-            why = f"its process died: {str(e).splitlines()[0]}"
-        if self.restarts["reward"] >= REWARD_RESTARTS:
-            raise RuntimeError(f"the reward service at {self.reward_addr} stopped ({why}) and was already replaced "
-                               f"{REWARD_RESTARTS} times")
-        log.warning("the reward service at %s stopped (%s): starting another on the same port", self.reward_addr, why)
-        self.restarts["reward"] += 1
-        self.control.incr("reward_restarted")
-        self._start_reward(port=int(self.reward_addr.rsplit(":", 1)[1]))
-        self._write_record()
-
-    def check_actors(self) -> None:
-        """Replace an actor whose process died (up to rollout.max_restarts); raise if one stopped otherwise (with its
-        error) or is still loading its engine after rollout.start_timeout_s: a run must fail loudly, not wait forever
-        on an actor that will never generate."""
-        import ray
-
-        failed = [a for a, ref in self.actor_runs.items() if ray.wait([ref], timeout=0)[0]]
-        for a in failed:
-            try:
-                ray.get(self.actor_runs.pop(a))  # raises the actor's error; a clean return is a bug too
-            except ray.exceptions.RayActorError as e:   # the process died; RayTaskError (its own error) propagates
-                self._replace_actor(a, str(e).splitlines()[0])
-                continue
-            raise RuntimeError(f"rollout actor {a} stopped before the run finished")
-        limit, now = self.cfg.rollout.start_timeout_s, time.monotonic()
-        late = {a for a in self.actors if now - self.started_at[a] > limit}
-        if late:
-            stuck = [a.actor_id for a in self.control.actors() if a.actor_id in late and a.loaded_version < 0]
-            if stuck:
-                raise RuntimeError(f"rollout actors {', '.join(stuck)} still loading their engine after "
-                                   f"{limit:.0f}s (rollout.start_timeout_s); their logs are under "
-                                   f"/tmp/videorl-ray/session_latest/logs (worker-*.err)")
-
-    def _restart_learner(self, why: str) -> None:
-        """Start a new learner that resumes from the dead one's last checkpoint (LearnerDriver._restore)."""
-        from services.learner import checkpoint
-
-        lc = self.cfg.learner
-        if checkpoint.latest(Path(self.cfg.run_dir) / "checkpoints") is None:
-            hint = ("learner.checkpoint_every is 0" if not lc.checkpoint_every else
-                    f"it died before its first one, at step {lc.checkpoint_every} (learner.checkpoint_every)")
-            raise RuntimeError(f"the learner died ({why}) and there is no checkpoint to resume from: {hint}")
-        if self.restarts["learner"] >= lc.max_restarts:
-            raise RuntimeError(f"the learner died ({why}) and was already restarted {lc.max_restarts} times "
-                               "(learner.max_restarts)")
-        self.learner_records = self.control.step_records()
-        last = self.learner_records[-1].step if self.learner_records else 0
-        log.warning("the learner died (%s) after step %d: a new one resumes from the last checkpoint", why, last)
-        self.restarts["learner"] += 1
-        self.control.incr("learner_restarted")
-        self._start_learner(resume=True)
-        self._write_record()
-
-    def _replace_actor(self, actor_id: str, why: str) -> None:
-        limit = self.cfg.rollout.max_restarts
-        if self.restarts["actors"] >= limit:
-            raise RuntimeError(f"rollout actor {actor_id} died ({why}) and {limit} actors were already replaced "
-                               "(rollout.max_restarts)")
-        self.actors.pop(actor_id, None)
-        new = f"rollout-{self.next_index}"
-        self.next_index += 1
-        log.warning("rollout actor %s died (%s): %s replaces it; the prompts it held go to the others after "
-                    "rollout.reclaim_idle_s=%gs", actor_id, why, new, self.cfg.rollout.reclaim_idle_s)
-        self.restarts["actors"] += 1
-        self.control.incr("actors_restarted")
-        self.add_actor(new)
 
     def wait_for_actors_at(self, version: int, timeout_s: float = 60.0) -> bool:
         """Let every live actor load `version` before the run stops, so the final policy is what they serve."""
@@ -385,7 +307,18 @@ def _reward_metrics(control: ControlPlane) -> dict[str, float]:
         return {}
 
 
-def run_local(cfg: RunConfig, console: Console | None = None, resume: bool = False) -> RunSummary:
+@dataclass(frozen=True)
+class RunHooks:
+    """Calls into a run at the end of its work, for tests and benchmarks that look at it while it is still up:
+    `before_stop` once the learner finished (every service still running), `after_stop` once the actors stopped
+    (Redis and the reward service still up, so the streams and counters can be read)."""
+
+    before_stop: Callable[[LocalRun], None] | None = None
+    after_stop: Callable[[LocalRun], None] | None = None
+
+
+def run_local(cfg: RunConfig, console: Console | None = None, resume: bool = False,
+              hooks: RunHooks = RunHooks()) -> RunSummary:
     from rlctl.progress import Progress
 
     console = console or Console()
@@ -402,7 +335,11 @@ def run_local(cfg: RunConfig, console: Console | None = None, resume: bool = Fal
                 log.warning("not every actor loaded the final version %d before the run stopped", final)
         swap_lag = version_lag(control, records, list(run.actors))
         reward_metrics = _reward_metrics(control)
+        if hooks.before_stop:
+            hooks.before_stop(run)
         actor_stats = run.stop_actors()
+        if hooks.after_stop:
+            hooks.after_stop(run)
         return RunSummary(records=records, actors=actor_stats, counters=control.counters(),
                           reward_metrics=reward_metrics, swap_lag=swap_lag, seconds=time.time() - t0,
                           run_dir=str(cfg.run_dir))

@@ -100,9 +100,6 @@ class RolloutConfig(_Strict):
         "cap of the backoff between reconnects to the reward service (from 0.1 s, doubling)"))
     reward_outage_s: float = Field(120.0, gt=0, le=86_400, description=(
         "an actor whose reward service acks nothing this long after its stream broke fails, naming the address"))
-    max_restarts: int = Field(3, ge=0, le=1000, description=(
-        "rlctl run: rollout actors whose process died are replaced by new ones up to this many times, then the run "
-        "fails"))
 
 
 class RewardComponentConfig(_Strict):
@@ -231,8 +228,6 @@ class LearnerConfig(_Strict):
     num_iterations: int = Field(1, ge=1, le=16, description="updates per batch (old log-probs from the first)")
     checkpoint_every: int = Field(0, ge=0, description=(
         "save a resumable checkpoint every N steps (0 = never; then a learner that dies ends the run)"))
-    max_restarts: int = Field(3, ge=0, le=1000, description=(
-        "rlctl run: a learner whose process died is restarted from its last checkpoint up to this many times"))
     keep_versions: int = Field(4, ge=2, description="published weight versions kept on disk (older ones deleted)")
     eval_every: int = Field(5, ge=0, description="feed the held-out split every N steps (0 = never)")
     prefetch_prompts: int = Field(4, ge=1, description="prompts in flight ahead of the learner (bounds staleness)")
@@ -250,6 +245,36 @@ class LearnerConfig(_Strict):
         """(clip_low, clip_high), each defaulting to clip_eps."""
         return (self.clip_eps if self.clip_low is None else self.clip_low,
                 self.clip_eps if self.clip_high is None else self.clip_high)
+
+
+class RestartPolicy(_Strict):
+    max_restarts: int = Field(3, ge=0, le=1000, description=(
+        "a process of this role that died is replaced up to this many times in a run; the next death fails the run"))
+
+
+def _policy(n: int) -> RestartPolicy:
+    return RestartPolicy(max_restarts=n)
+
+
+class SupervisorConfig(_Strict):
+    """How `rlctl run` keeps what it started alive (rlctl/supervisor.py): a process that died is replaced, up to its
+    role's max_restarts. A process that fails with an error of its own is not replaced: that would repeat it."""
+
+    actor: RestartPolicy = Field(default_factory=lambda: _policy(3), description=(
+        "a rollout actor: a new one replaces it; the prompts it held are handed to the live actors at once"))
+    reward: RestartPolicy = Field(default_factory=lambda: _policy(5), description=(
+        "the local reward service: a new one on the same port; the actors reconnect and resend what was not acked"))
+    learner: RestartPolicy = Field(default_factory=lambda: _policy(3), description=(
+        "the learner: a new one resumes from the last checkpoint (learner.checkpoint_every)"))
+    redis: RestartPolicy = Field(default_factory=lambda: _policy(5), description=(
+        "the embedded Redis (redis.persistence): started again on the same port and data"))
+
+
+# Fields that moved, old path -> where they live now: a config that still names one fails, naming the new place.
+MOVED = {
+    "rollout.max_restarts": "supervisor.actor.max_restarts",
+    "learner.max_restarts": "supervisor.learner.max_restarts",
+}
 
 
 class SFTConfig(_Strict):
@@ -289,7 +314,18 @@ class RunConfig(_Strict):
     rollout: RolloutConfig = RolloutConfig()
     reward: RewardConfig = RewardConfig()
     learner: LearnerConfig = LearnerConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
     sft: SFTConfig = SFTConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: object) -> object:
+        """A field that moved fails naming its new place (every moved field at once), not as an unknown field."""
+        if isinstance(data, dict):
+            found = [f"{old}: moved to {new}" for old, new in MOVED.items() if _has_path(data, old.split("."))]
+            if found:
+                raise ValueError("; ".join(found))
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -298,6 +334,15 @@ class RunConfig(_Strict):
         if self.media.min_frames > self.media.max_frames:
             raise ValueError("media.min_frames must not exceed media.max_frames")
         return self
+
+
+def _has_path(data: dict, path: list[str]) -> bool:
+    node: object = data
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
 
 
 class ConfigError(ValueError):
@@ -328,6 +373,8 @@ def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) 
             node[leaf] = yaml.safe_load(value)
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: the value is not YAML: {e}") from None
+    if moved := [f"{old}: moved to {new}" for old, new in MOVED.items() if _has_path(raw, old.split("."))]:
+        raise ConfigError(f"{path or 'config'}: invalid:\n  " + "\n  ".join(moved))
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:

@@ -102,6 +102,26 @@ if new == 0 and acked == 0 then return -1 end
 return new
 """
 
+# A dead rollout consumer's prompts, handed to the live ones: each pending entry is appended again as a new entry
+# and the old one acked and deleted, in one step, so every prompt id is in the stream once and none is lost. A
+# replay finds the consumer gone (deleted here) and moves nothing.
+_HAND_OVER = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[3]), ARGV[2])
+local moved = 0
+for _, p in ipairs(pending) do
+  local entry = redis.call('XRANGE', KEYS[1], p[1], p[1])
+  if #entry > 0 then
+    redis.call('XADD', KEYS[1], '*', unpack(entry[1][2]))
+    moved = moved + 1
+  end
+  redis.call('XACK', KEYS[1], ARGV[1], p[1])
+  redis.call('XDEL', KEYS[1], p[1])
+end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+if moved > 0 then redis.call('HINCRBY', KEYS[2], 'prompts_handed_over', moved) end
+return moved
+"""
+
 
 @dataclass(frozen=True)
 class ActorInfo:
@@ -129,6 +149,7 @@ class ControlPlane:
         self._write_group = self.r.register_script(_WRITE_GROUP)
         self._add_prompt = self.r.register_script(_ADD_PROMPT)
         self._mark_trained = self.r.register_script(_MARK_TRAINED)
+        self._hand_over = self.r.register_script(_HAND_OVER)
 
     def key(self, name: str) -> str:
         return self.prefix + name
@@ -266,6 +287,13 @@ class ControlPlane:
         """Prompts delivered to `consumer` and not acked yet, oldest first: what it holds, plus any whose delivery
         reply it never received (a Redis crash between the delivery and its reply)."""
         return self._unacked(PROMPTS, ROLLOUT_GROUP, consumer, count, b"prompt")
+
+    def hand_over_prompts(self, dead: str, limit: int = 100_000) -> int:
+        """Give every prompt delivered to `dead` (a rollout consumer known to be gone) back to the stream at once,
+        for the live actors to take, instead of leaving them for the reclaim timeout; returns how many.
+        Counted as `prompts_handed_over`. Only for a consumer that cannot ack any more: a live one would generate
+        them twice (scored once all the same: groups are written once per prompt id)."""
+        return int(self._hand_over(keys=[self.key(PROMPTS), self.key("counters")], args=[ROLLOUT_GROUP, dead, limit]))
 
     def ack_prompt(self, entry_id: str) -> None:
         self.r.xack(self.key(PROMPTS), ROLLOUT_GROUP, entry_id)

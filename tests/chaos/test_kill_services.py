@@ -75,7 +75,7 @@ def _run_with_fault(cfg, fault, **checks) -> Outcome:
 
 
 def test_kill_9_a_rollout_actor_mid_generation(tiny_assets, tmp_path):
-    cfg = _config(tmp_path, "rollout.reclaim_idle_s=3")
+    cfg = _config(tmp_path)   # the default reclaim_idle_s (300 s): the supervisor hands the prompts over at once
     state = {}
 
     def tick(run, control):
@@ -94,7 +94,8 @@ def test_kill_9_a_rollout_actor_mid_generation(tiny_assets, tmp_path):
     run, records, counts, groups, counters = out.run, out.records, out.counts, out.groups, out.counters
     assert "killed" in state, "the run ended before rollout-0 was caught mid-generation"
     assert [r.step for r in records] == list(range(1, STEPS + 1))      # the run finished
-    assert run.restarts == {"actors": 1, "reward": 0, "learner": 0} and counters["actors_restarted"] == 1
+    assert run.supervisor.restarts == {"actor": 1, "reward": 0, "learner": 0} and counters["actors_restarted"] == 1
+    assert counters["prompts_handed_over"] >= 1   # the prompts it held went back to the live actors at once
     by_prompt = {g.prompt_id: g for g in groups}
     held = state["held"]
     assert set(held) <= set(by_prompt), "a prompt the dead actor held was never scored"
@@ -104,7 +105,7 @@ def test_kill_9_a_rollout_actor_mid_generation(tiny_assets, tmp_path):
     after = {g.actor_id for g in groups if g.scored_at > state["killed"] + 1}
     assert "rollout-1" in after and "rollout-0" not in after
     print(f"\nkill -9 rollout-0 at step {state['step']}: {counts.line()}; held by the dead actor {len(held)}, "
-          f"reclaimed and scored by others {len(reclaimed)}, actors restarted {counters['actors_restarted']}, "
+          f"handed over {counters['prompts_handed_over']}, scored by others {len(reclaimed)}, actors restarted {counters['actors_restarted']}, "
           f"groups by actor after the kill {sorted(after)}, steps {len(records)}")
 
 
@@ -124,7 +125,7 @@ def test_kill_9_the_reward_service_and_restart_it(tiny_assets, tmp_path):
 
     assert "killed" in state
     assert [r.step for r in records] == list(range(1, STEPS + 1))      # the run finished
-    assert run.restarts == {"actors": 0, "reward": 1, "learner": 0} and counters["reward_restarted"] == 1
+    assert run.supervisor.restarts == {"actor": 0, "reward": 1, "learner": 0} and counters["reward_restarted"] == 1
     assert run.pids["reward"] != state["old_pid"]
     # Both actors lived through it: they reconnected to the new service and both scored groups after the kill.
     assert set(actors) == {"rollout-0", "rollout-1"}
@@ -159,7 +160,7 @@ def test_kill_9_the_learner_and_resume_it_from_its_checkpoint(tiny_assets, tmp_p
     run, records, counts, groups, counters = out.run, out.records, out.counts, out.groups, out.counters
 
     assert "killed" in state
-    assert run.restarts == {"actors": 0, "reward": 0, "learner": 1} and counters["learner_restarted"] == 1
+    assert run.supervisor.restarts == {"actor": 0, "reward": 0, "learner": 1} and counters["learner_restarted"] == 1
     assert run.pids["learner"] != state["old_pid"]
     steps = [r.step for r in records]
     first_resumed = len(run.learner_records)    # the dead learner's records come first
@@ -202,7 +203,7 @@ def test_kill_9_redis_and_restart_it_on_its_persisted_data(tiny_assets, tmp_path
     assert "killed" in state
     assert [r.step for r in records] == list(range(1, STEPS + 1))      # the run finished
     assert run.redis_keeper.restarts == 1 and counters["redis_restarted"] == 1
-    assert run.restarts == {"actors": 0, "reward": 0, "learner": 0}    # every service rode it out
+    assert run.supervisor.restarts == {"actor": 0, "reward": 0, "learner": 0}    # every service rode it out
     assert out.redis_pid not in (None, state["pid"])
     # What was acknowledged before the crash is still there after it (append-only file, fsync always).
     assert counters["groups_written"] >= state["written"] and counters["prompts_fed"] >= state["fed"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from rlctl.local import run_local
+from rlctl.local import RunHooks, run_local
 from services.common.config import load_config
 from services.common.control import EVALS, GROUPS, ControlPlane
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
@@ -34,28 +34,24 @@ def _listening_addresses():
     return out
 
 
-def test_two_actors_full_loop(tiny_assets, tmp_path, monkeypatch):
+def test_two_actors_full_loop(tiny_assets, tmp_path):
     cfg = load_config(None, ["learner.steps=6", "learner.publish_every=2", "learner.eval_every=3",
                              "rollout.num_actors=2", f"run_dir={tmp_path / 'run'}", "data.synth_eval=4"])
     seen = {}
 
-    # Read the streams before the run's Redis goes away: the test hooks the moment the actors stopped.
-    import rlctl.local as local
-    real_stop = local.LocalRun.stop_actors
-
-    def stop_and_inspect(self, timeout_s=60.0):
+    # Every socket while every service is up; the streams once the actors stopped, before the run's Redis goes away.
+    def before_stop(run):
         seen["listening"] = _listening_addresses()
-        out = real_stop(self, timeout_s)
-        cp = ControlPlane(self.url, cfg.run_id)
+
+    def after_stop(run):
+        cp = ControlPlane(run.url, cfg.run_id)
         seen["groups"] = [pb.ScoredGroup.FromString(f[b"group"]) for _, f in cp.r.xrange(cp.key(GROUPS))]
         seen["evals"] = [pb.ScoredGroup.FromString(f[b"group"]) for _, f in cp.r.xrange(cp.key(EVALS))]
         seen["counters"] = cp.counters()
         seen["version"] = cp.current_version()
         seen["actors"] = cp.actors()
-        return out
 
-    monkeypatch.setattr(local.LocalRun, "stop_actors", stop_and_inspect)
-    summary = run_local(cfg, Console(quiet=True))
+    summary = run_local(cfg, Console(quiet=True), hooks=RunHooks(before_stop, after_stop))
 
     loopback = ("127.", "::ffff:127.", "::1")
     off_loopback = [a for a in seen["listening"] if not a[0].startswith(loopback)]

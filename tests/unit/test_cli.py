@@ -54,7 +54,7 @@ def test_an_actor_stuck_loading_past_the_start_timeout_fails_the_run_with_its_na
     run = LocalRun(RunConfig(rollout={"start_timeout_s": 60}))
     run.control, run.actors = Control(), {"rollout-0": object(), "rollout-1": object()}
     run.started_at = {"rollout-0": time.monotonic() - 30, "rollout-1": time.monotonic() - 61}
-    run.check_actors()                                  # within the timeout: fine
+    run.supervisor.check()                                  # within the timeout: fine
     run.started_at["rollout-0"] = time.monotonic() - 61
     with pytest.raises(RuntimeError, match=r"rollout-0 still loading .* 60s \(rollout.start_timeout_s\)"):
-        run.check_actors()
+        run.supervisor.check()

@@ -90,12 +90,12 @@ def test_local_run_uses_its_target_for_ray_reward_and_actor_placement(monkeypatc
     local._ray_init(run.target)
     assert fake.init_kwargs == run.target.ray_init_kwargs()
     if env:
-        run._start_reward()   # must not touch Ray: the reward Deployment serves
+        run.start_reward()   # must not touch Ray: the reward Deployment serves
         assert run.reward is None and run.reward_addr == "videorl-reward:50051"
     else:
         run.reward_addr = "127.0.0.1:1"
     run.add_actor("rollout-0")
-    run._start_learner()
+    run.start_learner()
     (_, rollout), (_, learner) = fake.created
     assert rollout["name"] == "c-rollout-0" and learner["name"] == "c-learner"
     assert rollout["num_cpus"] == learner["num_cpus"] == 0

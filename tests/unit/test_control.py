@@ -102,6 +102,22 @@ def test_prompts_are_delivered_once_and_reclaimed_from_a_dead_consumer(control):
     assert control.prompts_queued() == 0
 
 
+def test_a_dead_consumers_prompts_are_handed_to_the_live_ones_at_once(control):
+    for i in range(4):
+        control.add_prompt(f"p{i}".encode())
+    held = control.take_prompts("dead", 3, block_ms=10, reclaim_idle_ms=60_000)
+    assert control.take_prompts("live", 5, block_ms=10, reclaim_idle_ms=60_000)[0][1] == b"p3"
+    assert control.hand_over_prompts("dead") == 3
+    assert control.hand_over_prompts("dead") == 0                       # a replay moves nothing
+    # no reclaim timeout to wait for: the live actor takes them as new prompts
+    got = control.take_prompts("live", 5, block_ms=10, reclaim_idle_ms=60_000)
+    assert sorted(p for _, p in got) == sorted(p for _, p in held)
+    payloads = [f[b"prompt"] for _, f in control.r.xrange(control.key(PROMPTS))]
+    assert sorted(payloads) == [b"p0", b"p1", b"p2", b"p3"]           # each prompt in the stream once
+    assert "dead" not in {c["name"].decode() for c in control.r.xinfo_consumers(control.key(PROMPTS), "rollout")}
+    assert control.counters()["prompts_handed_over"] == 3
+
+
 def test_write_group_dedupes_by_prompt_id_and_counts(control):
     assert control.write_group("p1", b"g", 4, held_out=False)
     assert not control.write_group("p1", b"g-again", 4, held_out=False)

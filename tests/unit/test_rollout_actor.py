@@ -66,7 +66,6 @@ def _video(tmp_path, name="ok.mp4"):
 
 def test_actor_streams_groups_quarantines_bad_videos_and_swaps(control, redis_server, tmp_path, monkeypatch):
     fake = FakeEngine()
-    monkeypatch.setattr(actor_mod.VLLMEngine, "create", classmethod(lambda cls, *a, **k: fake))
     cfg = RunConfig(run_id=control.run_id, rollout={"group_size": 3, "prompts_per_batch": 2})
     good = _video(tmp_path)
     (tmp_path / "corrupt.mp4").write_bytes(b"\x00\x01not a video" * 100)
@@ -78,7 +77,8 @@ def test_actor_streams_groups_quarantines_bad_videos_and_swaps(control, redis_se
 
     async def scenario():
         server, port = await start_server(control, Scorer(cfg.reward.components), CollectorRegistry())
-        a = actor_mod.RolloutActor(cfg, redis_server.url, f"127.0.0.1:{port}", "a0", "/unused")
+        a = actor_mod.RolloutActor(cfg, redis_server.url, f"127.0.0.1:{port}", "a0", "/unused",
+                                   engine_factory=lambda *_: fake)
         task = asyncio.create_task(a.run())
         await wait_for(lambda: control.stream_len(GROUPS) >= 2, 4)     # the first 2 groups were written
         control.publish_version(v1)                    # a new version mid-run
@@ -101,12 +101,12 @@ def test_actor_streams_groups_quarantines_bad_videos_and_swaps(control, redis_se
 
 def test_actor_keeps_its_version_when_new_files_fail_their_hash(control, redis_server, tmp_path, monkeypatch):
     fake = FakeEngine()
-    monkeypatch.setattr(actor_mod.VLLMEngine, "create", classmethod(lambda cls, *a, **k: fake))
     cfg = RunConfig(run_id=control.run_id)
     v1 = write_version(tmp_path / "w", 1, 1, lambda d: (d / "model.safetensors").write_bytes(b"w1"))
     (tmp_path / "w" / "v000001" / "model.safetensors").write_bytes(b"tampered")
     control.publish_version(v1)
-    a = actor_mod.RolloutActor(cfg, redis_server.url, "127.0.0.1:1", "a0", "/unused")
+    a = actor_mod.RolloutActor(cfg, redis_server.url, "127.0.0.1:1", "a0", "/unused",
+                                   engine_factory=lambda *_: fake)
     a.engine = fake
     a.loaded_version = 0
     asyncio.run(a._maybe_swap())
@@ -137,7 +137,6 @@ class GatedEngine(FakeEngine):
 def test_a_slow_prompt_does_not_hold_back_the_other_slots(control, redis_server, tmp_path, monkeypatch):
     """prompts_per_batch are slots, not batches: while one prompt is stuck, the free slot keeps taking prompts."""
     fake = GatedEngine()
-    monkeypatch.setattr(actor_mod.VLLMEngine, "create", classmethod(lambda cls, *a, **k: fake))
     monkeypatch.setattr(actor_mod, "ORPHAN_CHECK_S", 0.0)   # checked before every take: none may be found here
     cfg = RunConfig(run_id=control.run_id, rollout={"group_size": 2, "prompts_per_batch": 2})
     good = _video(tmp_path)
@@ -148,7 +147,8 @@ def test_a_slow_prompt_does_not_hold_back_the_other_slots(control, redis_server,
 
     async def scenario():
         server, port = await start_server(control, Scorer(cfg.reward.components), CollectorRegistry())
-        a = actor_mod.RolloutActor(cfg, redis_server.url, f"127.0.0.1:{port}", "a0", "/unused")
+        a = actor_mod.RolloutActor(cfg, redis_server.url, f"127.0.0.1:{port}", "a0", "/unused",
+                                   engine_factory=lambda *_: fake)
         task = asyncio.create_task(a.run())
         fast_done = await wait_for(lambda: control.stream_len(GROUPS) >= 5, 10)
         fake.release.set()
@@ -172,7 +172,6 @@ def test_a_prompt_delivered_but_never_seen_is_generated_without_waiting_for_recl
     name, and the actor never saw it. The actor finds it among its pending entries instead of leaving it to
     another actor's reclaim after rollout.reclaim_idle_s (300 s here)."""
     fake = FakeEngine()
-    monkeypatch.setattr(actor_mod.VLLMEngine, "create", classmethod(lambda cls, *a, **k: fake))
     monkeypatch.setattr(actor_mod, "ORPHAN_CHECK_S", 0.2)
     cfg = RunConfig(run_id=control.run_id, rollout={"group_size": 2, "prompts_per_batch": 2, "reclaim_idle_s": 300})
     good = _video(tmp_path)
@@ -183,7 +182,8 @@ def test_a_prompt_delivered_but_never_seen_is_generated_without_waiting_for_recl
 
     async def scenario():
         server, port = await start_server(control, Scorer(cfg.reward.components), CollectorRegistry())
-        a = actor_mod.RolloutActor(cfg, redis_server.url, f"127.0.0.1:{port}", "a0", "/unused")
+        a = actor_mod.RolloutActor(cfg, redis_server.url, f"127.0.0.1:{port}", "a0", "/unused",
+                                   engine_factory=lambda *_: fake)
         task = asyncio.create_task(a.run())
         done = await wait_for(lambda: control.stream_len(GROUPS) == 3 and control.prompts_queued() == 0, 10)
         await stop_actor(a, task, server)

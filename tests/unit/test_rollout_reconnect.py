@@ -86,7 +86,6 @@ def test_a_service_gone_longer_than_the_outage_limit_fails_with_its_address(cont
 def test_actor_survives_a_reward_service_restart_and_scores_every_prompt_once(control, redis_server, tmp_path,
                                                                                monkeypatch):
     fake = FakeEngine()
-    monkeypatch.setattr(actor_mod.VLLMEngine, "create", classmethod(lambda cls, *a, **k: fake))
     cfg = RunConfig(run_id=control.run_id, rollout={"group_size": 2, "prompts_per_batch": 2, "reconnect_max_s": 0.2})
     good = _video(tmp_path)
     rows = [Row(f"r{i}", str(good), "mcq", "Which way?", "B", ("up", "down")) for i in range(12)]
@@ -97,7 +96,8 @@ def test_actor_survives_a_reward_service_restart_and_scores_every_prompt_once(co
 
     async def scenario():
         server, _ = await start_server(control, scorer, CollectorRegistry(), port=port)
-        a = actor_mod.RolloutActor(cfg, redis_server.url, f"127.0.0.1:{port}", "a0", "/unused")
+        a = actor_mod.RolloutActor(cfg, redis_server.url, f"127.0.0.1:{port}", "a0", "/unused",
+                                   engine_factory=lambda *_: fake)
         task = asyncio.create_task(a.run())
         await wait_for(lambda: control.stream_len(GROUPS) >= 2, 6)
         await server.stop(0)                              # the service goes away mid-stream

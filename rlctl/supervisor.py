@@ -1,0 +1,138 @@
+"""Keeps what `LocalRun` launched alive, with one restart policy per role (the config's `supervisor` block).
+
+LocalRun launches (Redis, Ray, the reward service, actors, the learner); the Supervisor watches them and decides.
+A process that died (kill -9, out of memory: Ray reports a RayActorError) is replaced, since nothing it held is lost
+(invariant 4 in docs/architecture.md), until its role's max_restarts is spent; then the run fails, saying which and
+why. A process that failed with an error of its own (a bug, a reward service gone past rollout.reward_outage_s) fails
+the run at once: replacing it would only repeat the error.
+
+- rollout actor: a new actor under a new id; the prompts the dead one held are handed to the live actors at once
+  (ControlPlane.hand_over_prompts) instead of waiting out rollout.reclaim_idle_s. An actor still loading its engine
+  after rollout.start_timeout_s is an error, not a wait.
+- reward service: a new one on the same port; the actors reconnect and resend what it had not acked.
+- learner: a new one resumed from the last checkpoint (learner.checkpoint_every): the groups the dead one had taken
+  are trained first, and the ledger skips those it had trained. Without a checkpoint the run fails and says so.
+- embedded Redis (redis.persistence): RedisKeeper, a thread, starts it again on the same port and data; the
+  Supervisor fails the run when the keeper gave up.
+All are counted in Redis (`actors_restarted`, `reward_restarted`, `learner_restarted`, `redis_restarted`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from services.common.config import RunConfig, SupervisorConfig
+from services.common.control import ControlPlane
+from services.common.records import StepRecord
+from services.common.redis_server import RedisKeeper
+
+log = logging.getLogger("videorl.rlctl")
+ROLES = ("actor", "reward", "learner")
+
+
+class Launcher(Protocol):
+    """What the Supervisor sees of the run that launched the services (rlctl.local.LocalRun)."""
+
+    cfg: RunConfig
+    control: ControlPlane
+    redis_keeper: RedisKeeper | None
+    reward_run: Any                    # the reward service's wait() ref: ready when it stopped
+    reward_addr: str
+    actors: dict[str, Any]             # live actor handles by id
+    actor_runs: dict[str, Any]         # their run() refs: ready when they stopped
+    started_at: dict[str, float]
+    learner_records: list[StepRecord]
+
+    def start_reward(self, port: int | None = None) -> None: ...
+    def next_actor_id(self) -> str: ...
+    def add_actor(self, actor_id: str) -> None: ...
+    def start_learner(self, resume: bool | None = None) -> None: ...
+
+
+class Supervisor:
+    def __init__(self, run: Launcher, policies: SupervisorConfig):
+        self.run, self.policies = run, policies
+        self.restarts = dict.fromkeys(ROLES, 0)
+
+    def check(self) -> None:
+        """One look at every service of the run (LocalRun.wait calls it between polls)."""
+        keeper = self.run.redis_keeper
+        if keeper is not None and keeper.error:
+            raise RuntimeError(keeper.error)
+        self._check_reward()
+        self._check_actors()
+
+    # -- reward ----------------------------------------------------------------------------------------------------
+    def _check_reward(self) -> None:
+        import ray
+
+        run = self.run
+        if run.reward_run is None or not ray.wait([run.reward_run], timeout=0)[0]:
+            return
+        try:
+            ray.get(run.reward_run)
+            why = "its server stopped"
+        except ray.exceptions.RayActorError as e:
+            why = f"its process died: {str(e).splitlines()[0]}"
+        self._spend("reward", f"the reward service at {run.reward_addr} stopped ({why})")
+        log.warning("the reward service at %s stopped (%s): starting another on the same port", run.reward_addr, why)
+        run.start_reward(port=int(run.reward_addr.rsplit(":", 1)[1]))
+
+    # -- actors ----------------------------------------------------------------------------------------------------
+    def _check_actors(self) -> None:
+        import ray
+
+        run = self.run
+        for a in [a for a, ref in run.actor_runs.items() if ray.wait([ref], timeout=0)[0]]:
+            try:
+                ray.get(run.actor_runs.pop(a))  # raises the actor's error; a clean return is a bug too
+            except ray.exceptions.RayActorError as e:   # the process died; RayTaskError (its own error) propagates
+                self._replace_actor(a, str(e).splitlines()[0])
+                continue
+            raise RuntimeError(f"rollout actor {a} stopped before the run finished")
+        limit, now = run.cfg.rollout.start_timeout_s, time.monotonic()
+        late = {a for a in run.actors if now - run.started_at[a] > limit}
+        if late:
+            stuck = [a.actor_id for a in run.control.actors() if a.actor_id in late and a.loaded_version < 0]
+            if stuck:
+                raise RuntimeError(f"rollout actors {', '.join(stuck)} still loading their engine after "
+                                   f"{limit:.0f}s (rollout.start_timeout_s); their logs are under "
+                                   f"/tmp/videorl-ray/session_latest/logs (worker-*.err)")
+
+    def _replace_actor(self, actor_id: str, why: str) -> None:
+        run = self.run
+        self._spend("actor", f"rollout actor {actor_id} died ({why})")
+        run.actors.pop(actor_id, None)
+        handed = run.control.hand_over_prompts(actor_id)
+        new = run.next_actor_id()
+        log.warning("rollout actor %s died (%s): %s replaces it; the %d prompts it held went back to the live actors",
+                    actor_id, why, new, handed)
+        run.add_actor(new)
+
+    # -- learner ---------------------------------------------------------------------------------------------------
+    def learner_died(self, why: str) -> None:
+        """Start a new learner that resumes from the dead one's last checkpoint (LearnerDriver._restore)."""
+        from services.learner import checkpoint
+
+        run, lc = self.run, self.run.cfg.learner
+        if checkpoint.latest(Path(run.cfg.run_dir) / "checkpoints") is None:
+            hint = ("learner.checkpoint_every is 0" if not lc.checkpoint_every else
+                    f"it died before its first one, at step {lc.checkpoint_every} (learner.checkpoint_every)")
+            raise RuntimeError(f"the learner died ({why}) and there is no checkpoint to resume from: {hint}")
+        self._spend("learner", f"the learner died ({why})")
+        run.learner_records = run.control.step_records()
+        last = run.learner_records[-1].step if run.learner_records else 0
+        log.warning("the learner died (%s) after step %d: a new one resumes from the last checkpoint", why, last)
+        run.start_learner(resume=True)
+
+    # -- policy ----------------------------------------------------------------------------------------------------
+    def _spend(self, role: str, what: str) -> None:
+        """Count one restart of `role`, in this process and in Redis, or fail the run when its policy is spent."""
+        limit = getattr(self.policies, role).max_restarts
+        if self.restarts[role] >= limit:
+            raise RuntimeError(f"{what} and was already replaced {limit} times (supervisor.{role}.max_restarts)")
+        self.restarts[role] += 1
+        self.run.control.incr({"actor": "actors_restarted"}.get(role, f"{role}_restarted"))
