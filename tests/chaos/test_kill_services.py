@@ -106,7 +106,8 @@ def test_kill_9_a_rollout_actor_mid_generation(tiny_assets, tmp_path):
     assert "rollout-1" in after and "rollout-0" not in after
     print(f"\nkill -9 rollout-0 at step {state['step']}: {counts.line()}; held by the dead actor {len(held)}, "
           f"handed over {counters['prompts_handed_over']}, scored by others {len(reclaimed)}, "
-          f"actors restarted {counters['actors_restarted']}, groups by actor after the kill {sorted(after)}, steps {len(records)}")
+          f"actors restarted {counters['actors_restarted']}, groups by actor after the kill {sorted(after)}, "
+          f"steps {len(records)}")
 
 
 def test_kill_9_the_reward_service_and_restart_it(tiny_assets, tmp_path):
