@@ -171,7 +171,7 @@ def test_kill_9_the_learner_and_resume_it_from_its_checkpoint(tiny_assets, tmp_p
     assert steps[:first_resumed] == list(range(1, first_resumed + 1))
     # The actors kept serving while the learner was down: groups were scored between the kill and the new learner's
     # first step, and both actors scored groups after the kill.
-    back = records[first_resumed]["time"]
+    back = records[first_resumed].time
     during = _scored_between(groups, state["killed"], back)
     assert sum(during.values()) >= 1, "no group was scored while the learner was down"
     assert set(_scored_between(groups, state["killed"], float("inf"))) == {"rollout-0", "rollout-1"}
