@@ -86,11 +86,11 @@ def raw_engine(cfg_json: str, model_dir: str, prompts_file: str, warmup: int) ->
     inputs = [{"prompt": chat_text(processor, p.question, list(p.options)),
                "multi_modal_data": {"video": np.asarray(frames.get_for_prompt(p, cfg.media))}} for p in prompts]
     # The engine arguments of VLLMEngine.create, for the offline LLM class.
-    llm = LLM(model=model_dir, dtype="float32", seed=cfg.seed, enforce_eager=True, max_model_len=r.max_model_len,
-              kv_cache_memory_bytes=r.kv_cache_mib << 20, limit_mm_per_prompt={"video": 1, "image": 0},
-              max_num_seqs=max(r.group_size * r.prompts_per_batch, 8), disable_log_stats=True,
+    llm = LLM(model=model_dir, dtype="float32", seed=cfg.seed, enforce_eager=True, max_model_len=r.engine.max_model_len,
+              kv_cache_memory_bytes=r.engine.kv_cache_mib << 20, limit_mm_per_prompt={"video": 1, "image": 0},
+              max_num_seqs=max(cfg.group_size * r.prompts_per_batch, 8), disable_log_stats=True,
               distributed_executor_backend="uni")
-    params = SamplingParams(n=r.group_size, temperature=r.temperature, max_tokens=r.max_new_tokens, logprobs=0,
+    params = SamplingParams(n=cfg.group_size, temperature=r.temperature, max_tokens=r.max_new_tokens, logprobs=0,
                             logit_bias={i: -100.0 for i in vision_token_ids(processor)})
 
     def generate(batch: list[dict]) -> int:
@@ -444,7 +444,7 @@ def main() -> None:
         print("the system, learner off ...", file=sys.stderr, flush=True)
         system, groups = measure_system(cfg, warm, timed, Path(tmp))
     table = overhead_table([raw, system], raw)
-    wires = wire_table(system, payload_bytes(groups), cfg.rollout.group_size)
+    wires = wire_table(system, payload_bytes(groups), cfg.group_size)
     print(table, cores_table(system), wires, sep="\n\n")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "actor_overhead.md").write_text(overhead_markdown(table, wires, raw, system, "actor_overhead_bench.py",

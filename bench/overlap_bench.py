@@ -449,7 +449,7 @@ def run(scenarios: list[Scenario], sizes: Sizes, judge_delay: float) -> dict:
     r = cfg.rollout
     warm = ao.bench_prompts(assets.train, 2 * r.num_actors * r.prompts_per_batch, "warm")
     timed = ao.bench_prompts(assets.train, sizes.gen_prompts, "timed")
-    stages: dict = {"k": r.group_size, "load": [os.getloadavg()[0]]}
+    stages: dict = {"k": cfg.group_size, "load": [os.getloadavg()[0]]}
     with tempfile.TemporaryDirectory(dir=CACHE, prefix="bench-overlap-") as tmp:
         work = Path(tmp)
         say("generation alone: raw vLLM engines")

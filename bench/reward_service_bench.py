@@ -60,8 +60,8 @@ def serve(redis_url: str, run_id: str, reward_json: str) -> None:
     """Child process: the reward server for one scenario; prints PORT n, serves until terminated."""
     from prometheus_client import CollectorRegistry
 
-    from services.common.config import RewardConfig
     from services.common.control import ControlPlane
+    from services.common.reward_config import RewardConfig
     from services.reward.scoring import Scorer
     from services.reward.server import start_server
 

@@ -195,7 +195,7 @@ async def host_actors(spec: Spec) -> None:
     cfg = RunConfig.model_validate_json(spec.cfg_json)
     engines: list[TimedEngine] = []
 
-    def factory(model_dir: Path, rollout, seed: int) -> TimedEngine:
+    def factory(model_dir: Path, run_cfg: RunConfig) -> TimedEngine:
         engines.append(TimedEngine(spec.costs, spec.speedup))
         return engines[-1]
 
@@ -339,7 +339,7 @@ def _config(sc: Scenario, args, run_dir: Path):
     from services.common.config import RunConfig
 
     base = RunConfig()
-    k, t, ppb = base.rollout.group_size, base.rollout.max_new_tokens, base.rollout.prompts_per_batch
+    k, t, ppb = base.group_size, base.rollout.max_new_tokens, base.rollout.prompts_per_batch
     ideal = sc.actors * ppb * sc.speedup / args.costs.group_s(k, t)
     per_step = min(args.max_groups_per_step, max(2, math.ceil(1.5 * ideal * args.costs.step_s)))
     return RunConfig(run_id=f"sim{sc.actors}-{uuid.uuid4().hex[:6]}", run_dir=run_dir,
@@ -431,7 +431,7 @@ def _pct(values: list[float], q: int) -> float:
 def summarise(sc: Scenario, cfg, ideal: float, a: Snapshot, b: Snapshot, hosted: list[dict], steps: list,
               n_hosts: int, load_s: float) -> dict:
     wall = b.t - a.t
-    k = cfg.rollout.group_size
+    k = cfg.group_size
     inside = [g for h in hosted for g in h["groups"] if a.t <= g[0] < b.t]
     claims = [c for h in hosted for c in h["claims"] if a.t <= c[0] < b.t and c[2] > 0]
     aborted = sum(s for h in hosted for t, s in h["aborted"] if a.t <= t < b.t)
@@ -617,7 +617,7 @@ def measure_engine(rounds: int) -> None:
 
     cfg = RunConfig()
     r = cfg.rollout
-    engine = VLLMEngine.create(rlctl.assets.embedded_model(cfg.model.seed, Console()), r, cfg.seed)
+    engine = VLLMEngine.create(rlctl.assets.embedded_model(cfg.seed, Console()), cfg)
     train, _ = make_direction_dataset(rlctl.assets.CACHE / "synth-direction-s0-64-4", 64, 4, seed=0)
     row = next(iter(load_rows(train)))
     frames = FrameCache(64 << 20).get_for_prompt(row.to_prompt("measure"), cfg.media)
@@ -625,7 +625,7 @@ def measure_engine(rounds: int) -> None:
 
     async def one(t: int) -> tuple[float, int]:
         t0 = time.perf_counter()
-        samples = await engine.generate(uuid.uuid4().hex, text, frames, r.group_size, t, r.temperature)
+        samples = await engine.generate(uuid.uuid4().hex, text, frames, cfg.group_size, t, r.temperature)
         return time.perf_counter() - t0, sum(len(s.token_ids) for s in samples or [])
 
     async def main() -> list[tuple[float, int]]:
@@ -642,8 +642,8 @@ def measure_engine(rounds: int) -> None:
     xs, ys = [p[1] for p in points], [p[0] for p in points]
     slope, intercept = statistics.linear_regression(xs, ys)
     print(f"{len(points)} groups, {min(xs)}-{max(xs)} tokens each: prefill {intercept * 1e3:.1f} ms + "
-          f"{slope * 1e3:.3f} ms per token (group of {r.group_size} x {r.max_new_tokens}: "
-          f"{(intercept + slope * r.group_size * r.max_new_tokens) * 1e3:.0f} ms)")
+          f"{slope * 1e3:.3f} ms per token (group of {cfg.group_size} x {r.max_new_tokens}: "
+          f"{(intercept + slope * cfg.group_size * r.max_new_tokens) * 1e3:.0f} ms)")
     print(f"use: --prefill-ms {intercept * 1e3:.0f} --token-ms {slope * 1e3:.3f}")
 
 

@@ -91,7 +91,7 @@ def run_videorl(steps: int, run_dir: Path) -> dict:
     versions = [p for _, p in list_versions(run_dir / "weights")]
     return {"system": "videorl", "wall_s": wall, "steps": len(recs),
             "generated": summary.counters.get("completions_received", 0),
-            "trained": sum(len(r.group_ids) for r in recs) * load([]).rollout.group_size,
+            "trained": sum(len(r.group_ids) for r in recs) * load([]).group_size,
             "step_times": [r.time for r in recs], "rewards": [r.train.reward_mean for r in recs],
             "model": str(versions[-1])}
 
@@ -170,10 +170,11 @@ def trl_args(cfg, steps: int, out: Path, never: list[int], seed: int):
     ro, lc = cfg.rollout, cfg.learner
     return GRPOConfig(
         output_dir=str(out / "trainer"), max_steps=steps, seed=seed, use_cpu=True, bf16=False,
-        per_device_train_batch_size=ro.group_size * lc.groups_per_step, gradient_accumulation_steps=1,
-        steps_per_generation=1, num_generations=ro.group_size, max_completion_length=ro.max_new_tokens,
+        per_device_train_batch_size=cfg.group_size * lc.groups_per_step, gradient_accumulation_steps=1,
+        steps_per_generation=1, num_generations=cfg.group_size, max_completion_length=ro.max_new_tokens,
         temperature=ro.temperature, learning_rate=lc.lr, lr_scheduler_type="constant", warmup_steps=0,
-        weight_decay=0.0, max_grad_norm=lc.grad_clip / ro.max_new_tokens, beta=lc.kl_coef, epsilon=lc.clip_eps,
+        weight_decay=0.0, max_grad_norm=lc.grad_clip / ro.max_new_tokens, beta=lc.loss.kl_coef,
+        epsilon=lc.loss.clip_eps,
         num_iterations=lc.num_iterations, loss_type="dr_grpo", scale_rewards="group",
         reward_weights=[c.weight for c in cfg.reward.components], generation_kwargs={"suppress_tokens": never},
         remove_unused_columns=False, report_to="none", save_strategy="no", logging_steps=10,
@@ -301,18 +302,18 @@ def table(results: list[dict]) -> str:
 def settings_table(cfg) -> str:
     ro, lc = cfg.rollout, cfg.learner
     comps = " + ".join(f"{c.weight:g} {c.name}" for c in cfg.reward.components)
-    rows = [("K (completions per prompt)", f"group_size {ro.group_size}", f"num_generations {ro.group_size}"),
+    rows = [("K (completions per prompt)", f"group_size {cfg.group_size}", f"num_generations {cfg.group_size}"),
             ("prompts per learner step", f"groups_per_step {lc.groups_per_step}",
-             f"per_device_train_batch_size {ro.group_size * lc.groups_per_step}, steps_per_generation 1"),
+             f"per_device_train_batch_size {cfg.group_size * lc.groups_per_step}, steps_per_generation 1"),
             ("max new tokens", f"max_new_tokens {ro.max_new_tokens}", f"max_completion_length {ro.max_new_tokens}"),
             ("sampling temperature", f"{ro.temperature:g}", f"{ro.temperature:g}"),
             ("optimizer, lr", f"AdamW {lc.lr:g}, constant, no weight decay",
              f"AdamW {lc.lr:g}, constant, no weight decay"),
-            ("loss aggregation", lc.loss_agg, f"dr_grpo (= {lc.loss_agg} / {ro.max_new_tokens})"),
+            ("loss aggregation", lc.loss.agg, f"dr_grpo (= {lc.loss.agg} / {ro.max_new_tokens})"),
             ("gradient clipping", f"{lc.grad_clip:g}", f"{lc.grad_clip / ro.max_new_tokens:g} (same, rescaled)"),
-            ("KL to the initial model", f"{lc.kl_type}, {lc.kl_coef:g}", f"k3, beta {lc.kl_coef:g}"),
-            ("PPO clip, updates per batch", f"{lc.clip_eps:g}, {lc.num_iterations}",
-             f"{lc.clip_eps:g}, {lc.num_iterations}"),
+            ("KL to the initial model", f"{lc.loss.kl_type}, {lc.loss.kl_coef:g}", f"k3, beta {lc.loss.kl_coef:g}"),
+            ("PPO clip, updates per batch", f"{lc.loss.clip_eps:g}, {lc.num_iterations}",
+             f"{lc.loss.clip_eps:g}, {lc.num_iterations}"),
             ("advantages", f"{lc.advantage} (group mean and std)", "scale_rewards group"),
             ("reward", comps, f"the same functions, reward_weights {[c.weight for c in cfg.reward.components]}"),
             ("vision placeholder tokens", "never sampled (logit bias)", "never sampled (suppress_tokens)"),

@@ -44,20 +44,20 @@ def prepare_assets(cfg: RunConfig, console: Console) -> Assets:
         from services.data.synth_suite import make_suite
 
         with console.status(f"rendering the synthetic suite ({', '.join(d.synth_tasks)}; once)"):
-            name = f"synth-suite-s{d.seed}-{'-'.join(d.synth_tasks)}-{d.synth_train}-{d.synth_eval}"
-            suite = make_suite(CACHE / name, d.synth_tasks, d.synth_train, d.synth_eval, seed=d.seed, progress=False)
+            name = f"synth-suite-s{cfg.seed}-{'-'.join(d.synth_tasks)}-{d.synth_train}-{d.synth_eval}"
+            suite = make_suite(CACHE / name, d.synth_tasks, d.synth_train, d.synth_eval, seed=cfg.seed, progress=False)
         train_path, eval_path = train_path or suite.train, eval_path or suite.eval
     if train_path is None or eval_path is None:
         from services.embedded.synth import make_direction_dataset
 
         with console.status("generating the synthetic direction videos (once)"):
             synth_train, synth_eval = make_direction_dataset(
-                CACHE / f"synth-direction-s{d.seed}-{d.synth_train}-{d.synth_eval}", d.synth_train, d.synth_eval,
-                seed=d.seed)
+                CACHE / f"synth-direction-s{cfg.seed}-{d.synth_train}-{d.synth_eval}", d.synth_train, d.synth_eval,
+                seed=cfg.seed)
         train_path, eval_path = train_path or synth_train, eval_path or synth_eval
     model_dir = cfg.model.path
     if model_dir is None:
-        model_dir = embedded_model(cfg.model.seed, console)
+        model_dir = embedded_model(cfg.seed, console)
     skipped: list[str] = []
     train, eval_rows = load_split(train_path, cfg, skipped), load_split(eval_path, cfg, skipped)
     if skipped:

@@ -31,7 +31,7 @@ def run_eval(cfg: RunConfig, console: Console, timeout_s: float = 1800.0) -> Eva
     t0 = time.time()
     try:
         control = run.start()
-        feeder = PromptFeeder(control, [], run.assets.eval_rows, ahead=0, seed=cfg.data.seed)
+        feeder = PromptFeeder(control, [], run.assets.eval_rows, ahead=0, seed=cfg.seed)
         n = feeder.feed_eval()
         groups: list[EvalGroup] = []
         deadline = time.monotonic() + timeout_s

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "sft.yaml"
 
 
 @click.command("sft")
@@ -23,12 +23,12 @@ def sft(config: Path | None, overrides: tuple[str, ...], out_dir: Path | None) -
     tiny one. Start GRPO from the result with: rlctl run CONFIG --set model.path=OUT."""
     from rich.console import Console
 
-    from services.common.config import ConfigError, load_config
+    from services.common.config import ConfigError, SFTRunConfig, load_config
     from services.common.dataset import DatasetError
 
     console = Console()
     try:
-        cfg = load_config(config or DEFAULT_CONFIG, list(overrides))
+        cfg = load_config(config or DEFAULT_CONFIG, list(overrides), model=SFTRunConfig)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     out = Path(out_dir or cfg.sft.out or Path(cfg.run_dir) / "sft")
@@ -42,16 +42,16 @@ def sft(config: Path | None, overrides: tuple[str, ...], out_dir: Path | None) -
 
         d = cfg.data
         with console.status("generating the synthetic direction videos with reasoning (once)"):
-            train, _ = make_direction_dataset(CACHE / f"synth-direction-reasoning-s{d.seed}-{d.synth_train}-"
-                                              f"{d.synth_eval}", d.synth_train, d.synth_eval, seed=d.seed,
+            train, _ = make_direction_dataset(CACHE / f"synth-direction-reasoning-s{cfg.seed}-{d.synth_train}-"
+                                              f"{d.synth_eval}", d.synth_train, d.synth_eval, seed=cfg.seed,
                                               reasoning=True)
         data = [train]
-    model_dir = cfg.model.path or embedded_model(cfg.model.seed, console)
+    model_dir = cfg.model.path or embedded_model(cfg.seed, console)
     console.print(f"[bold]videorl[/] sft: {model_dir} on {', '.join(map(str, data))} -> {out}", soft_wrap=True)
     from services.learner.sft import train_sft
 
     try:
-        summary = train_sft(cfg.sft, cfg.media, Path(model_dir), data, out)
+        summary = train_sft(cfg.sft, cfg.media, Path(model_dir), data, out, seed=cfg.seed)
     except (DatasetError, FileExistsError) as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:

@@ -215,8 +215,7 @@ def _set_rollout_replicas(rayjob: dict, n: int) -> None:
 
 def path_warnings(cfg: RunConfig) -> list[str]:
     """Paths the pods will read that are not on the shared volume (they were probably meant for this machine)."""
-    paths = {"model.path": cfg.model.path, "data.train": cfg.data.train, "data.eval": cfg.data.eval,
-             **{f"sft.data[{i}]": p for i, p in enumerate(cfg.sft.data)}}
+    paths = {"model.path": cfg.model.path, "data.train": cfg.data.train, "data.eval": cfg.data.eval}
     return [f"{field}={p} is read inside the pods; put it on the data volume (under {DATA_MOUNT}/)"
             for field, p in paths.items() if p is not None and not Path(p).is_relative_to(DATA_MOUNT)]
 

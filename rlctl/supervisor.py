@@ -3,12 +3,12 @@
 LocalRun launches (Redis, Ray, the reward service, actors, the learner); the Supervisor watches them and decides.
 A process that died (kill -9, out of memory: Ray reports a RayActorError) is replaced, since nothing it held is lost
 (invariant 4 in docs/architecture.md), until its role's max_restarts is spent; then the run fails, saying which and
-why. A process that failed with an error of its own (a bug, a reward service gone past rollout.reward_outage_s) fails
-the run at once: replacing it would only repeat the error.
+why. A process that failed with an error of its own (a bug, a reward service gone past
+rollout.faults.reward_outage_s) fails the run at once: replacing it would only repeat the error.
 
 - rollout actor: a new actor under a new id; the prompts the dead one held are handed to the live actors at once
-  (ControlPlane.hand_over_prompts) instead of waiting out rollout.reclaim_idle_s. An actor still loading its engine
-  after rollout.start_timeout_s is an error, not a wait.
+  (ControlPlane.hand_over_prompts) instead of waiting out rollout.faults.reclaim_idle_s. An actor still loading its
+  engine after rollout.faults.start_timeout_s is an error, not a wait.
 - reward service: a new one on the same port; the actors reconnect and resend what it had not acked.
 - learner: a new one resumed from the last checkpoint (learner.checkpoint_every): the groups the dead one had taken
   are trained first, and the ledger skips those it had trained. Without a checkpoint the run fails and says so.
@@ -93,13 +93,13 @@ class Supervisor:
                 self._replace_actor(a, str(e).splitlines()[0])
                 continue
             raise RuntimeError(f"rollout actor {a} stopped before the run finished")
-        limit, now = run.cfg.rollout.start_timeout_s, time.monotonic()
+        limit, now = run.cfg.rollout.faults.start_timeout_s, time.monotonic()
         late = {a for a in run.actors if now - run.started_at[a] > limit}
         if late:
             stuck = [a.actor_id for a in run.control.actors() if a.actor_id in late and a.loaded_version < 0]
             if stuck:
                 raise RuntimeError(f"rollout actors {', '.join(stuck)} still loading their engine after "
-                                   f"{limit:.0f}s (rollout.start_timeout_s); their logs are under "
+                                   f"{limit:.0f}s (rollout.faults.start_timeout_s); their logs are under "
                                    f"/tmp/videorl-ray/session_latest/logs (worker-*.err)")
 
     def _replace_actor(self, actor_id: str, why: str) -> None:

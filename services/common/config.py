@@ -9,16 +9,14 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, ClassVar, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from services.common.config_base import Strict as _Strict
+from services.common.reward_config import RewardConfig
 from services.common.synth_tasks import parse_tasks
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class RedisConfig(_Strict):
@@ -31,8 +29,38 @@ class RedisConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    path: Path | None = Field(None, description="HF save_pretrained dir of a Qwen2-VL model; None builds the tiny one")
-    seed: int = Field(0, description="seed of the embedded tiny model's random init")
+    path: Path | None = Field(None, description="HF save_pretrained dir of a Qwen2-VL model; None builds the tiny one "
+                                                "(its random init seeded by the run's seed)")
+
+
+class UniformSampling(_Strict):
+    """Every train row alike, in shuffled passes."""
+
+    type: Literal["uniform"] = "uniform"
+
+
+class _ByPassRate(_Strict):
+    pass_reward: float = Field(1.0, description="a completion passes when its total reward reaches this")
+    explore: float = Field(0.1, ge=0, le=1, description="share of draws that ignore the rule (re-measures rows)")
+
+
+class FilterSampling(_ByPassRate):
+    """Only rows the policy neither always nor never passes (TVG-R1: 0 < p <= 0.7)."""
+
+    type: Literal["filter"] = "filter"
+    pass_min: float = Field(0.0, ge=0, le=1, description="keep rows with pass_min < p ...")
+    pass_max: float = Field(0.7, ge=0, le=1, description="... and p <= pass_max")
+
+
+class TargetSampling(_ByPassRate):
+    """Rows drawn with a preference for those near a target pass rate (Time-R1)."""
+
+    type: Literal["target"] = "target"
+    target_pass: float = Field(0.5, ge=0, le=1, description="favour rows near this pass rate")
+    target_width: float = Field(0.2, gt=0, description="width of the preference around it")
+
+
+Sampling = Annotated[UniformSampling | FilterSampling | TargetSampling, Field(discriminator="type")]
 
 
 class DataConfig(_Strict):
@@ -43,16 +71,8 @@ class DataConfig(_Strict):
     synth_tasks: list[str] | None = Field(
         None, description="render these tasks of the synthetic suite (synth_train/synth_eval rows each) instead of "
                           "the one direction task; see `rlctl data synth --help`")
-    seed: int = Field(0, description="seed of the synthetic data and of the prompt order")
-
-    sampling: Literal["uniform", "filter", "target"] = Field(
-        "uniform", description="train prompt choice: every row alike, or by the policy's pass rate on it")
-    pass_reward: float = Field(1.0, description="a completion passes when its total reward reaches this")
-    pass_min: float = Field(0.0, ge=0, le=1, description="sampling=filter keeps rows with pass_min < p ...")
-    pass_max: float = Field(0.7, ge=0, le=1, description="... and p <= pass_max (TVG-R1: 0 < p <= 0.7)")
-    target_pass: float = Field(0.5, ge=0, le=1, description="sampling=target favours rows near this pass rate")
-    target_width: float = Field(0.2, gt=0, description="sampling=target: width of the preference around it")
-    explore: float = Field(0.1, ge=0, le=1, description="share of draws that ignore the rule (re-measures rows)")
+    sampling: Sampling = Field(default_factory=UniformSampling, description=(
+        "train prompt choice, by `type`: uniform (every row alike), filter or target (by the policy's pass rate)"))
     skip_bad_rows: bool = Field(True, description=(
         "rlctl run skips malformed dataset lines, naming each (file:line: field) in a warning and counting them "
         "(rows_skipped); false: the first one stops the run before it starts"))
@@ -76,125 +96,63 @@ class MediaConfig(_Strict):
     folder_fps: float = Field(2.0, gt=0, description="frame rate assumed for a video given as a folder of frames")
 
 
-class RolloutConfig(_Strict):
-    num_actors: int = Field(2, ge=1, le=256, description="rollout actors (one vLLM engine each)")
-    group_size: int = Field(4, ge=2, le=64, description="K: completions sampled per prompt")
-    prompts_per_batch: int = Field(2, ge=1, le=256, description=(
-        "prompts an actor keeps generating at once; a finished one's slot is refilled from the stream at once"))
-    max_new_tokens: int = Field(24, ge=1, le=32_768, description="generation length bound")
-    temperature: float = Field(1.0, ge=0, le=5, description="sampling temperature")
+class EngineConfig(_Strict):
+    """One rollout actor's vLLM engine."""
+
     max_model_len: int = Field(512, ge=64, description="vLLM max_model_len")
     kv_cache_mib: int = Field(64, ge=8, description="KV cache size bound per engine, MiB")
-    heartbeat_s: float = Field(1.0, gt=0, description="seconds between registry heartbeats")
+
+
+class ActorFaultsConfig(_Strict):
+    """How a rollout actor rides out faults around it (its own death is the supervisor's: supervisor.actor)."""
+
     start_timeout_s: float = Field(600.0, gt=0,
                                    description="an actor still loading its engine after this long is an error")
-    eval_samples: int = Field(1, ge=1, le=64,
-                              description="completions per held-out prompt (1 at temperature 0 = greedy)")
-    eval_temperature: float = Field(0.0, ge=0, le=5, description="sampling temperature for held-out prompts")
-    swap: Literal["abort", "wait"] = Field(
-        "abort", description="on a new version: abort in-flight requests and redo them, or let them finish")
     reclaim_idle_s: float = Field(300.0, ge=0.1, le=86_400, description=(
         "a prompt an actor took and has not finished after this long is reclaimed by another (its holder is presumed "
-        "dead); keep it well above the time to generate and score one batch"))
+        "hung; a holder known dead hands its prompts over at once); keep it well above the time to generate and "
+        "score one batch"))
     reconnect_max_s: float = Field(5.0, gt=0, le=300, description=(
         "cap of the backoff between reconnects to the reward service (from 0.1 s, doubling)"))
     reward_outage_s: float = Field(120.0, gt=0, le=86_400, description=(
         "an actor whose reward service acks nothing this long after its stream broke fails, naming the address"))
 
 
-class RewardComponentConfig(_Strict):
-    """One weighted term of a task's reward. Its value is logged under `key` (the label, else the name)."""
+class RolloutConfig(_Strict):
+    """The actor loop: how many actors, what they generate and how they swap weights."""
 
-    name: str = Field(min_length=1, description="registered reward function name, or `judge`")
-    weight: float = Field(1.0, description="weight in the total reward; 0 logs (or gates) without counting")
-    label: str | None = Field(None, min_length=1, description="name in logs, metrics and gates; defaults to name")
-    gate: str | None = Field(None, description="key of an earlier component of the same list that must pass first")
-    gate_min: float = Field(1.0, ge=0, le=1, description="the gate passes when its value is >= this")
-    rubric: Literal["route", "reference"] | None = Field(
-        None, description="judge only: `route` (Ego-ST, 3 x 0-5, /15) or `reference` (0-10 against the reference, /10)")
+    num_actors: int = Field(2, ge=1, le=256, description="rollout actors (one vLLM engine each)")
+    prompts_per_batch: int = Field(2, ge=1, le=256, description=(
+        "prompts an actor keeps generating at once; a finished one's slot is refilled from the stream at once"))
+    max_new_tokens: int = Field(24, ge=1, le=32_768, description="generation length bound")
+    temperature: float = Field(1.0, ge=0, le=5, description="sampling temperature")
+    heartbeat_s: float = Field(1.0, gt=0, description="seconds between registry heartbeats")
+    eval_samples: int = Field(1, ge=1, le=64,
+                              description="completions per held-out prompt (1 at temperature 0 = greedy)")
+    eval_temperature: float = Field(0.0, ge=0, le=5, description="sampling temperature for held-out prompts")
+    swap: Literal["abort", "wait"] = Field(
+        "abort", description="on a new version: abort in-flight requests and redo them, or let them finish")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="the vLLM engine of each actor")
+    faults: ActorFaultsConfig = Field(default_factory=ActorFaultsConfig, description="timeouts around each actor")
+
+
+class LossConfig(_Strict):
+    """The GRPO loss, passed whole to services/learner/grpo.py policy_loss (knobs named as verl and TRL name them)."""
+
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO clip range of the ratio (both bounds unless set)")
+    clip_low: float | None = Field(None, ge=0, lt=1, description="ratio floor is 1 - clip_low; None = clip_eps")
+    clip_high: float | None = Field(None, ge=0, le=10, description="ratio ceiling is 1 + clip_high; None = clip_eps")
+    dual_clip: float | None = Field(None, gt=1, le=100, description="cap the loss at dual_clip·|A| when A < 0")
+    agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"] = Field(
+        "token_mean", description="per-token loss reduction (verl's loss_agg_mode; _norm divides by max_new_tokens)")
+    kl_coef: float = Field(0.0, ge=0, le=10, description="KL penalty weight to a frozen reference (0 = none)")
+    kl_type: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (Schulman's k1/k2/k3)")
 
     @property
-    def key(self) -> str:
-        return self.label or self.name
-
-    @model_validator(mode="after")
-    def _check(self) -> RewardComponentConfig:
-        if self.name == "judge" and self.rubric is None:
-            raise ValueError("rubric: the judge reward needs a rubric (route or reference)")
-        if self.name != "judge" and self.rubric is not None:
-            raise ValueError(f"rubric: only the judge reward takes a rubric, not {self.name!r}")
-        return self
-
-
-class JudgeConfig(_Strict):
-    """The LLM judge's OpenAI-compatible chat endpoint (`vllm serve`, a hosted API); see services/reward/judge.py."""
-
-    base_url: str = Field("http://127.0.0.1:8000/v1", description="requests go to {base_url}/chat/completions")
-    model: str | None = Field(None, min_length=1, description="model name sent in each request; needed by the judge")
-    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-                                    description="environment variable holding the API key (never the key itself)")
-    timeout_s: float = Field(30.0, gt=0, le=600, description="bound on one request, connect to last byte")
-    retries: int = Field(2, ge=0, le=10, description="extra attempts after a timeout, transport error, 429 or 5xx")
-    backoff_s: float = Field(0.5, ge=0, le=60, description="wait before the first retry; doubles for each next one")
-    max_concurrency: int = Field(16, ge=1, le=1024, description="judge requests in flight at once, over all groups")
-    max_tokens: int = Field(64, ge=8, le=4096, description="bound on the judge's reply length")
-    max_answer_chars: int = Field(8000, ge=64, description="candidate answers are cut to this many characters")
-    cache_size: int = Field(50_000, ge=0, description="scores kept, keyed by (rubric, question, reference, answer)")
-
-
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-class RewardConfig(_Strict):
-    host: str = Field("127.0.0.1", description="address the gRPC server binds (local default: loopback only)")
-    port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one")
-    components: list[RewardComponentConfig] = Field(
-        default_factory=lambda: [RewardComponentConfig(name="mcq", weight=1.0),
-                                 RewardComponentConfig(name="answer_format", weight=0.1)],
-        min_length=1,
-        description="weighted reward components summed into each completion's reward (tasks not in `tasks`)",
-    )
-    tasks: dict[str, list[RewardComponentConfig]] = Field(
-        default_factory=dict, description="per task type (Prompt.task), its own components instead of `components`")
-    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="the LLM judge endpoint, if one is used")
-    tls_cert: Path | None = Field(None, description="PEM certificate (chain) the reward server presents; TLS is on "
-                                                    "when set (needs tls_key); required off loopback")
-    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
-    tls_ca: Path | None = Field(None, description="PEM CA bundle the actors verify the server with "
-                                                  "(None: the system's)")
-    tls_server_name: str | None = Field(None, description="name the actors expect in the server certificate, when "
-                                                          "it differs from the address's host (e.g. a Service name)")
-    require_token: bool = Field(False, description="refuse calls without `authorization: Bearer <token>`, the token "
-                                                   "read from env VIDEORL_REWARD_TOKEN; required off loopback")
-    health_port: int | None = Field(None, ge=0, le=65535, description="also serve only gRPC health, in plaintext, on "
-                                    "this port (Kubernetes' gRPC probes speak neither TLS nor tokens)")
-    max_held_completions: int = Field(4096, ge=1, le=1_048_576, description=(
-        "completions held across all streams (K slots per group, from its first completion to its ack); at the cap "
-        "the service stops reading streams, so gRPC flow control pushes back on the actors"))
-    max_open_groups_per_stream: int = Field(8, ge=1, le=1024, description=(
-        "unfinished groups one stream may hold; opening one more rejects the stream's oldest unfinished group"))
-
-    @model_validator(mode="after")
-    def _check(self) -> RewardConfig:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key: give both or neither")
-        if self.host not in LOOPBACK_HOSTS and (self.tls_cert is None or not self.require_token):
-            raise ValueError(f"host {self.host!r} is not loopback: set tls_cert, tls_key and require_token (plaintext "
-                             "and unauthenticated gRPC is only for the local default on 127.0.0.1)")
-        lists = {"components": self.components, **{f"tasks.{t}": c for t, c in self.tasks.items()}}
-        for where, comps in lists.items():
-            if not comps:
-                raise ValueError(f"{where}: needs at least one component")
-            seen: set[str] = set()
-            for i, c in enumerate(comps):
-                if c.key in seen:
-                    raise ValueError(f"{where}[{i}]: duplicate component {c.key!r}; give one a `label`")
-                if c.gate is not None and c.gate not in seen:
-                    raise ValueError(f"{where}[{i}].gate: {c.gate!r} is not an earlier component of {where}")
-                seen.add(c.key)
-        if self.judge.model is None and any(c.name == "judge" for comps in lists.values() for c in comps):
-            raise ValueError("judge.model: required when a component uses the judge")
-        return self
+    def clip_bounds(self) -> tuple[float, float]:
+        """(clip_low, clip_high), each defaulting to clip_eps."""
+        return (self.clip_eps if self.clip_low is None else self.clip_low,
+                self.clip_eps if self.clip_high is None else self.clip_high)
 
 
 class LearnerConfig(_Strict):
@@ -203,12 +161,7 @@ class LearnerConfig(_Strict):
     publish_every: int = Field(4, ge=1, description="publish weights every N steps")
     lr: float = Field(5e-4, gt=0, description="AdamW learning rate")
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
-    clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO clip range of the ratio (both bounds unless set)")
-    clip_low: float | None = Field(None, ge=0, lt=1, description="ratio floor is 1 - clip_low; None = clip_eps")
-    clip_high: float | None = Field(None, ge=0, le=10, description="ratio ceiling is 1 + clip_high; None = clip_eps")
-    dual_clip: float | None = Field(None, gt=1, le=100, description="cap the loss at dual_clip·|A| when A < 0")
-    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"] = Field(
-        "token_mean", description="per-token loss reduction (verl's loss_agg_mode; _norm divides by max_new_tokens)")
+    loss: LossConfig = Field(default_factory=LossConfig, description="the clipped surrogate, its KL term, aggregation")
     max_staleness: int = Field(4, ge=0, description="drop groups older than this many versions")
     advantage: Literal["group_std", "no_std", "loo"] = Field("group_std", description="advantage normalisation")
     old_logp: Literal["sampler", "learner"] = Field(
@@ -222,8 +175,6 @@ class LearnerConfig(_Strict):
     micro_batch_tokens: int | None = Field(None, ge=1, description=(
         "pack micro-batches up to this many padded tokens and accumulate gradients; None = one micro-batch"))
     grad_clip: float = Field(1.0, ge=0, description="clip the global gradient norm to this (0 = off)")
-    kl_coef: float = Field(0.0, ge=0, le=10, description="KL penalty weight to a frozen reference (0 = none)")
-    kl_type: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (Schulman's k1/k2/k3)")
     freeze_vision: bool = Field(False, description="train only the language model; published dirs stay complete")
     num_iterations: int = Field(1, ge=1, le=16, description="updates per batch (old log-probs from the first)")
     checkpoint_every: int = Field(0, ge=0, description=(
@@ -239,12 +190,6 @@ class LearnerConfig(_Strict):
         if self.dynamic_sampling and not self.filter_zero_variance:
             raise ValueError("dynamic_sampling: needs filter_zero_variance=true")
         return self
-
-    @property
-    def clip_bounds(self) -> tuple[float, float]:
-        """(clip_low, clip_high), each defaulting to clip_eps."""
-        return (self.clip_eps if self.clip_low is None else self.clip_low,
-                self.clip_eps if self.clip_high is None else self.clip_high)
 
 
 class RestartPolicy(_Strict):
@@ -274,6 +219,21 @@ class SupervisorConfig(_Strict):
 MOVED = {
     "rollout.max_restarts": "supervisor.actor.max_restarts",
     "learner.max_restarts": "supervisor.learner.max_restarts",
+    "rollout.group_size": "group_size",
+    "rollout.max_model_len": "rollout.engine.max_model_len",
+    "rollout.kv_cache_mib": "rollout.engine.kv_cache_mib",
+    **{f"rollout.{k}": f"rollout.faults.{k}" for k in ("start_timeout_s", "reclaim_idle_s", "reconnect_max_s",
+                                                       "reward_outage_s")},
+    **{f"learner.{k}": f"learner.loss.{k}" for k in ("clip_eps", "clip_low", "clip_high", "dual_clip", "kl_coef",
+                                                     "kl_type")},
+    "learner.loss_agg": "learner.loss.agg",
+    **{f"data.{k}": f"data.sampling.{k} (with data.sampling.type: {rule})"
+       for k, rule in (("pass_min", "filter"), ("pass_max", "filter"), ("target_pass", "target"),
+                       ("target_width", "target"), ("pass_reward", "filter or target"),
+                       ("explore", "filter or target"))},
+    "model.seed": "seed (one seed derives every other)",
+    "data.seed": "seed (one seed derives every other)",
+    "sft": "its own config file, read by `rlctl sft CONFIG` (SFTRunConfig, rlctl/configs/sft.yaml)",
 }
 
 
@@ -292,7 +252,6 @@ class SFTConfig(_Strict):
     grad_clip: float = Field(1.0, ge=0, description="clip the global gradient norm to this (0 = off)")
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
     freeze_vision: bool = Field(False, description="train only the language model; the output dir stays complete")
-    seed: int = Field(0, description="seed of the row order")
     out: Path | None = Field(None, description="output model directory; None = <run_dir>/sft")
     log_every: int = Field(10, ge=1, description="write a loss record to sft_log.jsonl every N steps")
 
@@ -302,11 +261,44 @@ class SFTConfig(_Strict):
         return [v] if isinstance(v, (str, Path)) else v  # `--set sft.data=train.jsonl` names one file
 
 
-class RunConfig(_Strict):
+class _TopLevel(_Strict):
+    """A config file's root: a field that moved (`moved`: old path -> new place) fails naming its new place."""
+
+    moved: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_moved(cls, data: object) -> object:
+        if found := moved_fields(data, cls.moved):
+            raise ValueError("; ".join(found))
+        return data
+
+
+class SFTRunConfig(_TopLevel):
+    """`rlctl sft CONFIG`'s own config (rlctl/configs/sft.yaml): the model and rows to start from, frame sampling
+    (keep it equal to the GRPO run's `media`), and the SFT training itself."""
+
+    run_id: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")] = Field("sft", description="name of the run")
+    run_dir: Path = Field(Path("runs/sft"), description="the output goes to <run_dir>/sft unless sft.out says")
+    seed: int = Field(0, description="the one seed: the embedded model's init, the synthetic data, the row order")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    media: MediaConfig = MediaConfig()
+    sft: SFTConfig = SFTConfig()
+
+    moved: ClassVar[dict[str, str]] = {"model.seed": MOVED["model.seed"], "data.seed": MOVED["data.seed"],
+                                       "sft.seed": "seed (one seed derives every other)"}
+
+
+class RunConfig(_TopLevel):
     run_id: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")] = Field(
         "local", description="run name; every Redis key lives under videorl:<run_id>:")
     run_dir: Path = Field(Path("runs/local"), description="where weights, stats and logs of the run are written")
-    seed: int = Field(0, description="global seed")
+    seed: int = Field(0, description=(
+        "the one seed: the embedded model's init, the synthetic data, the prompt order, sampling and training"))
+    group_size: int = Field(4, ge=2, le=64, description=(
+        "K: completions sampled per prompt by the actors, assembled into a group by the reward service, normalised "
+        "over by the learner"))
     redis: RedisConfig = RedisConfig()
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -315,17 +307,8 @@ class RunConfig(_Strict):
     reward: RewardConfig = RewardConfig()
     learner: LearnerConfig = LearnerConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
-    sft: SFTConfig = SFTConfig()
 
-    @model_validator(mode="before")
-    @classmethod
-    def _moved(cls, data: object) -> object:
-        """A field that moved fails naming its new place (every moved field at once), not as an unknown field."""
-        if isinstance(data, dict):
-            found = [f"{old}: moved to {new}" for old, new in MOVED.items() if _has_path(data, old.split("."))]
-            if found:
-                raise ValueError("; ".join(found))
-        return data
+    moved: ClassVar[dict[str, str]] = MOVED
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -334,6 +317,12 @@ class RunConfig(_Strict):
         if self.media.min_frames > self.media.max_frames:
             raise ValueError("media.min_frames must not exceed media.max_frames")
         return self
+
+
+def moved_fields(data: object, moved: dict[str, str]) -> list[str]:
+    """One "old.path: moved to new place" line per field of `data` that `moved` lists."""
+    return [f"{k}: moved to {new}" for k, new in moved.items()
+            if isinstance(data, dict) and _has_path(data, k.split("."))]
 
 
 def _has_path(data: dict, path: list[str]) -> bool:
@@ -349,8 +338,12 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the bad fields."""
 
 
-def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Load a YAML run config (None = all defaults) and apply `a.b.c=value` overrides."""
+Config = TypeVar("Config", RunConfig, SFTRunConfig)
+
+
+def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = (),
+                model: type[Config] = RunConfig) -> Config:  # type: ignore[assignment]
+    """Load a YAML config of `model` (None = all defaults) and apply `a.b.c=value` overrides."""
     raw: dict = {}
     if path is not None:
         try:
@@ -373,21 +366,21 @@ def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) 
             node[leaf] = yaml.safe_load(value)
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: the value is not YAML: {e}") from None
-    if moved := [f"{old}: moved to {new}" for old, new in MOVED.items() if _has_path(raw, old.split("."))]:
+    if moved := moved_fields(raw, model.moved):
         raise ConfigError(f"{path or 'config'}: invalid:\n  " + "\n  ".join(moved))
     try:
-        return RunConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
-        lines = [_error_line(err["loc"], err["type"], err["msg"]) for err in e.errors()]
+        lines = [_error_line(err["loc"], err["type"], err["msg"], model) for err in e.errors()]
         raise ConfigError(f"{path or 'config'}: invalid:\n  " + "\n  ".join(lines)) from None
 
 
-def _error_line(loc: tuple, kind: str, msg: str) -> str:
+def _error_line(loc: tuple, kind: str, msg: str, root: type[BaseModel] = RunConfig) -> str:
     """One validation error as `field.path: message`. Our model validators start their message with the field
     they are about, relative to the model ("components[0].gate: ..."): that joins the path."""
     where = ".".join(str(x) for x in loc)
     if kind == "extra_forbidden":
-        msg += _did_you_mean(loc)
+        msg += _did_you_mean(loc, root)
     elif kind == "value_error":
         msg = msg.removeprefix("Value error, ")
         head, sep, rest = msg.partition(": ")
@@ -396,9 +389,9 @@ def _error_line(loc: tuple, kind: str, msg: str) -> str:
     return f"{where}: {msg}" if where else msg
 
 
-def _did_you_mean(loc: tuple) -> str:
+def _did_you_mean(loc: tuple, root: type[BaseModel]) -> str:
     """' (did you mean 'x'?)' when the unknown field at `loc` is close to a field of the model it was given in."""
-    model: type[BaseModel] = RunConfig
+    model: type[BaseModel] = root
     for part in loc[:-1]:  # list indices and dict keys (reward.tasks.<task>) keep the model they index into
         if isinstance(part, str) and part in model.model_fields:
             model = _inner_model(model.model_fields[part].annotation) or model

@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from services.common.config import RewardConfig
+from services.common.reward_config import RewardConfig
 
 TOKEN_ENV = "VIDEORL_REWARD_TOKEN"
 _HEADER = "authorization"

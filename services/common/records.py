@@ -22,7 +22,7 @@ class _Record(BaseModel):
 
 class TrainStats(_Record):
     """What one learner step's GRPO updates measured (services/learner/engine.py train_step). Token means are over
-    the step's completion tokens; `loss` and `pg_loss` are aggregated as learner.loss_agg says."""
+    the step's completion tokens; `loss` and `pg_loss` are aggregated as learner.loss.agg says."""
 
     loss: float = Field(description="the loss minimised: surrogate + kl_coef * KL")
     pg_loss: float = Field(description="the clipped surrogate alone")

@@ -97,8 +97,8 @@ class LearnerDriver:
                  registry: CollectorRegistry | None = None, resume: bool = False):
         self.cfg, self.model_dir, self.resume = cfg, Path(model_dir), resume
         self.control = ControlPlane(redis_url, cfg.run_id, cfg.redis.reconnect_s)
-        self.feeder = PromptFeeder(self.control, train, eval_rows, cfg.learner.prefetch_prompts, cfg.data.seed,
-                                   sampling=cfg.data)
+        self.feeder = PromptFeeder(self.control, train, eval_rows, cfg.learner.prefetch_prompts, cfg.seed,
+                                   sampling=cfg.data.sampling)
         self.registry = registry or CollectorRegistry()
         self.metrics = LearnerMetrics(self.registry)
         # The control plane's gauges live here: one learner driver exists in every kind of run (metrics.py).
@@ -125,7 +125,7 @@ class LearnerDriver:
         from services.learner.batch import BatchBuilder
         from services.learner.engine import LearnerEngine
 
-        lc, k = self.cfg.learner, self.cfg.rollout.group_size
+        lc, k = self.cfg.learner, self.cfg.group_size
         self.control.register_exporter("learner", exporter_address(serve_metrics(self.registry)))
         self.engine = LearnerEngine(self.model_dir, lc, batch_size=lc.groups_per_step * k,
                                     max_len=self.cfg.rollout.max_new_tokens)

@@ -2,15 +2,15 @@
 
 One `train_step` = `num_iterations` optimizer updates on one batch of whole groups. Each update runs the
 batch as micro-batches packed up to `micro_batch_tokens` padded tokens and accumulates their gradients;
-each micro-batch's loss is scaled by its share of the batch (its tokens, sequences or rows, as `loss_agg`
+each micro-batch's loss is scaled by its share of the batch (its tokens, sequences or rows, as `loss.agg`
 counts them), so the accumulated gradient is the whole batch's and does not depend on the packing.
 The old log-probs (sampler's or the learner's first pass), the reference log-probs and the truncated
 importance weights are fixed on the first update and reused by the later ones.
 
 With `freeze_vision` only the language model trains, but a published version is still a complete model
 directory (vision tower included, unchanged): vLLM loads whole directories.
-The KL reference (loaded only when kl_coef > 0) is the starting model, a plain frozen copy on every rank: fine at
-the sizes trained on CPU; a large model under ZeRO-3 would want it partitioned too.
+The KL reference (loaded only when learner.loss.kl_coef > 0) is the starting model, a plain frozen copy on every
+rank: fine at the sizes trained on CPU; a large model under ZeRO-3 would want it partitioned too.
 
 On CPU it trains in fp32 over gloo (bf16 is 10-30x slower on CPUs without AMX) with torch's AdamW
 (DeepSpeedCPUAdam would compile a C++ op for minutes on first use).
@@ -47,11 +47,11 @@ class _Fixed:
 class LearnerEngine:
     def __init__(self, model_dir: Path, cfg: LearnerConfig, batch_size: int, max_len: int | None = None):
         """`batch_size` is the nominal number of sequences per step (DeepSpeed's bookkeeping); `max_len` is the
-        generation length bound, needed by loss_agg=seq_mean_token_sum_norm."""
+        generation length bound, needed by loss.agg=seq_mean_token_sum_norm."""
         from transformers.utils import logging as hf_logging
 
-        if cfg.loss_agg == "seq_mean_token_sum_norm" and max_len is None:
-            raise ValueError("loss_agg=seq_mean_token_sum_norm needs max_len (the rollout's max_new_tokens)")
+        if cfg.loss.agg == "seq_mean_token_sum_norm" and max_len is None:
+            raise ValueError("learner.loss.agg=seq_mean_token_sum_norm needs max_len (the rollout's max_new_tokens)")
         hf_logging.disable_progress_bar()  # the run's own progress view reports publishing
         self.cfg, self.model_dir, self.max_len = cfg, Path(model_dir), max_len
         self.engine, _ = build_engine(self.model_dir, TrainSpec(
@@ -59,7 +59,7 @@ class LearnerEngine:
             zero_stage=cfg.zero_stage, freeze_vision=cfg.freeze_vision))
         self.device = self.engine.device
         self.ref = None  # the frozen reference for the KL term: not even loaded when kl_coef = 0
-        if cfg.kl_coef > 0:
+        if cfg.loss.kl_coef > 0:
             self.ref = load_model(self.model_dir).to(self.device).eval().requires_grad_(False)
 
     def _logp(self, model, mb: Batch) -> torch.Tensor:
@@ -72,9 +72,9 @@ class LearnerEngine:
     def _shares(self, batch: Batch, micro: list[list[int]]) -> list[float]:
         """Each micro-batch's weight in the batch loss, so that Σ share·loss(micro) = loss(batch)."""
         tokens = batch.loss_mask.sum(dim=1)  # (N,)
-        if self.cfg.loss_agg == "token_mean":
+        if self.cfg.loss.agg == "token_mean":
             counts = [float(tokens[rows].sum()) for rows in micro]
-        elif self.cfg.loss_agg == "seq_mean_token_sum_norm":
+        elif self.cfg.loss.agg == "seq_mean_token_sum_norm":
             counts = [float(len(rows)) for rows in micro]
         else:
             counts = [float((tokens[rows] > 0).sum()) for rows in micro]
@@ -85,7 +85,6 @@ class LearnerEngine:
         """`num_iterations` GRPO updates on a batch of whole groups; returns their metrics."""
         cfg, dev = self.cfg, self.device
         self.engine.train()
-        clip_low, clip_high = cfg.clip_bounds
         adv = compute_advantages(batch.rewards, group_size, mode=cfg.advantage)  # (N,)
         micro = pack_micro_batches(batch.seq_lens(), cfg.micro_batch_tokens)
         shares = self._shares(batch, micro)
@@ -106,9 +105,7 @@ class LearnerEngine:
                         sums["tis_weight_mean"] += float((tis * mask).sum()) / all_tokens
                         sums["tis_capped_frac"] += float(((tis >= (cfg.tis_cap or 1.0)) * mask).sum()) / all_tokens
                 f = fixed[j]
-                loss, m = policy_loss(logp, f.old, adv[rows].to(dev), mask, clip_low=clip_low,
-                                      clip_high=clip_high, dual_clip=cfg.dual_clip, agg=cfg.loss_agg,
-                                      ref_logp=f.ref, kl_type=cfg.kl_type, kl_coef=cfg.kl_coef,
+                loss, m = policy_loss(logp, f.old, adv[rows].to(dev), mask, cfg.loss, ref_logp=f.ref,
                                       max_len=self.max_len, is_weights=f.tis)
                 self.engine.backward(loss * shares[j], scale_wrt_gas=False)
                 token_share = float(mask.sum()) / all_tokens

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from services.common.config import DataConfig
+from services.common.config import FilterSampling, Sampling, TargetSampling
 from services.common.control import ControlPlane
 from services.common.dataset import Row
 from services.learner.difficulty import DifficultySampler
@@ -22,18 +22,22 @@ from services.learner.difficulty import DifficultySampler
 
 class PromptFeeder:
     def __init__(self, control: ControlPlane, train: list[Row], eval_rows: list[Row], ahead: int, seed: int,
-                 sampling: DataConfig | None = None):
+                 sampling: Sampling | None = None):
         self.control, self.train, self.eval_rows, self.ahead = control, train, eval_rows, ahead
         self.rng = random.Random(seed)
         self.order: list[int] = []
         self.fed = 0
         self.eval_rounds = 0
         self.sampler: DifficultySampler | None = None
-        if sampling is not None and sampling.sampling != "uniform":
-            self.sampler = DifficultySampler(
-                [row.id for row in train], rule=sampling.sampling, pass_reward=sampling.pass_reward,
-                p_min=sampling.pass_min, p_max=sampling.pass_max, target=sampling.target_pass,
-                width=sampling.target_width, explore=sampling.explore, seed=seed)
+        ids = [row.id for row in train]
+        if isinstance(sampling, FilterSampling):
+            self.sampler = DifficultySampler(ids, rule="filter", pass_reward=sampling.pass_reward,
+                                             p_min=sampling.pass_min, p_max=sampling.pass_max,
+                                             explore=sampling.explore, seed=seed)
+        elif isinstance(sampling, TargetSampling):
+            self.sampler = DifficultySampler(ids, rule="target", pass_reward=sampling.pass_reward,
+                                             target=sampling.target_pass, width=sampling.target_width,
+                                             explore=sampling.explore, seed=seed)
 
     def observe(self, sample_id: str, rewards: list[float]) -> None:
         """A train group's rewards under the current policy: updates that row's pass rate (difficulty)."""

@@ -22,9 +22,13 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from services.common.config import LossConfig
+
 AdvantageMode = Literal["group_std", "no_std", "loo"]
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"]
 KLType = Literal["k1", "k2", "k3"]
+
+DEFAULT_LOSS = LossConfig()
 
 # The keys of policy_loss's metrics, in the order it computes them.
 _METRICS = (
@@ -81,11 +85,11 @@ def compute_advantages(
     return adv.to(rewards.dtype).view_as(rewards)
 
 
-def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_low: float = 0.2,
-                clip_high: float = 0.2, dual_clip: float | None = None, agg: Aggregation = "token_mean",
-                ref_logp: Tensor | None = None, kl_type: KLType = "k3", kl_coef: float = 0.0,
-                max_len: int | None = None, is_weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-    """The clipped surrogate loss (plus an optional KL penalty), aggregated over masked tokens.
+def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, loss: LossConfig = DEFAULT_LOSS,
+                ref_logp: Tensor | None = None, max_len: int | None = None,
+                is_weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    """The clipped surrogate loss (plus an optional KL penalty), aggregated over masked tokens; the knobs come
+    whole in ``loss`` (learner.loss: clip_low, clip_high, dual_clip, agg, kl_type, kl_coef, already bounded).
 
     ``logp``, ``old_logp``, ``ref_logp`` and ``mask`` are (B, T); ``advantages`` is (B,) or (B, T);
     ``mask`` is 0/1 (bool, int or float). Per token, with ratio = exp(logp − old_logp):
@@ -106,12 +110,12 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
     ``dual_clip_frac`` and ``tokens``; the fractions and means are over masked tokens.
 
     >>> logp = torch.log(torch.tensor([[1.5, 0.5]]))  # ratios 1.5 and 0.5 against old_logp = 0
-    >>> loss, m = policy_loss(logp, torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2))
-    >>> round(loss.item(), 4), m["clip_frac"]  # (−1.2 − 0.5) / 2; the first token is clipped at 1.2
+    >>> value, m = policy_loss(logp, torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2))
+    >>> round(value.item(), 4), m["clip_frac"]  # (−1.2 − 0.5) / 2; the first token is clipped at 1.2
     (-0.85, 0.5)
     """
-    _check_loss_args(logp, old_logp, advantages, mask, ref_logp, is_weights, clip_low, clip_high, dual_clip, agg,
-                     kl_type, kl_coef, max_len)
+    _check_loss_args(logp, old_logp, advantages, mask, ref_logp, is_weights, loss, max_len)
+    (clip_low, clip_high), dual_clip, agg, kl_coef = loss.clip_bounds, loss.dual_clip, loss.agg, loss.kl_coef
     m = mask.detach().bool()  # (B, T)
     logp = torch.where(m, logp, 0.0)  # (B, T)
     old = torch.where(m, old_logp.detach(), 0.0)  # (B, T)
@@ -133,12 +137,12 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
 
     kl = torch.zeros_like(logp)  # (B, T)
     if ref_logp is not None:
-        kl = _kl(logp, torch.where(m, ref_logp.detach(), 0.0), kl_type)
+        kl = _kl(logp, torch.where(m, ref_logp.detach(), 0.0), loss.kl_type)
     per_token = pg + kl_coef * kl if kl_coef else pg  # (B, T)
-    loss = _aggregate(per_token, m, agg, max_len)
+    value = _aggregate(per_token, m, agg, max_len)
 
     token_stats = (kl, ratio, clipped, clipped & (adv < 0), clipped & (adv > 0), dual_capped)
-    return loss, _loss_metrics(loss, _aggregate(pg.detach(), m, agg, max_len), token_stats, m)
+    return value, _loss_metrics(value, _aggregate(pg.detach(), m, agg, max_len), token_stats, m)
 
 
 @torch.no_grad()
@@ -212,8 +216,8 @@ def _check_advantage_args(rewards: Tensor, group_size: int, mode: str, eps: floa
 
 
 def _check_loss_args(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, ref_logp: Tensor | None,
-                     is_weights: Tensor | None, clip_low: float, clip_high: float, dual_clip: float | None, agg: str,
-                     kl_type: str, kl_coef: float, max_len: int | None) -> None:
+                     is_weights: Tensor | None, loss: LossConfig, max_len: int | None) -> None:
+    """Shapes, and what `loss` needs of the other arguments (LossConfig bounded each knob already)."""
     if logp.dim() != 2 or not logp.is_floating_point():
         raise ValueError(f"logp must be a (B, T) float tensor, got {logp.dtype} of shape {tuple(logp.shape)}")
     shape = tuple(logp.shape)
@@ -222,17 +226,9 @@ def _check_loss_args(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: T
             raise ValueError(f"{name} must have logp's shape {shape}, got {tuple(t.shape)}")
     if tuple(advantages.shape) not in (shape[:1], shape):
         raise ValueError(f"advantages must be (B,) = {shape[:1]} or (B, T) = {shape}, got {tuple(advantages.shape)}")
-    if not 0 <= clip_low < 1 or clip_high < 0:
-        raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
-    if dual_clip is not None and dual_clip <= 1:
-        raise ValueError(f"dual_clip must be > 1 (it caps the loss at dual_clip·|A| for A < 0), got {dual_clip}")
-    if kl_coef < 0:
-        raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
-    if kl_coef > 0 and ref_logp is None:
+    if loss.kl_coef > 0 and ref_logp is None:
         raise ValueError("kl_coef > 0 needs ref_logp")
     if max_len is not None and max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
-    _check_choice("agg", agg, get_args(Aggregation))
-    _check_choice("kl_type", kl_type, get_args(KLType))
-    if agg == "seq_mean_token_sum_norm" and max_len is None:
+    if loss.agg == "seq_mean_token_sum_norm" and max_len is None:
         raise ValueError("agg='seq_mean_token_sum_norm' needs max_len (the generation length limit)")

@@ -178,15 +178,15 @@ def total_steps(cfg: SFTConfig, n_rows: int) -> int:
     return cfg.steps or max(1, math.ceil(cfg.epochs * n_rows / cfg.batch_size))
 
 
-def train_sft(cfg: SFTConfig, media: MediaConfig, model_dir: Path, data: list[Path], out_dir: Path,
+def train_sft(cfg: SFTConfig, media: MediaConfig, model_dir: Path, data: list[Path], out_dir: Path, seed: int = 0,
               progress: bool = True) -> SFTSummary:
     """Train the model in `model_dir` on `data` and write the result to `out_dir`; returns the summary."""
     out_dir = Path(out_dir).resolve()
     if (out_dir / "config.json").exists():
         raise FileExistsError(f"{out_dir} already holds a model; remove it or choose another output dir")
     rows = load_sft_rows(data)  # bad rows fail here, before any model is loaded
-    trainer = _Trainer(cfg, Path(model_dir), total_steps(cfg, len(rows)))
-    stream = RowStream(rows, trainer.processor, media, cfg.seed, trainer.rank, trainer.world)
+    trainer = _Trainer(cfg, Path(model_dir), total_steps(cfg, len(rows)), seed)
+    stream = RowStream(rows, trainer.processor, media, seed, trainer.rank, trainer.world)
     per_rank = max(1, cfg.batch_size // trainer.world)
     log: list[dict[str, Any]] = []  # step 1, then every log_every steps: the mean loss since the previous record
     window: list[float] = []
@@ -215,7 +215,7 @@ def train_sft(cfg: SFTConfig, media: MediaConfig, model_dir: Path, data: list[Pa
 class _Trainer:
     """The model under DeepSpeed (as LearnerEngine sets it up), one `step` per optimizer update."""
 
-    def __init__(self, cfg: SFTConfig, model_dir: Path, steps: int):
+    def __init__(self, cfg: SFTConfig, model_dir: Path, steps: int, seed: int):
         from transformers import AutoProcessor
         from transformers.utils import logging as hf_logging
 
@@ -225,7 +225,7 @@ class _Trainer:
         self.cfg, self.model_dir, self.steps = cfg, model_dir, steps
         self.processor = AutoProcessor.from_pretrained(str(model_dir))
         self.pad_id = self.processor.tokenizer.pad_token_id or 0
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed)
         self.engine, self.optimizer = build_engine(model_dir, TrainSpec(
             micro_batch_size=cfg.micro_batch_size or cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
             grad_clip=cfg.grad_clip, zero_stage=cfg.zero_stage, freeze_vision=cfg.freeze_vision))

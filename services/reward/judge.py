@@ -41,8 +41,8 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.common.config import JudgeConfig
 from services.common.metrics import check_name
+from services.common.reward_config import JudgeConfig
 from services.reward.registry import Sample
 from services.reward.text import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE
 

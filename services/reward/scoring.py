@@ -26,10 +26,11 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.common.config import ConfigError, RewardComponentConfig, RewardConfig
+from services.common.config import ConfigError
 from services.common.ground_truth import GroundTruth, GroundTruthError
 from services.common.metrics import check_name
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
+from services.common.reward_config import RewardComponentConfig, RewardConfig
 from services.reward import catalogue
 from services.reward.judge import JudgeClient, JudgeReward
 

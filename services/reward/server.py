@@ -32,12 +32,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from services.common import grpc_security
-from services.common.config import RewardConfig, RunConfig
+from services.common.config import RunConfig
 from services.common.control import ControlPlane
 from services.common.metrics import exporter_address
 from services.common.metrics import serve as serve_metrics
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.pb.videorl.v1 import rollout_pb2_grpc as pb_grpc
+from services.common.reward_config import RewardConfig
 from services.reward.budget import HeldBudget, paused
 from services.reward.scoring import Scorer
 from services.reward.service_metrics import RewardMetrics

@@ -2,7 +2,8 @@
 
 Invariants kept here:
 - a prompt is acked in Redis only after the reward service acked its group (SCORED or DUPLICATE), so a
-  prompt held by an actor that dies stays pending and is reclaimed by another actor after rollout.reclaim_idle_s;
+  prompt held by an actor that dies stays pending: the supervisor hands it back to the live actors once Ray reports
+  the death, and any actor reclaims it after rollout.faults.reclaim_idle_s otherwise;
 - a reward service that dies or restarts costs nothing: the stream is reopened and every unacked group resent
   (services/rollout/reward_link.py); while it is down the actor takes no new prompts;
 - weights change only while no request is in flight: a published version is picked up at once (pub/sub
@@ -14,7 +15,7 @@ Invariants kept here:
 - a video that cannot be read quarantines its prompt (acked, counted, logged with the reason) instead
   of stopping the actor;
 - a prompt delivered to this actor whose delivery it never saw (Redis crashed before the reply) is found among
-  its pending entries within ORPHAN_CHECK_S and generated, instead of waiting rollout.reclaim_idle_s.
+  its pending entries within ORPHAN_CHECK_S and generated, instead of waiting rollout.faults.reclaim_idle_s.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class RolloutActor:
         """Serve until `stop()`; returns this actor's totals."""
         self.control.register_exporter(f"rollout:{self.actor_id}", exporter_address(serve_metrics(self.registry)))
         self.control.heartbeat(self.actor_id, self.loaded_version, "loading")
-        self.engine = (self.engine_factory or VLLMEngine.create)(Path(self.model_dir), self.cfg.rollout, self.cfg.seed)
+        self.engine = (self.engine_factory or VLLMEngine.create)(Path(self.model_dir), self.cfg)
         self.loaded_version = 0
         await self._maybe_swap()   # an actor that joins late starts from the current version
         link = asyncio.create_task(self.link.run())
@@ -158,7 +159,7 @@ class RolloutActor:
         want = 0 if self._stop.is_set() else free - len(entries)
         if want > 0:
             taken = await asyncio.to_thread(self.control.take_prompts, self.actor_id, want, 200,
-                                            int(self.cfg.rollout.reclaim_idle_s * 1000))
+                                            int(self.cfg.rollout.faults.reclaim_idle_s * 1000))
             # XAUTOCLAIM may hand back a prompt this actor still works on (held past reclaim_idle_s): keep one copy.
             taken = [(eid, payload) for eid, payload in taken if eid not in self._holding]
             self._holding.update(eid for eid, _ in taken)
@@ -207,7 +208,7 @@ class RolloutActor:
         try:
             held_out = prompt.split == "eval"  # scored, never trained on: greedy (or eval_samples) by default
             samples = await self.engine.generate(request_id, text, frames,
-                                                 r.eval_samples if held_out else r.group_size, r.max_new_tokens,
+                                                 r.eval_samples if held_out else self.cfg.group_size, r.max_new_tokens,
                                                  r.eval_temperature if held_out else r.temperature)
         finally:
             async with self._gate:

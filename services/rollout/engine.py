@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from services.common.config import RolloutConfig
+from services.common.config import RunConfig
 from services.common.prompts import ChatTemplater, vision_token_ids
 
 
@@ -47,7 +47,7 @@ class Engine(Protocol):
 
 
 # (model dir, rollout config, seed) -> a ready engine; RolloutActor's default is VLLMEngine.create.
-EngineFactory = Callable[[Path, RolloutConfig, int], Engine]
+EngineFactory = Callable[[Path, RunConfig], Engine]
 
 
 class VLLMEngine:
@@ -59,16 +59,18 @@ class VLLMEngine:
         self.never = {i: -100.0 for i in vision_token_ids(tokenizer)}
 
     @classmethod
-    def create(cls, model_dir: Path, cfg: RolloutConfig, seed: int = 0) -> VLLMEngine:
+    def create(cls, model_dir: Path, cfg: RunConfig) -> VLLMEngine:
+        """The engine of one actor: rollout.engine's bounds, room for every prompt in flight (K samples each)."""
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         from transformers import AutoProcessor
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = AsyncEngineArgs(
-            model=str(model_dir), dtype="float32", seed=seed, enforce_eager=True,
-            max_model_len=cfg.max_model_len, kv_cache_memory_bytes=cfg.kv_cache_mib << 20,
-            limit_mm_per_prompt={"video": 1, "image": 0}, max_num_seqs=max(cfg.group_size * cfg.prompts_per_batch, 8),
+            model=str(model_dir), dtype="float32", seed=cfg.seed, enforce_eager=True,
+            max_model_len=cfg.rollout.engine.max_model_len, kv_cache_memory_bytes=cfg.rollout.engine.kv_cache_mib << 20,
+            limit_mm_per_prompt={"video": 1, "image": 0},
+            max_num_seqs=max(cfg.group_size * cfg.rollout.prompts_per_batch, 8),
             disable_log_stats=True, distributed_executor_backend="uni",  # one worker: no extra process per actor
         )
         llm = AsyncLLM.from_engine_args(args)

@@ -6,9 +6,9 @@ Invariants kept here:
   new one, so a group the dead service lost is scored by its successor, and one it had already written comes back
   DUPLICATE (the service dedups by prompt id), which counts as done: no group is lost, none is written twice;
 - a broken stream (the service died or restarted: UNAVAILABLE and the like) is reopened with exponential backoff,
-  0.1 s doubling up to rollout.reconnect_max_s; a service that acks nothing for rollout.reward_outage_s after the
-  break, or that refuses the call outright (UNAUTHENTICATED, UNIMPLEMENTED, ...), is a `RewardUnreachable` error
-  naming its address;
+  0.1 s doubling up to rollout.faults.reconnect_max_s; a service that acks nothing for
+  rollout.faults.reward_outage_s after the break, or that refuses the call outright (UNAUTHENTICATED,
+  UNIMPLEMENTED, ...), is a `RewardUnreachable` error naming its address;
 - all writes hold one lock, so a resend never interleaves with another group's completions.
 """
 
@@ -36,7 +36,7 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, g
 
 
 class RewardUnreachable(RuntimeError):
-    """The reward service refused the stream, or stayed away longer than rollout.reward_outage_s."""
+    """The reward service refused the stream, or stayed away longer than rollout.faults.reward_outage_s."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class RewardLink:
 
     async def run(self) -> None:
         """Serve the stream until `close()`; raises RewardUnreachable (see the module docstring)."""
-        r = self.cfg.rollout
+        r = self.cfg.rollout.faults
         backoff, down_since = FIRST_BACKOFF_S, None
         while not self._closing:
             try:
@@ -94,7 +94,7 @@ class RewardLink:
             down_since = down_since or now
             if now - down_since > r.reward_outage_s:
                 raise RewardUnreachable(f"reward service at {self.address} unreachable for {now - down_since:.0f}s "
-                                        f"(rollout.reward_outage_s={r.reward_outage_s:g}); last error: {error}")
+                                        f"(rollout.faults.reward_outage_s={r.reward_outage_s:g}); last error: {error}")
             log.warning("stream to the reward service at %s broke (%s); reconnecting in %.1fs, %d groups to resend",
                         self.address, error, backoff, len(self.held))
             self.reconnects += 1

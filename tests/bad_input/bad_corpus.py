@@ -395,8 +395,7 @@ class BadConfig:
 
 
 BAD_CONFIGS: dict[str, BadConfig] = {
-    "k_is_a_word": BadConfig("rollout: {group_size: four}\n", says=("rollout.group_size: Input should be a valid "
-                                                                     "integer",)),
+    "k_is_a_word": BadConfig("group_size: four\n", says=("group_size: Input should be a valid integer",)),
     "lr_is_a_word": BadConfig("learner: {lr: fast}\n", says=("learner.lr: Input should be a valid number",)),
     "fps_is_a_list": BadConfig("media: {fps: [1, 2]}\n", says=("media.fps: Input should be a valid number",)),
     "components_is_a_string": BadConfig("reward: {components: mcq}\n", says=("reward.components: Input should be a "
@@ -404,17 +403,18 @@ BAD_CONFIGS: dict[str, BadConfig] = {
     "section_is_a_number": BadConfig("rollout: 5\n", says=("rollout: Input should be",)),
     "unknown_top_level_field": BadConfig("learnr: {steps: 3}\n", says=("learnr: Extra inputs are not permitted "
                                                                        "(did you mean 'learner'?)",)),
-    "unknown_nested_field": BadConfig("rollout: {group_sise: 4}\n", says=("rollout.group_sise: Extra inputs are not "
-                                                                          "permitted (did you mean 'group_size'?)",)),
+    "unknown_nested_field": BadConfig("rollout: {num_actorz: 4}\n", says=("rollout.num_actorz: Extra inputs are not "
+                                                                          "permitted (did you mean 'num_actors'?)",)),
+    "a_field_that_moved": BadConfig("rollout: {group_size: 4, reclaim_idle_s: 9}\n",
+                                    says=("rollout.group_size: moved to group_size",
+                                          "rollout.reclaim_idle_s: moved to rollout.faults.reclaim_idle_s")),
     "unknown_field_in_list": BadConfig("reward: {components: [{name: mcq, wieght: 1}]}\n",
                                        says=("reward.components.0.wieght: Extra inputs are not permitted "
                                              "(did you mean 'weight'?)",)),
     "unknown_field_far_from_any": BadConfig("media: {zzzzzz: 1}\n",
                                             says=("media.zzzzzz: Extra inputs are not permitted",)),
-    "negative_k": BadConfig("rollout: {group_size: -4}\n", says=("rollout.group_size: Input should be greater than or "
-                                                                 "equal to 2",)),
-    "k_of_one_for_grpo": BadConfig("rollout: {group_size: 1}\n", says=("rollout.group_size: Input should be greater "
-                                                                       "than or equal to 2",)),
+    "negative_k": BadConfig("group_size: -4\n", says=("group_size: Input should be greater than or equal to 2",)),
+    "k_of_one_for_grpo": BadConfig("group_size: 1\n", says=("group_size: Input should be greater than or equal to 2",)),
     "max_new_tokens_zero": BadConfig("rollout: {max_new_tokens: 0}\n", says=("rollout.max_new_tokens: Input should be "
                                                                               "greater than or equal to 1",)),
     "zero_fps": BadConfig("media: {fps: 0}\n", says=("media.fps: Input should be greater than 0",)),
@@ -431,22 +431,22 @@ BAD_CONFIGS: dict[str, BadConfig] = {
                                      says=("judge.model: required",)),
     "bad_run_id": BadConfig("run_id: 'a b/c'\n", says=("run_id: String should match pattern",)),
     "top_level_is_a_list": BadConfig("- 1\n- 2\n", says=("top level must be a mapping, got list",)),
-    "yaml_syntax_error": BadConfig("rollout: {group_size: 4\n", says=("cannot read config",)),
-    "override_without_value": BadConfig("", overrides=("rollout.group_size",), says=("override 'rollout.group_size': "
+    "yaml_syntax_error": BadConfig("rollout: {num_actors: 4\n", says=("cannot read config",)),
+    "override_without_value": BadConfig("", overrides=("rollout.num_actors",), says=("override 'rollout.num_actors': "
                                                                                      "expected dotted.key=value",)),
-    "override_into_a_scalar": BadConfig("rollout: 5\n", overrides=("rollout.group_size=3",),
-                                        says=("override 'rollout.group_size=3': rollout is 5, not a mapping",)),
-    "override_value_not_yaml": BadConfig("", overrides=("rollout.group_size=[1,",),
-                                         says=("override 'rollout.group_size=[1,': the value is not YAML",)),
+    "override_into_a_scalar": BadConfig("rollout: 5\n", overrides=("rollout.num_actors=3",),
+                                        says=("override 'rollout.num_actors=3': rollout is 5, not a mapping",)),
+    "override_value_not_yaml": BadConfig("", overrides=("rollout.num_actors=[1,",),
+                                         says=("override 'rollout.num_actors=[1,': the value is not YAML",)),
     "five_mistakes_at_once": BadConfig(
-        "rollout: {group_size: 1, max_new_tokens: 0, temperature: hot}\nlearner: {stepz: 3}\nmedia: {fps: -1}\n",
-        says=("rollout.group_size:", "rollout.max_new_tokens:", "rollout.temperature:",
+        "group_size: 1\nrollout: {max_new_tokens: 0, temperature: hot}\nlearner: {stepz: 3}\nmedia: {fps: -1}\n",
+        says=("group_size:", "rollout.max_new_tokens:", "rollout.temperature:",
               "learner.stepz: Extra inputs are not permitted (did you mean 'steps'?)", "media.fps:")),
 }
 CONFIG_KINDS: dict[str, tuple[str, ...]] = {
     "wrong type": ("k_is_a_word", "lr_is_a_word", "fps_is_a_list", "components_is_a_string", "section_is_a_number"),
     "unknown field": ("unknown_top_level_field", "unknown_nested_field", "unknown_field_in_list",
-                      "unknown_field_far_from_any"),
+                      "unknown_field_far_from_any", "a_field_that_moved"),
     "impossible value": ("negative_k", "k_of_one_for_grpo", "max_new_tokens_zero", "zero_fps", "min_frames_over_max",
                          "judge_timeout_zero", "no_reward_components", "gate_on_a_later_component",
                          "judge_without_model", "bad_run_id"),

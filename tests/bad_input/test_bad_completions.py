@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
 from rlctl.rewards_cmd import rewards as rewards_cli
-from services.common.config import RewardConfig
 from services.common.control import GROUPS
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.pb.videorl.v1 import rollout_pb2_grpc as pb_grpc
+from services.common.reward_config import RewardConfig
 from services.reward import catalogue as rewards
 from services.reward.scoring import Scorer
 from services.reward.server import start_server

@@ -64,5 +64,5 @@ def test_rlctl_run_refuses_a_bad_config_before_starting_anything(tmp_path, monke
     path = _file(tmp_path, "five_mistakes_at_once")
     result = CliRunner().invoke(rlctl, ["run", str(path)])
     assert result.exit_code != 0
-    assert "rollout.group_size" in result.output and "did you mean 'steps'?" in result.output
+    assert "group_size:" in result.output and "did you mean 'steps'?" in result.output
     assert "Traceback" not in result.output

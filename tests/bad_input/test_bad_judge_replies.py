@@ -14,8 +14,8 @@ from aiohttp import web
 from bad_corpus import BAD_COMPLETIONS, BAD_REPLIES, GOOD_REPLY, JUDGE_TIMEOUT_S, MB, ScriptedJudge, wire_body
 from prometheus_client import CollectorRegistry
 
-from services.common.config import JudgeConfig, RewardConfig
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
+from services.common.reward_config import JudgeConfig, RewardConfig
 from services.reward import judge
 from services.reward.judge import ROUTE, JudgeClient
 from services.reward.scoring import Scorer

@@ -136,11 +136,11 @@ def test_the_actor_quarantines_every_bad_video_and_sends_the_good_ones(control, 
     # the bad prompts are acked (done); the good ones stay pending until the reward service acks their group
     assert control.group_backlog(PROMPTS, ROLLOUT_GROUP) == (0, len(GOOD_VIDEOS))
     good_entries = {eid for (eid, _), (_, v) in zip(entries, items, strict=True) if not v.reason}
-    assert sorted(actor.link.sent) == sorted((eid, cfg.rollout.group_size) for eid in good_entries)
+    assert sorted(actor.link.sent) == sorted((eid, cfg.group_size) for eid in good_entries)
     logged = [r.getMessage() for r in caplog.records if "quarantined" in r.getMessage()]
     assert len(logged) == len(BAD_VIDEOS)
     for i, (name, video) in enumerate(items[: len(BAD_VIDEOS)]):
         assert any(f"prompt p{i} quarantined" in m and f": {video.reason}" in m for m in logged), name
     summary(f"videos through RolloutActor._rollout (real Redis): {len(BAD_VIDEOS)} bad prompts acked, logged with "
             f"prompt id + path + reason, counted {dict(sorted(by_reason.items()))}; {len(actor.link.sent)} good "
-            f"prompts sent as groups of {cfg.rollout.group_size}")
+            f"prompts sent as groups of {cfg.group_size}")

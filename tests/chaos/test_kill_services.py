@@ -2,14 +2,14 @@
 is killed with SIGKILL mid-run and the run must finish losing nothing (invariant 4 of the design, docs/architecture.md).
 
 a. a rollout actor dies mid-generation: LocalRun replaces it, the prompts it held are reclaimed by the others after
-   rollout.reclaim_idle_s and scored once;
+   rollout.faults.reclaim_idle_s and scored once;
 b. the reward service dies: LocalRun starts another on the same port, the actors reconnect and resend what was not
    acked (a group the dead one had written comes back DUPLICATE and counts as done);
 c. the learner dies: LocalRun starts another that resumes from the last checkpoint; it trains the groups the dead
    one had taken first and skips, by the ledger, those it had trained after the checkpoint;
 d. Redis dies (persistence on: append-only file, fsync always): LocalRun starts it again on its port and data,
    every service retries its commands meanwhile, nothing acknowledged before the crash is missing after it, and a
-   prompt whose delivery reply the crash lost is found by its actor (no waiting for rollout.reclaim_idle_s).
+   prompt whose delivery reply the crash lost is found by its actor (no waiting for rollout.faults.reclaim_idle_s).
 
 Each asserts from Redis, after the actors stopped: every prompt delivered was scored exactly once, none is pending,
 no group is in the ledger twice, and the learner ran all its steps. Each prints the counts it asserted.
@@ -111,7 +111,7 @@ def test_kill_9_a_rollout_actor_mid_generation(tiny_assets, tmp_path):
 
 
 def test_kill_9_the_reward_service_and_restart_it(tiny_assets, tmp_path):
-    cfg = _config(tmp_path, "rollout.reconnect_max_s=1")
+    cfg = _config(tmp_path, "rollout.faults.reconnect_max_s=1")
     state = {}
 
     def tick(run, control):

@@ -16,8 +16,8 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.common.config import JudgeConfig, RewardConfig
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
+from services.common.reward_config import JudgeConfig, RewardConfig
 from services.reward import judge
 from services.reward.judge import REFERENCE, ROUTE, JudgeClient
 from services.reward.scoring import Scorer

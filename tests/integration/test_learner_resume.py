@@ -46,7 +46,7 @@ def _driver(cfg, redis_server, model, rows, resume=False):
 
 def test_kill_and_resume(control, redis_server, tmp_path, monkeypatch):
     model, rows = tiny_model(tmp_path / "model"), synth_rows(tmp_path / "synth", 8)
-    cfg = RunConfig(run_id=control.run_id, run_dir=tmp_path / "run", rollout={"group_size": K, "max_new_tokens": 8},
+    cfg = RunConfig(run_id=control.run_id, run_dir=tmp_path / "run", group_size=K, rollout={"max_new_tokens": 8},
                     learner={"steps": 6, "groups_per_step": 2, "publish_every": 1, "checkpoint_every": 2,
                              "eval_every": 0, "prefetch_prompts": 3, "lr": 1e-3})
     control.publish_version(manifest_for_dir(model, 0))

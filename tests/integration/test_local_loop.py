@@ -60,7 +60,7 @@ def test_two_actors_full_loop(tiny_assets, tmp_path):
     assert [r.step for r in recs] == list(range(1, 7))
     assert [r.published for r in recs if r.published] == [1, 2, 3]
     assert seen["version"] == 3
-    k = cfg.rollout.group_size
+    k = cfg.group_size
     for g in seen["groups"] + seen["evals"]:
         assert len(g.completions) == (k if g.prompt.split == "train" else cfg.rollout.eval_samples)
         assert {c.actor_id for c in g.completions} == {g.actor_id}

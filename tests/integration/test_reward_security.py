@@ -11,11 +11,11 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from services.common import grpc_security
-from services.common.config import RewardConfig
 from services.common.control import GROUPS
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.pb.videorl.v1 import rollout_pb2_grpc as pb_grpc
 from services.common.processes import free_port
+from services.common.reward_config import RewardConfig
 from services.reward.scoring import Scorer
 from services.reward.server import start_health_server, start_server
 

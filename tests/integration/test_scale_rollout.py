@@ -45,7 +45,7 @@ def scaled(tiny_assets, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("scale") / "run"
     # Generation-bound on purpose (32 completions per step, a learner step is ~0.1 s): more actors, more steps/s.
     cfg = load_config(None, ["learner.steps=1000", "learner.publish_every=10", "learner.eval_every=0",
-                             "learner.groups_per_step=4", "rollout.group_size=8", "learner.max_staleness=8",
+                             "learner.groups_per_step=4", "group_size=8", "learner.max_staleness=8",
                              "rollout.num_actors=1", f"run_dir={run_dir}"])
     run = LocalRun(cfg, Console(quiet=True))
     log = []   # (phase, monotonic time, learner steps, train groups written)

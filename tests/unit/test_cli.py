@@ -18,9 +18,9 @@ def test_help_does_not_import_torch_or_vllm():
 
 def test_run_rejects_a_bad_config_with_the_field_named(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("rollout:\n  group_size: 1\n")
+    bad.write_text("group_size: 1\n")
     r = CliRunner().invoke(main, ["run", str(bad)])
-    assert r.exit_code != 0 and "rollout.group_size" in r.output
+    assert r.exit_code != 0 and "group_size: Input should be greater" in r.output
     r = CliRunner().invoke(main, ["run", "--set", "learner.stepz=3"])
     assert r.exit_code != 0 and "learner.stepz" in r.output
 
@@ -51,10 +51,10 @@ def test_an_actor_stuck_loading_past_the_start_timeout_fails_the_run_with_its_na
             return [ActorInfo("rollout-0", -1, time.time(), "loading", {}),
                     ActorInfo("rollout-1", 3, time.time(), "running", {})]
 
-    run = LocalRun(RunConfig(rollout={"start_timeout_s": 60}))
+    run = LocalRun(RunConfig(rollout={"faults": {"start_timeout_s": 60}}))
     run.control, run.actors = Control(), {"rollout-0": object(), "rollout-1": object()}
     run.started_at = {"rollout-0": time.monotonic() - 30, "rollout-1": time.monotonic() - 61}
     run.supervisor.check()                                  # within the timeout: fine
     run.started_at["rollout-0"] = time.monotonic() - 61
-    with pytest.raises(RuntimeError, match=r"rollout-0 still loading .* 60s \(rollout.start_timeout_s\)"):
+    with pytest.raises(RuntimeError, match=r"rollout-0 still loading .* 60s \(rollout.faults.start_timeout_s\)"):
         run.supervisor.check()

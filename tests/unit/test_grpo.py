@@ -6,10 +6,17 @@ import math
 import pytest
 import torch
 
+from services.common.config import LossConfig
 from services.learner import grpo
 from services.learner.grpo import compute_advantages, policy_loss
 
 NAN = float("nan")
+
+
+def pl(logp, old_logp, advantages, mask, ref_logp=None, max_len=None, is_weights=None, **loss):
+    """policy_loss with the loss knobs given as keywords (they travel whole as a LossConfig)."""
+    return policy_loss(logp, old_logp, advantages, mask, LossConfig(**loss), ref_logp=ref_logp, max_len=max_len,
+                       is_weights=is_weights)
 
 
 def t(*rows):
@@ -142,7 +149,7 @@ def test_clipped_surrogate_positive_advantage():
     # A = 1, ratios 1.5 and 0.5, clip 0.2: −min(1.5, 1.2) = −1.2 (clipped), −min(0.5, 0.8) = −0.5
     # token_mean = −1.7 / 2 = −0.85
     logp = ratios(1.5, 0.5)
-    loss, m = policy_loss(logp, torch.zeros(1, 2), t(1), ones(1, 2))
+    loss, m = pl(logp, torch.zeros(1, 2), t(1), ones(1, 2))
     assert_close(loss, -0.85)
     assert m["clip_frac"] == 0.5 and m["clip_frac_high"] == 0.5 and m["clip_frac_low"] == 0.0
     assert m["ratio_mean"] == pytest.approx(1.0) and m["kl_mean"] == 0.0 and m["tokens"] == 2.0
@@ -155,7 +162,7 @@ def test_clipped_surrogate_negative_advantage():
     # A = −1: −min(−1.5, −1.2) = 1.5 (not clipped); −min(−0.5, −0.8) = 0.8 (clipped below 1 − 0.2)
     # token_mean = 2.3 / 2 = 1.15; gradient 1.5 / 2 = 0.75 on the first token, 0 on the second
     logp = ratios(1.5, 0.5)
-    loss, m = policy_loss(logp, torch.zeros(1, 2), t(-1), ones(1, 2))
+    loss, m = pl(logp, torch.zeros(1, 2), t(-1), ones(1, 2))
     assert_close(loss, 1.15)
     assert m["clip_frac"] == 0.5 and m["clip_frac_low"] == 0.5 and m["clip_frac_high"] == 0.0
     loss.backward()
@@ -165,7 +172,7 @@ def test_clipped_surrogate_negative_advantage():
 def test_asymmetric_clip():
     # clip_high 0.28 (DAPO): A = 2, ratio 1.5 → −2·1.28 = −2.56; clip_low 0.1: A = −2, ratio 0.5 → 2·0.9 = 1.8
     # token_mean over advantages given per token = (−2.56 + 1.8) / 2 = −0.38
-    loss, _ = policy_loss(ratios(1.5, 0.5), torch.zeros(1, 2), t([2, -2]), ones(1, 2), clip_low=0.1, clip_high=0.28)
+    loss, _ = pl(ratios(1.5, 0.5), torch.zeros(1, 2), t([2, -2]), ones(1, 2), clip_low=0.1, clip_high=0.28)
     assert_close(loss, -0.38)
 
 
@@ -174,14 +181,14 @@ def test_dual_clip_caps_negative_advantage_losses():
     # A = +1 is never dual-clipped: ratio 4 → −1.2. token_mean = (3 + 2 − 1.2) / 3 = 3.8 / 3
     logp = ratios(4, 2, 4)
     adv = t([-1, -1, 1])
-    loss, m = policy_loss(logp, torch.zeros(1, 3), adv, ones(1, 3), dual_clip=3.0)
+    loss, m = pl(logp, torch.zeros(1, 3), adv, ones(1, 3), dual_clip=3.0)
     assert_close(loss, 3.8 / 3)
     assert m["dual_clip_frac"] == pytest.approx(1 / 3)
     loss.backward()
     # d/dlogp of ratio·1 / 3 at ratio 2 = 2/3; capped and clipped tokens have none
     assert_close(logp.grad, [[0.0, 2 / 3, 0.0]])
     # without dual clip the first token costs 4: (4 + 2 − 1.2) / 3 = 1.6
-    assert_close(policy_loss(ratios(4, 2, 4), torch.zeros(1, 3), adv, ones(1, 3))[0], 1.6)
+    assert_close(pl(ratios(4, 2, 4), torch.zeros(1, 3), adv, ones(1, 3))[0], 1.6)
 
 
 @pytest.mark.parametrize(
@@ -200,11 +207,11 @@ def test_kl_penalty(kl_type, per_token):
     logp = t([-1.0, -2.0])
     ref = t([-2.0, -1.0])
     mean_kl = sum(per_token) / 2
-    loss, m = policy_loss(logp, logp, t(0), ones(1, 2), ref_logp=ref, kl_type=kl_type, kl_coef=0.1)
+    loss, m = pl(logp, logp, t(0), ones(1, 2), ref_logp=ref, kl_type=kl_type, kl_coef=0.1)
     assert_close(loss, 0.1 * mean_kl)
     assert m["kl_mean"] == pytest.approx(mean_kl) and m["pg_loss"] == 0.0
     # the KL is reported even when it is not in the loss
-    loss, m = policy_loss(logp, logp, t(0), ones(1, 2), ref_logp=ref, kl_type=kl_type)
+    loss, m = pl(logp, logp, t(0), ones(1, 2), ref_logp=ref, kl_type=kl_type)
     assert loss.item() == 0.0 and m["kl_mean"] == pytest.approx(mean_kl)
 
 
@@ -212,7 +219,7 @@ def test_kl_gradient():
     # k3 = exp(ref − logp) − (ref − logp) − 1, d/dlogp = 1 − exp(ref − logp); at ref − logp = ln 2: 1 − 2 = −1
     # times kl_coef 0.5, over one token
     logp = t([0.0]).requires_grad_()
-    loss, _ = policy_loss(logp, logp.detach(), t(0), ones(1, 1), ref_logp=t([math.log(2)]), kl_coef=0.5)
+    loss, _ = pl(logp, logp.detach(), t(0), ones(1, 1), ref_logp=t([math.log(2)]), kl_coef=0.5)
     loss.backward()
     assert_close(logp.grad, [[-0.5]])
 
@@ -233,7 +240,7 @@ AGG_MASK = torch.tensor([[1, 1, 0], [1, 0, 0]])
 )
 def test_aggregations(agg, expected):
     logp = torch.zeros(2, 3, dtype=torch.float64)
-    loss, m = policy_loss(logp, logp, AGG_ADV, AGG_MASK, agg=agg, max_len=4)
+    loss, m = pl(logp, logp, AGG_ADV, AGG_MASK, agg=agg, max_len=4)
     assert_close(loss, expected)
     assert m["tokens"] == 3.0
 
@@ -242,13 +249,13 @@ def test_aggregations(agg, expected):
 def test_sequences_without_tokens_do_not_dilute_seq_means(agg):
     # the second row is all padding: the mean is over the first row alone
     logp = torch.zeros(2, 2, dtype=torch.float64)
-    loss, _ = policy_loss(logp, logp, t(1, 5), torch.tensor([[1, 1], [0, 0]]), agg=agg)
+    loss, _ = pl(logp, logp, t(1, 5), torch.tensor([[1, 1], [0, 0]]), agg=agg)
     assert_close(loss, -1.0 if agg == "seq_mean_token_mean" else -2.0)
 
 
 def test_all_padding_gives_zero_loss_with_a_graph():
     logp = torch.zeros(2, 2, dtype=torch.float64, requires_grad=True)
-    loss, m = policy_loss(logp, logp.detach(), t(1, 1), torch.zeros(2, 2, dtype=torch.bool))
+    loss, m = pl(logp, logp.detach(), t(1, 1), torch.zeros(2, 2, dtype=torch.bool))
     assert loss.item() == 0.0 and m["tokens"] == 0.0 and m["clip_frac"] == 0.0
     loss.backward()
     assert_close(logp.grad, torch.zeros(2, 2))
@@ -261,7 +268,7 @@ def test_garbage_under_the_mask_never_reaches_loss_or_gradient():
     ref = t([0.0, math.inf])
     adv = t([1.0, NAN])
     mask = torch.tensor([[True, False]])
-    loss, m = policy_loss(logp, old, adv, mask, ref_logp=ref, kl_coef=0.1, dual_clip=3.0)
+    loss, m = pl(logp, old, adv, mask, ref_logp=ref, kl_coef=0.1, dual_clip=3.0)
     assert_close(loss, -1.0)  # −ratio·A on the one real token
     assert all(math.isfinite(v) for v in m.values())
     loss.backward()
@@ -272,8 +279,8 @@ def test_sequence_and_token_advantages_agree():
     logp = t([math.log(1.1), math.log(0.7)], [math.log(1.3), 0.0])
     adv = t(0.5, -2.0)
     mask = torch.ones(2, 2)
-    a, _ = policy_loss(logp, torch.zeros(2, 2), adv, mask)
-    b, _ = policy_loss(logp, torch.zeros(2, 2), adv[:, None].expand(2, 2), mask)
+    a, _ = pl(logp, torch.zeros(2, 2), adv, mask)
+    b, _ = pl(logp, torch.zeros(2, 2), adv[:, None].expand(2, 2), mask)
     assert_close(a, b.item())
 
 
@@ -283,7 +290,7 @@ def test_gradients_flow_only_through_logp():
     ref = t([-0.8, -0.9]).requires_grad_()
     adv = t(0.7).requires_grad_()
     mask = torch.ones(1, 2, requires_grad=True)
-    loss, m = policy_loss(logp, old, adv, mask, ref_logp=ref, kl_coef=0.1, dual_clip=2.0)
+    loss, m = pl(logp, old, adv, mask, ref_logp=ref, kl_coef=0.1, dual_clip=2.0)
     loss.backward()
     assert logp.grad is not None and bool(logp.grad.abs().sum() > 0)
     assert old.grad is None and ref.grad is None and adv.grad is None and mask.grad is None
@@ -293,7 +300,7 @@ def test_gradients_flow_only_through_logp():
 
 def test_float_mask_and_float32_inputs():
     logp = torch.log(torch.tensor([[1.5, 0.5, 9.0]])).requires_grad_()
-    loss, _ = policy_loss(logp, torch.zeros(1, 3), torch.ones(1), torch.tensor([[1.0, 1.0, 0.0]]))
+    loss, _ = pl(logp, torch.zeros(1, 3), torch.ones(1), torch.tensor([[1.0, 1.0, 0.0]]))
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, torch.tensor(-0.85))
 
@@ -301,8 +308,8 @@ def test_float_mask_and_float32_inputs():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"agg": "seq_mean"}, "unknown agg 'seq_mean'; expected one of token_mean"),
-        ({"kl_type": "k4", "ref_logp": torch.zeros(2, 3)}, "unknown kl_type 'k4'"),
+        ({"agg": "seq_mean"}, "agg\n  Input should be 'token_mean'"),       # LossConfig bounds every knob
+        ({"kl_type": "k4", "ref_logp": torch.zeros(2, 3)}, "kl_type\n  Input should be"),
         ({"old_logp": torch.zeros(2, 4)}, "old_logp must have logp's shape"),
         ({"mask": torch.ones(3, 2)}, "mask must have logp's shape"),
         ({"ref_logp": torch.zeros(2)}, "ref_logp must have logp's shape"),
@@ -313,7 +320,7 @@ def test_float_mask_and_float32_inputs():
         ({"agg": "seq_mean_token_sum_norm", "max_len": 0}, "max_len must be"),
         ({"kl_coef": 0.1}, "needs ref_logp"),
         ({"kl_coef": -0.1, "ref_logp": torch.zeros(2, 3)}, "kl_coef"),
-        ({"dual_clip": 1.0}, "dual_clip must be > 1"),
+        ({"dual_clip": 1.0}, "dual_clip\n  Input should be greater than 1"),
         ({"clip_low": 1.0}, "clip_low"),
         ({"clip_high": -0.1}, "clip_high"),
     ],
@@ -322,7 +329,7 @@ def test_loss_arguments_are_checked(kwargs, message):
     args = {"logp": torch.zeros(2, 3), "old_logp": torch.zeros(2, 3), "advantages": torch.zeros(2)}
     args["mask"] = torch.ones(2, 3)
     with pytest.raises(ValueError, match=message):
-        policy_loss(**{**args, **kwargs})
+        pl(**{**args, **kwargs})
 
 
 # ------------------------------------------------------------------------------- mixed groups, all options
@@ -353,7 +360,7 @@ def test_all_loss_options_together():
     # per token [[−1.3, −1], [2.25, 1.9]]; seq_mean_token_mean = (−1.15 + 2.075) / 2 = 0.4625
     logp = torch.log(t([1.5, 1.0], [3.0, 0.5])).requires_grad_()
     ref = logp.detach() - t([0, 0], [1, -2])
-    loss, m = policy_loss(logp, torch.zeros(2, 2), t(1, -1), ones(2, 2), clip_low=0.1, clip_high=0.3, dual_clip=2.0,
+    loss, m = pl(logp, torch.zeros(2, 2), t(1, -1), ones(2, 2), clip_low=0.1, clip_high=0.3, dual_clip=2.0,
                           agg="seq_mean_token_mean", ref_logp=ref, kl_type="k2", kl_coef=0.5)
     assert_close(loss, 0.4625)
     assert m["pg_loss"] == pytest.approx((-1.15 + 1.45) / 2)  # the surrogate alone: row means −1.15 and 2.9 / 2
@@ -369,7 +376,7 @@ def test_all_loss_options_together():
 def test_seq_mean_token_sum_norm_with_clipping():
     # A = 1, ratios [1.5, 0.5] → [−1.2, −0.5]; A = −1, ratio [2.0, pad] → 2; Σ = 0.3 over 2 rows · max_len 3
     logp = torch.log(t([1.5, 0.5], [2.0, 1.0]))
-    loss, _ = policy_loss(logp, torch.zeros(2, 2), t(1, -1), torch.tensor([[1, 1], [1, 0]]),
+    loss, _ = pl(logp, torch.zeros(2, 2), t(1, -1), torch.tensor([[1, 1], [1, 0]]),
                           agg="seq_mean_token_sum_norm", max_len=3)
     assert_close(loss, 0.3 / 6)
 
@@ -389,13 +396,13 @@ def test_is_weights_scale_the_surrogate_but_not_the_kl():
     # A = 1, ratios [1.5, 0.5], weights [0.5, 2]: −1.2·0.5 = −0.6 and −0.5·2 = −1 → token_mean −0.8
     logp = ratios(1.5, 0.5)
     w = t([0.5, 2.0])
-    loss, m = policy_loss(logp, torch.zeros(1, 2), t(1), ones(1, 2), is_weights=w)
+    loss, m = pl(logp, torch.zeros(1, 2), t(1), ones(1, 2), is_weights=w)
     assert_close(loss, -0.8)
     loss.backward()
     assert_close(logp.grad, [[0.0, -0.5]])  # the clipped token has none; −ratio·A·w / 2 = −0.5
     # k1 KL of 1 per token, coefficient 0.1, added unweighted: −0.8 + 0.1
-    loss, _ = policy_loss(ratios(1.5, 0.5), torch.zeros(1, 2), t(1), ones(1, 2), is_weights=w,
+    loss, _ = pl(ratios(1.5, 0.5), torch.zeros(1, 2), t(1), ones(1, 2), is_weights=w,
                           ref_logp=torch.log(t([1.5, 0.5])) - 1, kl_type="k1", kl_coef=0.1)
     assert_close(loss, -0.7)
     with pytest.raises(ValueError, match="is_weights must have"):
-        policy_loss(ratios(1.5, 0.5), torch.zeros(1, 2), t(1), ones(1, 2), is_weights=t(1.0))
+        pl(ratios(1.5, 0.5), torch.zeros(1, 2), t(1), ones(1, 2), is_weights=t(1.0))

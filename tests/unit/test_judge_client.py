@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.common.config import JudgeConfig
+from services.common.reward_config import JudgeConfig
 from services.reward import judge
 from services.reward.judge import REFERENCE, ROUTE, JudgeClient, build_messages, candidate_answer, parse_reply
 

@@ -140,8 +140,8 @@ def test_feeder_samples_by_difficulty_from_observed_pass_rates(control, redis_se
     from services.learner.feeder import PromptFeeder
 
     rows = [Row(f"r{i}", "/v.mp4", "mcq", "q", "A", ("x", "y")) for i in range(4)]
-    cfg = RunConfig(data={"sampling": "filter", "explore": 0.0})
-    f = PromptFeeder(control, rows, [], ahead=40, seed=0, sampling=cfg.data)
+    cfg = RunConfig(data={"sampling": {"type": "filter", "explore": 0.0}})
+    f = PromptFeeder(control, rows, [], ahead=40, seed=0, sampling=cfg.data.sampling)
     f.observe("r0", [1.1, 1.1, 1.1, 1.1])            # solved: p = 1 > 0.7
     f.observe("r1", [0.1, 0.1, 0.1, 0.1])            # hopeless: p = 0
     f.observe("r2", [1.1, 0.1, 0.1, 0.1])            # p = 0.25: kept; r3 unseen: kept

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from rlctl.cli import DEFAULT_CONFIG
-from services.common.config import ConfigError, LearnerConfig, load_config
+from services.common.config import ConfigError, LossConfig, load_config
 from services.common.control import GROUPS
 from services.common.dataset import Row
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
@@ -17,17 +17,17 @@ from services.learner.feeder import PromptFeeder
 
 
 def test_clip_bounds_default_to_clip_eps():
-    assert LearnerConfig().clip_bounds == (0.2, 0.2)
-    assert LearnerConfig(clip_eps=0.1).clip_bounds == (0.1, 0.1)
-    assert LearnerConfig(clip_eps=0.1, clip_high=0.28).clip_bounds == (0.1, 0.28)
-    assert LearnerConfig(clip_low=0.0).clip_bounds == (0.0, 0.2)
+    assert LossConfig().clip_bounds == (0.2, 0.2)
+    assert LossConfig(clip_eps=0.1).clip_bounds == (0.1, 0.1)
+    assert LossConfig(clip_eps=0.1, clip_high=0.28).clip_bounds == (0.1, 0.28)
+    assert LossConfig(clip_low=0.0).clip_bounds == (0.0, 0.2)
 
 
 def test_default_config_keeps_todays_learner():
     lc = load_config(DEFAULT_CONFIG).learner
-    assert (lc.old_logp, lc.tis_cap, lc.filter_zero_variance, lc.micro_batch_tokens, lc.kl_coef) == (
+    assert (lc.old_logp, lc.tis_cap, lc.filter_zero_variance, lc.micro_batch_tokens, lc.loss.kl_coef) == (
         "sampler", None, False, None, 0.0)
-    assert (lc.grad_clip, lc.num_iterations, lc.checkpoint_every, lc.freeze_vision, lc.loss_agg) == (
+    assert (lc.grad_clip, lc.num_iterations, lc.checkpoint_every, lc.freeze_vision, lc.loss.agg) == (
         1.0, 1, 0, False, "token_mean")
 
 
@@ -36,10 +36,11 @@ def test_default_config_keeps_todays_learner():
     [
         ("learner.tis_cap=2", "needs old_logp=learner"),
         ("learner.dynamic_sampling=true", "needs filter_zero_variance"),
-        ("learner.dual_clip=1.0", "greater than 1"),
+        ("learner.loss.dual_clip=1.0", "greater than 1"),
         ("learner.advantage=rloo", "advantage"),
-        ("learner.loss_agg=sum", "loss_agg"),
-        ("learner.kl_type=k4", "kl_type"),
+        ("learner.loss.agg=sum", "learner.loss.agg"),
+        ("learner.loss.kl_type=k4", "kl_type"),
+        ("learner.kl_coef=0.1", "learner.kl_coef: moved to learner.loss.kl_coef"),
         ("learner.num_iterations=0", "num_iterations"),
         ("learner.clipeps=0.1", "clipeps"),
     ],

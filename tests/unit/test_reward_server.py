@@ -8,10 +8,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from services.common.config import ConfigError, RewardConfig, load_config
+from services.common.config import ConfigError, load_config
 from services.common.control import EVALS, GROUPS
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.pb.videorl.v1 import rollout_pb2_grpc as pb_grpc
+from services.common.reward_config import RewardConfig
 from services.reward.judge import JudgeClient
 from services.reward.scoring import GroupScore, Scorer
 from services.reward.server import start_server

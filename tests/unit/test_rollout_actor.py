@@ -66,7 +66,7 @@ def _video(tmp_path, name="ok.mp4"):
 
 def test_actor_streams_groups_quarantines_bad_videos_and_swaps(control, redis_server, tmp_path, monkeypatch):
     fake = FakeEngine()
-    cfg = RunConfig(run_id=control.run_id, rollout={"group_size": 3, "prompts_per_batch": 2})
+    cfg = RunConfig(run_id=control.run_id, group_size=3, rollout={"prompts_per_batch": 2})
     good = _video(tmp_path)
     (tmp_path / "corrupt.mp4").write_bytes(b"\x00\x01not a video" * 100)
     rows = [Row(f"r{i}", str(good), "mcq", "Which way?", "B", ("up", "down", "left", "right")) for i in range(4)]
@@ -138,7 +138,7 @@ def test_a_slow_prompt_does_not_hold_back_the_other_slots(control, redis_server,
     """prompts_per_batch are slots, not batches: while one prompt is stuck, the free slot keeps taking prompts."""
     fake = GatedEngine()
     monkeypatch.setattr(actor_mod, "ORPHAN_CHECK_S", 0.0)   # checked before every take: none may be found here
-    cfg = RunConfig(run_id=control.run_id, rollout={"group_size": 2, "prompts_per_batch": 2})
+    cfg = RunConfig(run_id=control.run_id, group_size=2, rollout={"prompts_per_batch": 2})
     good = _video(tmp_path)
     opts = ("up", "down")
     control.add_prompt(Row("slow", str(good), "mcq", "slow?", "B", opts).to_prompt("slow").SerializeToString())
@@ -170,10 +170,11 @@ def test_a_prompt_delivered_but_never_seen_is_generated_without_waiting_for_recl
                                                                                    monkeypatch):
     """A Redis crash can lose the reply of the XREADGROUP that delivered a prompt: it is pending under the actor's
     name, and the actor never saw it. The actor finds it among its pending entries instead of leaving it to
-    another actor's reclaim after rollout.reclaim_idle_s (300 s here)."""
+    another actor's reclaim after rollout.faults.reclaim_idle_s (300 s here)."""
     fake = FakeEngine()
     monkeypatch.setattr(actor_mod, "ORPHAN_CHECK_S", 0.2)
-    cfg = RunConfig(run_id=control.run_id, rollout={"group_size": 2, "prompts_per_batch": 2, "reclaim_idle_s": 300})
+    cfg = RunConfig(run_id=control.run_id, group_size=2,
+                    rollout={"prompts_per_batch": 2, "faults": {"reclaim_idle_s": 300}})
     good = _video(tmp_path)
     for i in range(3):
         row = Row(f"r{i}", str(good), "mcq", "?", "B", ("up", "down"))

@@ -35,7 +35,7 @@ def _group(prompt_id, k=2):
 
 
 def test_held_groups_are_resent_when_the_service_comes_back_and_a_duplicate_counts_as_done(control):
-    cfg = RunConfig(run_id=control.run_id, rollout={"reconnect_max_s": 0.2})
+    cfg = RunConfig(run_id=control.run_id, rollout={"faults": {"reconnect_max_s": 0.2}})
     port = _free_port()
     scorer = Scorer(cfg.reward.components)
     control.write_group("p-old", b"scored before the service died", 2, held_out=False)
@@ -69,7 +69,7 @@ def test_held_groups_are_resent_when_the_service_comes_back_and_a_duplicate_coun
 
 
 def test_a_service_gone_longer_than_the_outage_limit_fails_with_its_address(control):
-    cfg = RunConfig(run_id=control.run_id, rollout={"reconnect_max_s": 0.1, "reward_outage_s": 0.5})
+    cfg = RunConfig(run_id=control.run_id, rollout={"faults": {"reconnect_max_s": 0.1, "reward_outage_s": 0.5}})
     address = f"127.0.0.1:{_free_port()}"
 
     async def scenario():
@@ -86,7 +86,8 @@ def test_a_service_gone_longer_than_the_outage_limit_fails_with_its_address(cont
 def test_actor_survives_a_reward_service_restart_and_scores_every_prompt_once(control, redis_server, tmp_path,
                                                                                monkeypatch):
     fake = FakeEngine()
-    cfg = RunConfig(run_id=control.run_id, rollout={"group_size": 2, "prompts_per_batch": 2, "reconnect_max_s": 0.2})
+    cfg = RunConfig(run_id=control.run_id, group_size=2,
+                    rollout={"prompts_per_batch": 2, "faults": {"reconnect_max_s": 0.2}})
     good = _video(tmp_path)
     rows = [Row(f"r{i}", str(good), "mcq", "Which way?", "B", ("up", "down")) for i in range(12)]
     for i, row in enumerate(rows[:6]):

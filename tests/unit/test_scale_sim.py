@@ -28,7 +28,7 @@ def _bench():
 
 def test_actor_builds_its_engine_with_the_factory_and_the_timed_engine_serves_it(control, redis_server, tmp_path):
     bench = _bench()
-    cfg = RunConfig(run_id=control.run_id, rollout={"group_size": 4, "prompts_per_batch": 2, "max_new_tokens": 3})
+    cfg = RunConfig(run_id=control.run_id, group_size=4, rollout={"prompts_per_batch": 2, "max_new_tokens": 3})
     frames = np.zeros((16, 64, 64, 3), np.uint8)
     encode_mp4(frames, tmp_path / "v.mp4")
     row = Row("r", str(tmp_path / "v.mp4"), "mcq", "Which way?", "B", ("up", "down", "left", "right"))
@@ -37,8 +37,8 @@ def test_actor_builds_its_engine_with_the_factory_and_the_timed_engine_serves_it
     v1 = write_version(tmp_path / "w", 1, 1, bench.TinyWeights().save_weights)
     built = []
 
-    def factory(model_dir, rollout, seed):
-        built.append((model_dir, rollout, seed))
+    def factory(model_dir, run_cfg):
+        built.append((model_dir, run_cfg))
         built.append(bench.TimedEngine(bench.Costs(prefill_s=0.01, token_s=0.001, load_s=0.01), speedup=1.0))
         return built[-1]
 
@@ -52,7 +52,7 @@ def test_actor_builds_its_engine_with_the_factory_and_the_timed_engine_serves_it
         return await stop_actor(a, task, server)
 
     stats = asyncio.run(scenario())
-    assert built[0] == (Path("/simulated"), cfg.rollout, cfg.seed) and len(built) == 2   # built once, as configured
+    assert built[0] == (Path("/simulated"), cfg) and len(built) == 2   # built once, as configured
     engine = built[1]
     groups = [pb.ScoredGroup.FromString(f[b"group"]) for _, f in control.r.xrange(control.key(GROUPS))]
     assert sorted(g.prompt_id for g in groups) == ["p0", "p1", "p2"]

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.common.config import ConfigError, RewardConfig, load_config
+from services.common.config import ConfigError, load_config
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
+from services.common.reward_config import RewardConfig
 from services.reward.judge import JudgeClient
 from services.reward.scoring import Scorer
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.common.config import MediaConfig, SFTConfig, load_config
+from services.common.config import ConfigError, MediaConfig, SFTConfig, SFTRunConfig, load_config
 from services.common.dataset import DatasetError, Reverse, Row, rows_with_reverse
 from services.common.media import sample_video
 from services.common.prompts import chat_text
@@ -150,9 +150,14 @@ def test_lr_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(cos[1:], cos[2:], strict=False))
 
 
-def test_sft_config_section(tmp_path):
-    cfg = load_config(None, ["sft.data=a.jsonl", "sft.steps=5", "sft.zero_stage=3"])
-    assert cfg.sft.data == [Path("a.jsonl")] and cfg.sft.steps == 5 and cfg.sft.zero_stage == 3
-    assert load_config(None, ["sft.data=[a.jsonl, b.jsonl]"]).sft.data == [Path("a.jsonl"), Path("b.jsonl")]
+def test_sft_has_its_own_config(tmp_path):
+    cfg = load_config(None, ["sft.data=a.jsonl", "sft.steps=5", "sft.zero_stage=3", "seed=4"], model=SFTRunConfig)
+    assert cfg.sft.data == [Path("a.jsonl")] and cfg.sft.steps == 5 and cfg.sft.zero_stage == 3 and cfg.seed == 4
+    assert load_config(None, ["sft.data=[a.jsonl, b.jsonl]"], model=SFTRunConfig).sft.data == [
+        Path("a.jsonl"), Path("b.jsonl")]
+    with pytest.raises(ConfigError, match="sft: moved to its own config file"):
+        load_config(None, ["sft.steps=5"])                          # not a field of the run config any more
+    with pytest.raises(ConfigError, match="sft.seed: moved to seed"):
+        load_config(None, ["sft.seed=1"], model=SFTRunConfig)
     assert sft.total_steps(SFTConfig(batch_size=8, epochs=2), 20) == 5
     assert sft.total_steps(SFTConfig(steps=7), 20) == 7
