@@ -7,7 +7,7 @@ import uuid
 import pytest
 import torch
 
-from services.common.config import MediaConfig, RolloutConfig
+from services.common.config import MediaConfig, RunConfig
 from services.common.media import sample_video
 from services.common.prompts import chat_text
 from services.common.weights import verify, write_version
@@ -42,7 +42,7 @@ async def _greedy(engine, prompt, frames):
 
 
 def test_hot_swap_equals_fresh_engine_and_changes_output(tiny_assets, tmp_path):
-    cfg = RolloutConfig(max_new_tokens=16)
+    cfg = RunConfig(rollout={"max_new_tokens": 16})
     row = tiny_assets.eval_rows[0]
     frames = sample_video(row.video, MediaConfig())
     manifest = _perturbed_version(tiny_assets.model_dir, tmp_path / "weights")
@@ -93,7 +93,7 @@ def test_engine_never_samples_vision_placeholders_even_from_a_uniform_policy(tin
     frames = sample_video(row.video, MediaConfig())
 
     async def scenario():
-        engine = VLLMEngine.create(manifest.uri, RolloutConfig(max_new_tokens=16))
+        engine = VLLMEngine.create(manifest.uri, RunConfig(rollout={"max_new_tokens": 16}))
         try:
             prompt = chat_text(engine.tokenizer, row.question, list(row.options))
             return engine, await engine.generate(uuid.uuid4().hex, prompt, frames, n=64, max_tokens=16,

@@ -21,7 +21,8 @@ def assets(tmp_path_factory):
 
 
 def _train(model, batch, steps=1, **cfg):
-    engine = LearnerEngine(model, LearnerConfig(lr=1e-3, **cfg), batch_size=len(batch), max_len=8)
+    loss = {k: cfg.pop(k) for k in ("agg", "kl_coef", "kl_type") if k in cfg}
+    engine = LearnerEngine(model, LearnerConfig(lr=1e-3, loss=loss, **cfg), batch_size=len(batch), max_len=8)
     metrics = [engine.train_step(batch, 2) for _ in range(steps)]
     return engine, metrics
 
@@ -29,8 +30,8 @@ def _train(model, batch, steps=1, **cfg):
 @pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
 def test_micro_batches_accumulate_to_the_whole_batch_update(assets, agg):
     model, batch = assets
-    whole, [m1] = _train(model, batch, loss_agg=agg)
-    packed, [m2] = _train(model, batch, loss_agg=agg, micro_batch_tokens=2 * max(batch.seq_lens()))
+    whole, [m1] = _train(model, batch, agg=agg)
+    packed, [m2] = _train(model, batch, agg=agg, micro_batch_tokens=2 * max(batch.seq_lens()))
     assert m1.micro_batches == 1 and m2.micro_batches == 4
     assert m2.loss == pytest.approx(m1.loss, rel=1e-5)
     assert m2.clip_frac == pytest.approx(m1.clip_frac) and m2.tokens == m1.tokens
