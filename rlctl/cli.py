@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -32,7 +33,8 @@ def run(config: Path | None, overrides: tuple[str, ...], resume_dir: Path | None
 
     from services.common.config import ConfigError, load_config
 
-    sys.stdout.reconfigure(line_buffering=True)  # step lines reach a log file or pipe as they happen
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # step lines reach a log file or pipe as they happen
     console = Console()
     try:
         cfg = load_config(config or DEFAULT_CONFIG, list(overrides))

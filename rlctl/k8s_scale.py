@@ -18,6 +18,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -38,8 +39,8 @@ class K8sRun:
 
     namespace: str
     run_id: str
-    custom: object
-    core: object
+    custom: Any       # kubernetes.client.CustomObjectsApi (or a fake of it in tests)
+    core: Any         # kubernetes.client.CoreV1Api
     exec_in: Callable[[str, str, list[str]], str]
 
     @property

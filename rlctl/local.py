@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -57,17 +58,19 @@ class LocalRun:
         self.cfg, self.console, self.resume, self.with_learner = cfg, console or Console(), resume, learner
         self.target = target or ClusterTarget.from_env()
         self.redis: EmbeddedRedis | None = None
-        self.reward = None
-        self.actors: dict[str, object] = {}            # live actors (not retiring)
-        self.actor_runs: dict[str, object] = {}
-        self.retiring: dict[str, object] = {}          # scaled down: asked to stop, finishing what they hold
-        self.retired: list[ActorStats] = []                  # totals of actors that stopped after a scale-down
+        # Ray actor handles and object refs are typed Any: Ray's stubs do not follow .options(...).remote(...).
+        self.reward: Any = None
+        self.actors: dict[str, Any] = {}               # live actors (not retiring)
+        self.actor_runs: dict[str, Any] = {}
+        self.retiring: dict[str, Any] = {}             # scaled down: asked to stop, finishing what they hold
+        self.retired: list[ActorStats] = []            # totals of actors that stopped after a scale-down
         self.started_at: dict[str, float] = {}         # monotonic time each actor was asked to start
         self.next_index = 0
         self.pids: dict[str, int] = {}                 # service -> pid of its Ray worker (for `rlctl logs`)
-        self.learner = None
+        self.learner: Any = None
+        self.learner_run: Any = None
         self.ray_started = False
-        self.reward_run = None                         # the reward service's wait(): fails when its process dies
+        self.reward_run: Any = None                    # the reward service's wait(): fails when its process dies
         self.redis_keeper: RedisKeeper | None = None
         self.learner_records: list[StepRecord] = []    # steps recorded by learners that died (in Redis)
         self.supervisor = Supervisor(self, cfg.supervisor)
@@ -81,7 +84,7 @@ class LocalRun:
             if not self.resume:   # a new run in a used run dir must not inherit its Redis state
                 shutil.rmtree(data / "appendonlydir", ignore_errors=True)
             self.redis = EmbeddedRedis(data, appendonly=cfg.redis.persistence).start()
-        self.url = cfg.redis.url or self.redis.url
+        self.url = cfg.redis.url or (self.redis.url if self.redis else "")
         self.control = ControlPlane(self.url, cfg.run_id, cfg.redis.reconnect_s)
         if self.redis is not None and cfg.redis.persistence:
             self.redis_keeper = RedisKeeper(self.redis, lambda: self.control.incr("redis_restarted"),
@@ -114,7 +117,7 @@ class LocalRun:
 
         write_record(Path(self.cfg.run_dir), run_id=self.cfg.run_id, redis_url=self.url, pid=os.getpid(),
                      started=time.time(), finished=None, heartbeat_s=self.cfg.rollout.heartbeat_s, pids=self.pids,
-                     ray_logs=ray._private.worker._global_node.get_logs_dir_path())
+                     ray_logs=ray._private.worker._global_node.get_logs_dir_path())  # type: ignore[attr-defined]
 
     def _resume_version(self) -> None:
         """Make the newest published version on disk current again (a fresh embedded Redis starts empty), so the
@@ -160,7 +163,7 @@ class LocalRun:
 
         from services.rollout.actor import RolloutActor
 
-        handle = ray.remote(num_cpus=0, max_concurrency=64)(RolloutActor).options(
+        handle = ray.remote(num_cpus=0, max_concurrency=64)(RolloutActor).options(  # type: ignore[call-overload]
             name=f"{self.cfg.run_id}-{actor_id}", **self.target.placement("rollout")).remote(
             self.cfg, self.url, self.reward_addr, actor_id, str(self.assets.model_dir))
         self.actors[actor_id] = handle
@@ -283,7 +286,10 @@ def version_lag(control: ControlPlane, records: list[StepRecord], actor_ids: lis
         v = rec.published
         if not v:
             continue
-        published_at = control.manifest(v).created_at
+        manifest = control.manifest(v)
+        if manifest is None:   # a published version always has one; a record from a reused run dir may not
+            continue
+        published_at = manifest.created_at
         for a in actor_ids:
             loaded = control.swaps(a).get(v)
             later = [t for t in step_times if t > rec.time]
@@ -330,7 +336,7 @@ def run_local(cfg: RunConfig, console: Console | None = None, resume: bool = Fal
         with progress:
             records = run.wait(on_tick=progress.tick)
             progress.tick()
-            final = control.current_version()
+            final = control.current_version() or 0
             if not run.wait_for_actors_at(final):
                 log.warning("not every actor loaded the final version %d before the run stopped", final)
         swap_lag = version_lag(control, records, list(run.actors))

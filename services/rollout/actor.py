@@ -198,7 +198,8 @@ class RolloutActor:
     async def _generate(self, prompt: pb.Prompt, frames) -> tuple[int, list | None]:
         """Sample K completions; returns (the version that produced them, samples or None if aborted)."""
         r = self.cfg.rollout
-        text = chat_text(self.engine.tokenizer, prompt.question, list(prompt.options))
+        engine = self._engine()
+        text = chat_text(engine.tokenizer, prompt.question, list(prompt.options))
         async with self._gate:
             await self._gate.wait_for(lambda: not self._swapping)
             self._seq += 1
@@ -207,7 +208,7 @@ class RolloutActor:
             version = self.loaded_version
         try:
             held_out = prompt.split == "eval"  # scored, never trained on: greedy (or eval_samples) by default
-            samples = await self.engine.generate(request_id, text, frames,
+            samples = await engine.generate(request_id, text, frames,
                                                  r.eval_samples if held_out else self.cfg.group_size, r.max_new_tokens,
                                                  r.eval_temperature if held_out else r.temperature)
         finally:
@@ -253,6 +254,11 @@ class RolloutActor:
         finally:
             ps.close()
 
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            raise RuntimeError(f"{self.actor_id}: the engine is used before run() built it")
+        return self.engine
+
     async def _maybe_swap(self) -> None:
         async with self._swap_lock:
             await self._swap_if_newer()
@@ -263,6 +269,8 @@ class RolloutActor:
             return
         manifest = await asyncio.to_thread(self.control.manifest, current)
         try:
+            if manifest is None:
+                raise WeightIntegrityError(f"version {current} is current but has no manifest in Redis")
             await asyncio.to_thread(verify, manifest)
         except WeightIntegrityError as e:
             # Keep serving the version we have (and keep reporting it) rather than load damaged weights.
@@ -275,10 +283,10 @@ class RolloutActor:
             self._swapping = True
         try:
             if self.cfg.rollout.swap == "abort":
-                await self.engine.abort(list(self._requests))
+                await self._engine().abort(list(self._requests))
             async with self._gate:
                 await self._gate.wait_for(lambda: not self._requests)
-            await self.engine.load_weights(manifest.uri)
+            await self._engine().load_weights(manifest.uri)
             self.loaded_version = current
         finally:
             async with self._gate:
