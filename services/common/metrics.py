@@ -19,10 +19,11 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from services.common.control import EVALS, GROUPS, LEARNER_GROUP, PROMPTS, ROLLOUT_GROUP, ControlPlane
 
@@ -75,9 +76,15 @@ def file_sd_targets(exporters: dict[str, str], run_id: str, namespace: str = "lo
             for name, address in sorted(exporters.items())]
 
 
+# (role, the Redis counter the supervisor increments for it)
+_RESTART_COUNTERS = (("actor", "actors_restarted"), ("reward", "reward_restarted"), ("learner", "learner_restarted"),
+                     ("redis", "redis_restarted"))
+
+
 class ControlPlaneCollector:
-    """Stream lengths, consumer-group lag and pending entries, live and desired actors, the current version and
-    each live actor's reported version, read from Redis on each scrape.
+    """Stream lengths, consumer-group lag and pending entries, live and desired actors, the current version, each
+    live actor's reported version, and the supervisor's restarts per role and prompts handed over from dead actors,
+    read from Redis on each scrape.
 
     The learner's driver registers it: of the run's processes it is the one that exists exactly once in every
     kind of run (it owns the prompt feeder), so the series are neither missing nor duplicated. A Redis
@@ -92,7 +99,7 @@ class ControlPlaneCollector:
         return iter(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        entries, lag, pending, live, desired, current, actor_version = self._families()
+        entries, lag, pending, live, desired, current, actor_version, restarts, handed = self._families()
         try:
             for name, key, group in self._STREAMS:
                 entries.add_metric([name], self.control.stream_len(key))
@@ -108,13 +115,17 @@ class ControlPlaneCollector:
                 desired.add_metric([], n)
             if (v := self.control.current_version()) is not None:
                 current.add_metric([], v)
+            counters = self.control.counters()
+            for role, counter in _RESTART_COUNTERS:
+                restarts.add_metric([role], counters.get(counter, 0))
+            handed.add_metric([], counters.get("prompts_handed_over", 0))
         except redis.RedisError as e:  # tolerated on purpose: the learner's own metrics still get scraped
             log.warning("control-plane metrics skipped this scrape: %s", e)
             return iter(())
-        return iter((entries, lag, pending, live, desired, current, actor_version))
+        return iter((entries, lag, pending, live, desired, current, actor_version, restarts, handed))
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, ...]:
+    def _families() -> tuple[Any, ...]:
         return (
             GaugeMetricFamily(check_name("videorl_control_stream_entries_count"), "entries in each Redis stream",
                               labels=["stream"]),
@@ -129,4 +140,8 @@ class ControlPlaneCollector:
             GaugeMetricFamily(check_name("videorl_control_policy_version"), "current policy version"),
             GaugeMetricFamily(check_name("videorl_control_actor_loaded_version"),
                               "policy version each live actor reports it serves", labels=["actor"]),
+            CounterMetricFamily(check_name("videorl_control_restarts_total"),
+                                "processes of the run replaced after they died (rlctl/supervisor.py)", labels=["role"]),
+            CounterMetricFamily(check_name("videorl_control_prompts_handed_over_total"),
+                                "prompts a dead actor held, given back to the live actors at once"),
         )

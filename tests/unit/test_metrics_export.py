@@ -38,6 +38,12 @@ def test_control_plane_gauges_follow_redis(control):
     assert _value(registry, "videorl_control_actors_desired_count") is None       # absent until an operator sets it
     control.set_desired_actors(3)
     assert _value(registry, "videorl_control_actors_desired_count") == 3
+    assert _value(registry, "videorl_control_restarts_total", role="actor") == 0     # present at 0 from the start
+    control.incr("actors_restarted")
+    control.incr("prompts_handed_over", 2)
+    assert _value(registry, "videorl_control_restarts_total", role="actor") == 1
+    assert _value(registry, "videorl_control_restarts_total", role="redis") == 0
+    assert _value(registry, "videorl_control_prompts_handed_over_total") == 2
 
 
 def test_an_unreachable_redis_skips_the_control_series_not_the_scrape():
