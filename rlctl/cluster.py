@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from services.common.config import RunConfig
 
 # Ray reads these when it is first imported (and its agents inherit them), so they are set here, before
 # anything can import ray. The first keeps every Ray process on 127.0.0.1: without it Ray replaces a loopback
@@ -17,6 +19,23 @@ from typing import Literal
 LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
                  "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
                  "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+
+
+Role = Literal["rollout", "learner"]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How Ray places one process: its actor options, and the placement group to reserve first when it spans several
+    GPUs (a rollout actor whose engine shards over `tensor_parallel_size` GPUs, its vLLM workers in the group)."""
+
+    options: dict
+    bundles: list[dict[str, float]] = field(default_factory=list)   # empty: no placement group
+
+
+def accelerator_of(cluster_resources: Mapping[str, float]) -> Literal["cpu", "gpu"]:
+    """cluster.accelerator=auto resolved from what the Ray cluster offers (`ray.cluster_resources()`)."""
+    return "gpu" if cluster_resources.get("GPU", 0) > 0 else "cpu"
 
 
 @dataclass(frozen=True)
@@ -55,9 +74,28 @@ class ClusterTarget:
         # so their logs come to the driver's (the job's) log instead of staying in a pod's emptyDir.
         return dict(address="auto", log_to_driver=True, configure_logging=False)
 
-    def placement(self, role: Literal["rollout", "learner"]) -> dict:
-        """Extra Ray actor options for a rollout actor or the learner: none locally (one node)."""
+    def placement(self, role: Role) -> dict:
+        """The custom resource that puts a rollout actor or a learner rank on its worker group: none locally."""
         return {} if self.ray_address is None else {"resources": {f"videorl_{role}": 1}}
+
+    def place(self, role: Role, cfg: RunConfig) -> Placement:
+        """Where one rollout actor or one learner rank goes, for a config made concrete (`RunConfig.on`).
+
+        On CPU nothing is requested (the processes share the node's cores, as vLLM and torch threads do anyway).
+        On GPU a learner rank takes one GPU and a rollout actor `tensor_parallel_size`: one GPU of its own, or a
+        placement group packed on one node, a GPU and a CPU per bundle, the actor in the first bundle. Ray then sets
+        each process's CUDA_VISIBLE_DEVICES, so no two processes share a GPU by accident."""
+        if cfg.cluster.accelerator == "auto":
+            raise ValueError("place() needs a concrete accelerator: RunConfig.on('cpu' or 'gpu')")
+        options: dict = {"num_cpus": 0, **self.placement(role)}
+        tp = cfg.rollout.engine.tensor_parallel_size if role == "rollout" else 1
+        if cfg.cluster.accelerator == "cpu":
+            return Placement(options)
+        if tp == 1:
+            return Placement({**options, "num_gpus": 1})
+        bundles: list[dict[str, float]] = [{"GPU": 1, "CPU": 1} for _ in range(tp)]
+        bundles[0].update(options.pop("resources", {}))   # the worker group's resource, once, with the actor
+        return Placement({**options, "num_gpus": 0}, bundles)
 
 
 for _k, _v in ClusterTarget.from_env().process_env().items():

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 
@@ -67,8 +67,11 @@ class LocalRun:
         self.started_at: dict[str, float] = {}         # monotonic time each actor was asked to start
         self.next_index = 0
         self.pids: dict[str, int] = {}                 # service -> pid of its Ray worker (for `rlctl logs`)
-        self.learner: Any = None
+        self.learner: Any = None                       # rank 0 (LearnerDriver)
         self.learner_run: Any = None
+        self.learner_ranks: list[Any] = []             # ranks 1.. (LearnerRank)
+        self.rank_lifetimes: list[Any] = []            # their lifetime() refs: ready when one stopped or died
+        self.groups: dict[str, Any] = {}               # placement groups by actor id (GPU engines over several GPUs)
         self.ray_started = False
         self.reward_run: Any = None                    # the reward service's wait(): fails when its process dies
         self.redis_keeper: RedisKeeper | None = None
@@ -100,6 +103,7 @@ class LocalRun:
         with self.console.status("starting Ray" if self.target.ray_address is None else "joining the Ray cluster"):
             _ray_init(self.target)
             self.ray_started = True
+        self._resolve_accelerator()
         self.start_reward()
         self.control.set_desired_actors(cfg.rollout.num_actors)
         self.scale()
@@ -108,6 +112,41 @@ class LocalRun:
         self._write_record()
         self.launched = True
         return self.control
+
+    def _resolve_accelerator(self) -> None:
+        """Every `auto` of the config made concrete for the accelerator the Ray cluster offers (or the one
+        cluster.accelerator names): the services are given this config."""
+        import ray
+
+        from rlctl.cluster import accelerator_of
+
+        found = accelerator_of(ray.cluster_resources())
+        want = self.cfg.cluster.accelerator
+        if want == "gpu" and found == "cpu":
+            log.warning("cluster.accelerator is gpu but the Ray cluster offers no GPU yet: the actors and learner "
+                        "ranks wait until nodes with GPUs join")
+        self.cfg = self.cfg.on(found if want == "auto" else want)
+
+    def _options(self, role: Literal["rollout", "learner"], key: str) -> dict:
+        """Ray actor options for one process of `role`, reserving its placement group first when it spans GPUs
+        (kept under `key` until release(key))."""
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        placement = self.target.place(role, self.cfg)
+        if not placement.bundles:
+            return placement.options
+        self.release(key)
+        group = self.groups[key] = ray.util.placement_group(placement.bundles, strategy="STRICT_PACK")
+        return {**placement.options, "scheduling_strategy": PlacementGroupSchedulingStrategy(
+            group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)}
+
+    def release(self, key: str) -> None:
+        """Give back the placement group reserved under `key` (an actor that died or stopped), if any."""
+        import ray
+
+        if (group := self.groups.pop(key, None)) is not None:
+            ray.util.remove_placement_group(group)
 
     def _write_record(self) -> None:
         """RUN_DIR/run.json, for `rlctl status|scale|logs` from another terminal (rlctl.operate)."""
@@ -163,8 +202,8 @@ class LocalRun:
 
         from services.rollout.actor import RolloutActor
 
-        handle = ray.remote(num_cpus=0, max_concurrency=64)(RolloutActor).options(  # type: ignore[call-overload]
-            name=f"{self.cfg.run_id}-{actor_id}", **self.target.placement("rollout")).remote(
+        handle = ray.remote(max_concurrency=64)(RolloutActor).options(  # type: ignore[call-overload]
+            name=f"{self.cfg.run_id}-{actor_id}", **self._options("rollout", actor_id)).remote(
             self.cfg, self.url, self.reward_addr, actor_id, str(self.assets.model_dir))
         self.actors[actor_id] = handle
         self.actor_runs[actor_id] = handle.run.remote()
@@ -191,22 +230,56 @@ class LocalRun:
         for actor_id, ref in list(self.retiring.items()):
             if ray.wait([ref], timeout=0)[0]:
                 del self.retiring[actor_id]
+                self.release(actor_id)
                 self.retired.append(ray.get(ref))   # an actor that failed while stopping fails the run
 
     def start_learner(self, resume: bool | None = None) -> None:
+        """The learner group: ranks 1.. (LearnerRank) first, then rank 0 (LearnerDriver), which forms the group."""
         import ray
 
         from services.learner.driver import LearnerDriver
+        from services.learner.ranks import LearnerRank
 
         n = self.supervisor.restarts["learner"]
-        self.learner = ray.remote(num_cpus=0)(LearnerDriver).options(
-            name=f"{self.cfg.run_id}-learner" + (f"-{n}" if n else ""), **self.target.placement("learner")).remote(
+        name = f"{self.cfg.run_id}-learner" + (f"-{n}" if n else "")
+        self.learner_ranks = [
+            ray.remote(max_concurrency=2)(LearnerRank).options(  # type: ignore[call-overload]
+                name=f"{name}-rank{r}", **self._options("learner", f"learner-{r}")).remote(
+                self.cfg, str(self.assets.model_dir)) for r in range(1, self.cfg.learner.ranks)]
+        self.rank_lifetimes = [h.lifetime.remote() for h in self.learner_ranks]
+        self.learner = ray.remote(max_concurrency=1)(LearnerDriver).options(  # type: ignore[call-overload]
+            name=name, **self._options("learner", "learner-0")).remote(
             self.cfg, self.url, self.assets.model_dir, self.assets.train, self.assets.eval_rows,
-            resume=self.resume if resume is None else resume)
+            resume=self.resume if resume is None else resume, ranks=self.learner_ranks)
         self.pids["learner"] = _pid(self.learner)   # before run(): the driver serves one call at a time
         self.learner_run = self.learner.run.remote()
         if self.launched:
             self._write_record()
+
+    def _learner_lost(self) -> str | None:
+        """Why the learner group can no longer go on (rank 0's process died, or another rank's), else None. The
+        group is then stopped whole, to be started again from its last checkpoint."""
+        import ray
+
+        from services.learner.ranks import LearnerRankLost
+
+        why = None
+        if ray.wait([self.learner_run], timeout=0)[0]:
+            try:
+                ray.get(self.learner_run)
+            except ray.exceptions.RayActorError as e:   # the process died; its own error (RayTaskError) raises
+                why = str(e).splitlines()[0]
+            except ray.exceptions.RayTaskError as e:
+                if not isinstance(e.cause, LearnerRankLost):
+                    raise
+                why = str(e.cause)
+        for r, ref in enumerate(self.rank_lifetimes, start=1):
+            if why is None and ray.wait([ref], timeout=0)[0]:
+                why = f"learner rank {r} died"
+        if why is not None:
+            for h in [self.learner, *self.learner_ranks]:
+                ray.kill(h)
+        return why
 
     def wait(self, on_tick=None, tick_s: float = 0.5) -> list[StepRecord]:
         """Block until the learner finishes; returns the step records of every learner of the run (those of one
@@ -214,15 +287,19 @@ class LocalRun:
         import ray
 
         while True:
-            ready, _ = ray.wait([self.learner_run], timeout=tick_s)
+            ready, _ = ray.wait([self.learner_run, *self.rank_lifetimes], timeout=tick_s)
             if on_tick:
                 on_tick()
             if ready:
-                try:
-                    return self.learner_records + ray.get(self.learner_run)
-                except ray.exceptions.RayActorError as e:   # the process died; its own error (RayTaskError) raises
-                    self.supervisor.learner_died(str(e).splitlines()[0])
+                if (why := self._learner_lost()) is not None:
+                    self.supervisor.learner_died(why)
                     continue
+                if ready[0] == self.learner_run:
+                    records = ray.get(self.learner_run)
+                    for h in self.learner_ranks:   # done: their memory is freed now, not at close()
+                        ray.kill(h)
+                    self.rank_lifetimes = []
+                    return self.learner_records + records
             self.supervisor.check()
             self.scale()
 

@@ -15,8 +15,14 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from services.common.config_base import Strict as _Strict
+from services.common.learner_config import LearnerConfig, LossConfig
 from services.common.reward_config import RewardConfig
+from services.common.rollout_config import ActorFaultsConfig, EngineConfig, RolloutConfig
 from services.common.synth_tasks import parse_tasks
+
+# The role configs live in modules of their own; their names are importable from here, as every caller does.
+__all__ = ["ActorFaultsConfig", "ClusterConfig", "ConfigError", "EngineConfig", "LearnerConfig", "LossConfig",
+           "RolloutConfig", "RunConfig", "SFTRunConfig", "load_config"]
 
 
 class RedisConfig(_Strict):
@@ -96,102 +102,6 @@ class MediaConfig(_Strict):
     folder_fps: float = Field(2.0, gt=0, description="frame rate assumed for a video given as a folder of frames")
 
 
-class EngineConfig(_Strict):
-    """One rollout actor's vLLM engine."""
-
-    max_model_len: int = Field(512, ge=64, description="vLLM max_model_len")
-    kv_cache_mib: int = Field(64, ge=8, description="KV cache size bound per engine, MiB")
-
-
-class ActorFaultsConfig(_Strict):
-    """How a rollout actor rides out faults around it (its own death is the supervisor's: supervisor.actor)."""
-
-    start_timeout_s: float = Field(600.0, gt=0,
-                                   description="an actor still loading its engine after this long is an error")
-    reclaim_idle_s: float = Field(300.0, ge=0.1, le=86_400, description=(
-        "a prompt an actor took and has not finished after this long is reclaimed by another (its holder is presumed "
-        "hung; a holder known dead hands its prompts over at once); keep it well above the time to generate and "
-        "score one batch"))
-    reconnect_max_s: float = Field(5.0, gt=0, le=300, description=(
-        "cap of the backoff between reconnects to the reward service (from 0.1 s, doubling)"))
-    reward_outage_s: float = Field(120.0, gt=0, le=86_400, description=(
-        "an actor whose reward service acks nothing this long after its stream broke fails, naming the address"))
-
-
-class RolloutConfig(_Strict):
-    """The actor loop: how many actors, what they generate and how they swap weights."""
-
-    num_actors: int = Field(2, ge=1, le=256, description="rollout actors (one vLLM engine each)")
-    prompts_per_batch: int = Field(2, ge=1, le=256, description=(
-        "prompts an actor keeps generating at once; a finished one's slot is refilled from the stream at once"))
-    max_new_tokens: int = Field(24, ge=1, le=32_768, description="generation length bound")
-    temperature: float = Field(1.0, ge=0, le=5, description="sampling temperature")
-    heartbeat_s: float = Field(1.0, gt=0, description="seconds between registry heartbeats")
-    eval_samples: int = Field(1, ge=1, le=64,
-                              description="completions per held-out prompt (1 at temperature 0 = greedy)")
-    eval_temperature: float = Field(0.0, ge=0, le=5, description="sampling temperature for held-out prompts")
-    swap: Literal["abort", "wait"] = Field(
-        "abort", description="on a new version: abort in-flight requests and redo them, or let them finish")
-    engine: EngineConfig = Field(default_factory=EngineConfig, description="the vLLM engine of each actor")
-    faults: ActorFaultsConfig = Field(default_factory=ActorFaultsConfig, description="timeouts around each actor")
-
-
-class LossConfig(_Strict):
-    """The GRPO loss, passed whole to services/learner/grpo.py policy_loss (knobs named as verl and TRL name them)."""
-
-    clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO clip range of the ratio (both bounds unless set)")
-    clip_low: float | None = Field(None, ge=0, lt=1, description="ratio floor is 1 - clip_low; None = clip_eps")
-    clip_high: float | None = Field(None, ge=0, le=10, description="ratio ceiling is 1 + clip_high; None = clip_eps")
-    dual_clip: float | None = Field(None, gt=1, le=100, description="cap the loss at dual_clip·|A| when A < 0")
-    agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"] = Field(
-        "token_mean", description="per-token loss reduction (verl's loss_agg_mode; _norm divides by max_new_tokens)")
-    kl_coef: float = Field(0.0, ge=0, le=10, description="KL penalty weight to a frozen reference (0 = none)")
-    kl_type: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (Schulman's k1/k2/k3)")
-
-    @property
-    def clip_bounds(self) -> tuple[float, float]:
-        """(clip_low, clip_high), each defaulting to clip_eps."""
-        return (self.clip_eps if self.clip_low is None else self.clip_low,
-                self.clip_eps if self.clip_high is None else self.clip_high)
-
-
-class LearnerConfig(_Strict):
-    steps: int = Field(20, ge=1, description="learner steps (optimizer updates) of the run")
-    groups_per_step: int = Field(2, ge=1, description="scored groups consumed per step")
-    publish_every: int = Field(4, ge=1, description="publish weights every N steps")
-    lr: float = Field(5e-4, gt=0, description="AdamW learning rate")
-    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
-    loss: LossConfig = Field(default_factory=LossConfig, description="the clipped surrogate, its KL term, aggregation")
-    max_staleness: int = Field(4, ge=0, description="drop groups older than this many versions")
-    advantage: Literal["group_std", "no_std", "loo"] = Field("group_std", description="advantage normalisation")
-    old_logp: Literal["sampler", "learner"] = Field(
-        "sampler", description="PPO ratio against the sampler's (vLLM) log-probs or the learner's own first pass")
-    tis_cap: float | None = Field(None, ge=1, le=1000, description=(
-        "truncated importance sampling: weight tokens by min(p_learner/p_sampler, cap); needs old_logp=learner"))
-    filter_zero_variance: bool = Field(False, description="drop groups whose finite rewards are all equal (no signal)")
-    zero_variance_tol: float = Field(0.0, ge=0, le=1e3, description="rewards within this of each other count as equal")
-    dynamic_sampling: bool = Field(False, description=(
-        "with filter_zero_variance: keep drawing until a step has groups_per_step informative groups"))
-    micro_batch_tokens: int | None = Field(None, ge=1, description=(
-        "pack micro-batches up to this many padded tokens and accumulate gradients; None = one micro-batch"))
-    grad_clip: float = Field(1.0, ge=0, description="clip the global gradient norm to this (0 = off)")
-    freeze_vision: bool = Field(False, description="train only the language model; published dirs stay complete")
-    num_iterations: int = Field(1, ge=1, le=16, description="updates per batch (old log-probs from the first)")
-    checkpoint_every: int = Field(0, ge=0, description=(
-        "save a resumable checkpoint every N steps (0 = never; then a learner that dies ends the run)"))
-    keep_versions: int = Field(4, ge=2, description="published weight versions kept on disk (older ones deleted)")
-    eval_every: int = Field(5, ge=0, description="feed the held-out split every N steps (0 = never)")
-    prefetch_prompts: int = Field(4, ge=1, description="prompts in flight ahead of the learner (bounds staleness)")
-
-    @model_validator(mode="after")
-    def _check(self) -> LearnerConfig:
-        if self.tis_cap is not None and self.old_logp != "learner":
-            raise ValueError("tis_cap: truncated importance sampling needs old_logp=learner")
-        if self.dynamic_sampling and not self.filter_zero_variance:
-            raise ValueError("dynamic_sampling: needs filter_zero_variance=true")
-        return self
-
-
 class RestartPolicy(_Strict):
     max_restarts: int = Field(3, ge=0, le=1000, description=(
         "a process of this role that died is replaced up to this many times in a run; the next death fails the run"))
@@ -213,6 +123,17 @@ class SupervisorConfig(_Strict):
         "the learner: a new one resumes from the last checkpoint (learner.checkpoint_every)"))
     redis: RestartPolicy = Field(default_factory=lambda: _policy(5), description=(
         "the embedded Redis (redis.persistence): started again on the same port and data"))
+
+
+CPU_KV_CACHE_MIB = 64  # rollout.engine.kv_cache_mib on CPU when unset: room for the default run's prompts in flight
+
+
+class ClusterConfig(_Strict):
+    """Where the run's processes go and what they compute on."""
+
+    accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description=(
+        "gpu: actors and learner ranks request GPUs from Ray and default to bf16 and CUDA graphs; auto = gpu when "
+        "the Ray cluster offers GPUs"))
 
 
 # Fields that moved, old path -> where they live now: a config that still names one fails, naming the new place.
@@ -307,8 +228,41 @@ class RunConfig(_TopLevel):
     reward: RewardConfig = RewardConfig()
     learner: LearnerConfig = LearnerConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     moved: ClassVar[dict[str, str]] = MOVED
+
+    def resolved(self) -> RunConfig:
+        """`on` this process's accelerator when cluster.accelerator is still auto (rlctl run resolves it from the
+        Ray cluster before any service sees the config; a service built directly, as in tests, looks for itself)."""
+        if self.cluster.accelerator != "auto":
+            return self.on(self.cluster.accelerator)
+        import torch  # only a process that builds an engine resolves here, and it has torch
+
+        return self.on("gpu" if torch.cuda.is_available() else "cpu")
+
+    def on(self, accelerator: Literal["cpu", "gpu"]) -> RunConfig:
+        """This config with every `auto` made concrete for `accelerator` (what the services are given).
+
+        >>> c = RunConfig().on("gpu"); c.learner.dtype, c.rollout.engine.dtype, c.rollout.engine.enforce_eager
+        ('bfloat16', 'bfloat16', False)
+        """
+        if self.cluster.accelerator not in ("auto", accelerator):
+            raise ValueError(f"cluster.accelerator is {self.cluster.accelerator}, but the run is on {accelerator}")
+        gpu = accelerator == "gpu"
+        e, lc = self.rollout.engine, self.learner
+        if lc.offload_optimizer and not gpu:
+            raise ValueError("learner.offload_optimizer: the optimizer is in CPU memory already on CPU")
+        engine = e.model_copy(update={
+            "dtype": e.dtype if e.dtype != "auto" else "bfloat16" if gpu else "float32",
+            "enforce_eager": e.enforce_eager if e.enforce_eager is not None else not gpu})
+        if not gpu and engine.kv_cache_mib is None:
+            engine = engine.model_copy(update={"kv_cache_mib": CPU_KV_CACHE_MIB})  # CPU has no memory share to take
+        return self.model_copy(update={
+            "cluster": ClusterConfig(accelerator=accelerator),
+            "rollout": self.rollout.model_copy(update={"engine": engine}),
+            "learner": lc.model_copy(update={"dtype": lc.dtype if lc.dtype != "auto" else
+                                             "bfloat16" if gpu else "float32"})})
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

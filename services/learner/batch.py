@@ -132,7 +132,7 @@ class BatchBuilder:
 def completion_logp(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Log-prob of each completion token: logits (N, L, V) -> (N, T), zero where loss_mask is 0."""
     n, t = batch.loss_mask.shape
-    out = torch.zeros((n, t), dtype=logits.dtype, device=logits.device)
+    out = torch.zeros((n, t), dtype=torch.float32, device=logits.device)  # bf16 logits: log-probs in fp32
     for i, p in enumerate(batch.prompt_lens):
         k = int(batch.loss_mask[i].sum())
         if k == 0:

@@ -94,8 +94,10 @@ class LearnerMetrics:
 
 class LearnerDriver:
     def __init__(self, cfg: RunConfig, redis_url: str, model_dir: Path, train: list[Row], eval_rows: list[Row],
-                 registry: CollectorRegistry | None = None, resume: bool = False):
-        self.cfg, self.model_dir, self.resume = cfg, Path(model_dir), resume
+                 registry: CollectorRegistry | None = None, resume: bool = False, ranks: list | None = None):
+        """`ranks`: handles of the learner group's other ranks (services/learner/ranks.py LearnerRank), 1.. in order;
+        this process is rank 0."""
+        self.cfg, self.model_dir, self.resume, self.ranks = cfg, Path(model_dir), resume, list(ranks or [])
         self.control = ControlPlane(redis_url, cfg.run_id, cfg.redis.reconnect_s)
         self.feeder = PromptFeeder(self.control, train, eval_rows, cfg.learner.prefetch_prompts, cfg.seed,
                                    sampling=cfg.data.sampling)
@@ -123,12 +125,11 @@ class LearnerDriver:
         from transformers import AutoProcessor
 
         from services.learner.batch import BatchBuilder
-        from services.learner.engine import LearnerEngine
+        from services.learner.ranks import RankGroup
 
         lc, k = self.cfg.learner, self.cfg.group_size
         self.control.register_exporter("learner", exporter_address(serve_metrics(self.registry)))
-        self.engine = LearnerEngine(self.model_dir, lc, batch_size=lc.groups_per_step * k,
-                                    max_len=self.cfg.rollout.max_new_tokens)
+        self.engine = RankGroup.form(self.model_dir, self.cfg, self.ranks, batch_size=lc.groups_per_step * k)
         self.builder = BatchBuilder(AutoProcessor.from_pretrained(str(self.model_dir)), self.cfg.media)
         first = self._restore() + 1 if self.resume else 1
         self.version = self.control.current_version() or 0

@@ -50,6 +50,27 @@ class Engine(Protocol):
 EngineFactory = Callable[[Path, RunConfig], Engine]
 
 
+def engine_args(model_dir: Path, cfg: RunConfig) -> dict:
+    """vLLM's AsyncEngineArgs for one actor: rollout.engine made concrete for the run's accelerator, and room for
+    every prompt in flight (K samples each). More than one GPU per engine runs its workers as Ray actors in the
+    placement group the rollout actor was created in (rlctl/cluster.py); one runs in the actor's own process."""
+    cfg = cfg.resolved()
+    e = cfg.rollout.engine
+    args = dict(model=str(model_dir), dtype=e.dtype, seed=cfg.seed, enforce_eager=e.enforce_eager,
+                max_model_len=e.max_model_len, limit_mm_per_prompt={"video": 1, "image": 0},
+                max_num_seqs=max(cfg.group_size * cfg.rollout.prompts_per_batch, 8),
+                tensor_parallel_size=e.tensor_parallel_size,
+                distributed_executor_backend="uni" if e.tensor_parallel_size == 1 else "ray",
+                enable_prefix_caching=e.enable_prefix_caching, disable_log_stats=True)
+    if e.kv_cache_mib is not None:
+        args["kv_cache_memory_bytes"] = e.kv_cache_mib << 20
+    if cfg.cluster.accelerator == "gpu":
+        args["gpu_memory_utilization"] = e.gpu_memory_utilization
+    if e.max_num_batched_tokens is not None:
+        args["max_num_batched_tokens"] = e.max_num_batched_tokens
+    return args
+
+
 class VLLMEngine:
     """Thin wrapper over `AsyncLLM`; vllm is imported only when an engine is created."""
 
@@ -60,20 +81,13 @@ class VLLMEngine:
 
     @classmethod
     def create(cls, model_dir: Path, cfg: RunConfig) -> VLLMEngine:
-        """The engine of one actor: rollout.engine's bounds, room for every prompt in flight (K samples each)."""
+        """The engine of one actor, built from `engine_args`."""
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         from transformers import AutoProcessor
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = AsyncEngineArgs(
-            model=str(model_dir), dtype="float32", seed=cfg.seed, enforce_eager=True,
-            max_model_len=cfg.rollout.engine.max_model_len, kv_cache_memory_bytes=cfg.rollout.engine.kv_cache_mib << 20,
-            limit_mm_per_prompt={"video": 1, "image": 0},
-            max_num_seqs=max(cfg.group_size * cfg.rollout.prompts_per_batch, 8),
-            disable_log_stats=True, distributed_executor_backend="uni",  # one worker: no extra process per actor
-        )
-        llm = AsyncLLM.from_engine_args(args)
+        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(model_dir, cfg)))
         return cls(llm, AutoProcessor.from_pretrained(str(model_dir)))
 
     async def generate(self, request_id: str, prompt: str, frames: np.ndarray, n: int, max_tokens: int,

@@ -84,10 +84,13 @@ def test_local_run_uses_its_target_for_ray_reward_and_actor_placement(monkeypatc
     fake = _FakeRay()
     monkeypatch.setattr(ray, "init", fake.init)
     monkeypatch.setattr(ray, "remote", fake.remote)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     monkeypatch.setattr(local, "_pid", lambda handle: 1)
     run = LocalRun(RunConfig(run_id="c"), target=ClusterTarget.from_env(env))
     run.url, run.assets = "redis://x", SimpleNamespace(model_dir=Path("/m"), train=[], eval_rows=[])
     local._ray_init(run.target)
+    run._resolve_accelerator()
+    assert run.cfg.cluster.accelerator == "cpu" and run.cfg.learner.dtype == "float32"
     assert fake.init_kwargs == run.target.ray_init_kwargs()
     if env:
         run.start_reward()   # must not touch Ray: the reward Deployment serves
