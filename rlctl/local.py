@@ -247,6 +247,8 @@ class LocalRun:
                 name=f"{name}-rank{r}", **self._options("learner", f"learner-{r}")).remote(
                 self.cfg, str(self.assets.model_dir)) for r in range(1, self.cfg.learner.ranks)]
         self.rank_lifetimes = [h.lifetime.remote() for h in self.learner_ranks]
+        for r, h in enumerate(self.learner_ranks, start=1):
+            self.pids[f"learner-rank{r}"] = _pid(h)
         self.learner = ray.remote(max_concurrency=1)(LearnerDriver).options(  # type: ignore[call-overload]
             name=name, **self._options("learner", "learner-0")).remote(
             self.cfg, self.url, self.assets.model_dir, self.assets.train, self.assets.eval_rows,

@@ -209,7 +209,8 @@ def build_reference(model_dir: Path, spec: TrainSpec, device):
     with zero3_loading(config):
         model = load_model(model_dir, spec.dtype).eval().requires_grad_(False)
     engine, *_ = deepspeed.initialize(model=model, config=config)
-    return engine.eval()
+    engine.eval()   # DeepSpeed's eval() returns None, not the engine
+    return engine
 
 
 def full_state_dict(engine, zero_stage: int, on_every_rank: bool = True) -> dict[str, torch.Tensor]:

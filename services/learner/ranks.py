@@ -104,7 +104,8 @@ class LearnerRank:
 def together(pending: list, own_call: Callable[[], Any]) -> Any:
     """Run rank 0's part (`own_call`) while the other ranks run theirs (`pending`, their refs) and wait for all;
     a rank that died fails the group with LearnerRankLost, also when rank 0's part failed because of it."""
-
+    if not pending:   # one rank: no Ray call at all (ray.wait would start a Ray of its own outside a run)
+        return own_call()
     try:
         result = own_call()
     except Exception:

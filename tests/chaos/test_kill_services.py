@@ -6,7 +6,8 @@ a. a rollout actor dies mid-generation: LocalRun replaces it, the prompts it hel
 b. the reward service dies: LocalRun starts another on the same port, the actors reconnect and resend what was not
    acked (a group the dead one had written comes back DUPLICATE and counts as done);
 c. the learner dies: LocalRun starts another that resumes from the last checkpoint; it trains the groups the dead
-   one had taken first and skips, by the ledger, those it had trained after the checkpoint;
+   one had taken first and skips, by the ledger, those it had trained after the checkpoint; with learner.ranks=2,
+   a rank that only trains (not the driver) dies: the whole group is replaced, resumed the same way;
 d. Redis dies (persistence on: append-only file, fsync always): LocalRun starts it again on its port and data,
    every service retries its commands meanwhile, nothing acknowledged before the crash is missing after it, and a
    prompt whose delivery reply the crash lost is found by its actor (no waiting for rollout.faults.reclaim_idle_s).
@@ -180,6 +181,30 @@ def test_kill_9_the_learner_and_resume_it_from_its_checkpoint(tiny_assets, tmp_p
           f"{len(steps)} (repeated after the checkpoint {len(steps) - STEPS}), groups scored while it was down "
           f"{during}, dropped as already trained {counters.get('groups_dropped:already_trained', 0)}, "
           f"down {back - state['killed']:.1f} s")
+
+
+def test_kill_9_a_learner_rank_restarts_the_whole_group_from_its_checkpoint(tiny_assets, tmp_path):
+    cfg = _config(tmp_path, "learner.checkpoint_every=5", "learner.ranks=2")
+    state = {}
+
+    def tick(run, control):
+        if "killed" not in state and _steps(control) >= 8:
+            state.update(killed=time.time(), step=_steps(control), pids=dict(run.pids))
+            os.kill(run.pids["learner-rank1"], signal.SIGKILL)   # not the driver: a rank that only trains
+
+    out = _run_with_fault(cfg, tick, unrecorded=cfg.learner.groups_per_step)
+    run, records, counts = out.run, out.records, out.counts
+
+    assert "killed" in state
+    assert run.supervisor.restarts == {"actor": 0, "reward": 0, "learner": 1}
+    # The whole group was replaced: rank 0 too, though its process was alive.
+    assert run.pids["learner"] != state["pids"]["learner"]
+    assert run.pids["learner-rank1"] != state["pids"]["learner-rank1"]
+    steps = [r.step for r in records]
+    resumed = steps[len(run.learner_records):]
+    assert resumed == list(range(resumed[0], STEPS + 1)) and 5 < resumed[0] <= state["step"] + 1
+    print(f"\nkill -9 learner rank 1 (of 2) after step {state['step']}: {counts.line()}; the group restarted, "
+          f"resumed at step {resumed[0]}, steps run {len(steps)}")
 
 
 def test_kill_9_redis_and_restart_it_on_its_persisted_data(tiny_assets, tmp_path):

@@ -63,3 +63,21 @@ def test_freeze_vision_reference_kl_tis_and_iterations(assets, tmp_path):
     engine.save_weights(tmp_path / "out")
     reloaded = Qwen2VLForConditionalGeneration.from_pretrained(str(tmp_path / "out"), dtype=torch.float32)
     assert reloaded.state_dict().keys() == before.keys()  # complete: the frozen tower is published too
+
+
+def test_gradient_checkpointing_gives_the_same_update_and_bf16_trains(assets):
+    model, batch = assets
+    plain, [m1] = _train(model, batch)
+    ckpt, [m2] = _train(model, batch, gradient_checkpointing=True)
+    assert ckpt.engine.module.is_gradient_checkpointing and not plain.engine.module.is_gradient_checkpointing
+    assert m2.loss == pytest.approx(m1.loss, rel=1e-5) and m2.tokens == m1.tokens
+    a, b = plain.full_state_dict(), ckpt.full_state_dict()
+    for name in a:   # recomputed activations are the same activations
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=2e-5, msg=name)
+
+    half, [m3] = _train(model, batch, dtype="bfloat16")
+    assert next(half.engine.module.parameters()).dtype == torch.bfloat16
+    assert m3.loss == pytest.approx(m1.loss, abs=0.05) and m3.tokens == m1.tokens   # bf16 rounding only
+    c = half.full_state_dict()
+    moved = [n for n in a if not torch.equal(c[n].float(), a[n]) and c[n].is_floating_point()]
+    assert c[next(iter(c))].dtype == torch.bfloat16 and len(moved) > len(a) // 2
