@@ -22,13 +22,10 @@ allocations as its own. The model is built once into $VIDEORL_CACHE/qwen2vl-2b-s
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,7 +128,7 @@ def overrides(plan: Plan, steps: int, model_dir: Path, run_dir: Path) -> list[st
                "micro_batch_tokens": 4096, "prefetch_prompts": 16}
     rollout = {"num_actors": 1, "prompts_per_batch": 8, "max_new_tokens": 128}
     top = {"run_id": "gpu-smoke", "run_dir": str(run_dir), "model.path": str(model_dir), "group_size": 8,
-           "cluster.accelerator": "gpu"}
+           "cluster.accelerator": "gpu", "cluster.colocate": str(plan.shared).lower()}
     return ([f"{k}={v}" for k, v in top.items()] + [f"rollout.{k}={v}" for k, v in rollout.items()]
             + [f"rollout.engine.{k}={v}" for k, v in engine.items()] + [f"learner.{k}={v}" for k, v in learner.items()])
 
@@ -144,23 +141,6 @@ def smoke_config(plan: Plan, steps: int, model_dir: Path, run_dir: Path):
     return load_config(DEFAULT_CONFIG, overrides(plan, steps, model_dir, run_dir)).on("gpu")
 
 
-def ray_env(plan: Plan) -> dict[str, str | None]:
-    """Variables to set (None: unset) before Ray starts. Sharing one GPU: Ray is told the node has 2, so the actor's
-    and the learner's one-GPU requests (rlctl/cluster.py) both fit, and leaves CUDA_VISIBLE_DEVICES alone, so both
-    processes see the same GPU. CUDA_VISIBLE_DEVICES is unset: Ray refuses to offer more GPUs than it lists."""
-    if not plan.shared:
-        return {}
-    return {"RAY_OVERRIDE_RESOURCES": json.dumps({"GPU": 2}), "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1",
-            "CUDA_VISIBLE_DEVICES": None}
-
-
-def check_shareable(plan: Plan, env: Mapping[str, str], physical_gpus: int) -> None:
-    """Unsetting CUDA_VISIBLE_DEVICES keeps the same GPU only on a machine with one."""
-    if plan.shared and env.get("CUDA_VISIBLE_DEVICES") is not None and physical_gpus != 1:
-        raise SmokeError("one GPU shared by the rollout actor and the learner needs CUDA_VISIBLE_DEVICES unset on a "
-                         f"machine with {physical_gpus} GPUs: unset it (GPU 0 is used), or use --gpus 2 or more")
-
-
 def dry_run_report(plan: Plan, cfg) -> dict:
     """What the run would use, started nowhere: config, vLLM engine args, DeepSpeed config, Ray options."""
     from rlctl.cluster import ClusterTarget
@@ -171,7 +151,6 @@ def dry_run_report(plan: Plan, cfg) -> dict:
     batch = cfg.learner.groups_per_step * cfg.group_size   # the driver's nominal batch (services/learner/driver.py)
     target = ClusterTarget()
     return {"plan": {"gpus": plan.gpus, "rollout_actors": 1, "learner_ranks": plan.ranks, "shared_gpu": plan.shared},
-            "ray_env": ray_env(plan),
             "config": cfg.model_dump(mode="json"),
             "vllm_engine_args": engine_args(Path(cfg.model.path), cfg),
             "deepspeed": ds_config(train_spec(cfg.learner, batch, gpu=True)),
@@ -180,23 +159,6 @@ def dry_run_report(plan: Plan, cfg) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- the run
-
-
-def physical_gpus() -> int:
-    """GPUs on the machine whatever CUDA_VISIBLE_DEVICES says (nvidia-smi), 0 without the tool."""
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU ")) if out.returncode == 0 else 0
-
-
-def apply_env(env: Mapping[str, str | None]) -> None:
-    for k, v in env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def run(cfg):
@@ -289,10 +251,8 @@ def main(gpus: int | None, steps: int, dry_run: bool, write: bool) -> None:
                          "GPUs; --dry-run prints what it would run")
     if plan.gpus > visible:
         raise SmokeError(f"--gpus {plan.gpus}, but {visible} GPU(s) are visible")
-    check_shareable(plan, os.environ, physical_gpus())
     click.echo(f"building the 2B-shape model once into {model_dir} ...", err=True)
     build_model(model_dir)
-    apply_env(ray_env(plan))
     summary, started = run(cfg)
     m, device = measure(summary, started), gpu_name()
     text = table(m, device, plan)

@@ -91,8 +91,8 @@ class ClusterTarget:
         tp = cfg.rollout.engine.tensor_parallel_size if role == "rollout" else 1
         if cfg.cluster.accelerator == "cpu":
             return Placement(options)
-        if tp == 1:
-            return Placement({**options, "num_gpus": 1})
+        if tp == 1:   # colocated: half a GPU each, so Ray puts an actor and a learner rank on the same one
+            return Placement({**options, "num_gpus": 0.5 if cfg.cluster.colocate else 1})
         bundles: list[dict[str, float]] = [{"GPU": 1, "CPU": 1} for _ in range(tp)]
         bundles[0].update(options.pop("resources", {}))   # the worker group's resource, once, with the actor
         return Placement({**options, "num_gpus": 0}, bundles)

@@ -134,6 +134,9 @@ class ClusterConfig(_Strict):
     accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description=(
         "gpu: actors and learner ranks request GPUs from Ray and default to bf16 and CUDA graphs; auto = gpu when "
         "the Ray cluster offers GPUs"))
+    colocate: bool = Field(False, description=(
+        "on GPU, a rollout actor (tensor_parallel_size 1) and a learner rank take half a GPU each, so one GPU holds "
+        "both (a one-GPU machine); leave the learner room with rollout.engine.gpu_memory_utilization and kv_cache_mib"))
 
 
 # Fields that moved, old path -> where they live now: a config that still names one fails, naming the new place.
@@ -251,6 +254,8 @@ class RunConfig(_TopLevel):
             raise ValueError(f"cluster.accelerator is {self.cluster.accelerator}, but the run is on {accelerator}")
         gpu = accelerator == "gpu"
         e, lc = self.rollout.engine, self.learner
+        if self.cluster.colocate and self.rollout.engine.tensor_parallel_size > 1:
+            raise ValueError("cluster.colocate: only engines of one GPU (rollout.engine.tensor_parallel_size 1) share")
         if lc.offload_optimizer and not gpu:
             raise ValueError("learner.offload_optimizer: the optimizer is in CPU memory already on CPU")
         engine = e.model_copy(update={
@@ -259,7 +264,7 @@ class RunConfig(_TopLevel):
         if not gpu and engine.kv_cache_mib is None:
             engine = engine.model_copy(update={"kv_cache_mib": CPU_KV_CACHE_MIB})  # CPU has no memory share to take
         return self.model_copy(update={
-            "cluster": ClusterConfig(accelerator=accelerator),
+            "cluster": self.cluster.model_copy(update={"accelerator": accelerator}),
             "rollout": self.rollout.model_copy(update={"engine": engine}),
             "learner": lc.model_copy(update={"dtype": lc.dtype if lc.dtype != "auto" else
                                              "bfloat16" if gpu else "float32"})})
