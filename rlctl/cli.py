@@ -116,6 +116,7 @@ def _register_subcommands() -> None:
     from rlctl.data_convert import convert
     from rlctl.data_synth import synth
     from rlctl.operate import logs, scale, status
+    from rlctl.plan_cmd import plan
     from rlctl.rewards_cmd import rewards
     from rlctl.sft_cmd import sft
     from rlctl.submit import submit
@@ -128,6 +129,7 @@ def _register_subcommands() -> None:
     main.add_command(status)
     main.add_command(scale)
     main.add_command(logs)
+    main.add_command(plan)
 
 
 _register_subcommands()
