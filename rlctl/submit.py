@@ -50,6 +50,7 @@ REWARD_SERVICE = "videorl-reward"              # the Service the rollout actors 
 CONFIG_MAP = "videorl-config"
 SHARED = frozenset({"videorl-grafana-dashboards"})
 OPTIONAL_KINDS = frozenset({"PodMonitor"})    # skipped, with a warning, where the cluster lacks the operator
+GPU_RESOURCE = "nvidia.com/gpu"               # requested only by the gpu overlay
 RUN_LABEL = "videorl.io/run"
 RUN_ANNOTATION = "videorl.io/run-id"
 REWARD_PORT = 50051
@@ -157,7 +158,7 @@ def customize(docs: list[dict], cfg: RunConfig, namespace: str, image: str | Non
         if doc["kind"] == "ConfigMap" and meta["name"] == renames[CONFIG_MAP]:
             doc["data"]["config.yaml"] = cluster_config(cfg)
         if doc["kind"] == "RayJob":
-            _set_rollout_replicas(doc, cfg.rollout.num_actors)
+            _set_worker_groups(doc, cfg)
         out.append(doc)
     return out
 
@@ -205,12 +206,22 @@ def _set_image(doc: dict, image: str) -> None:
                 d["image"] = image
 
 
-def _set_rollout_replicas(rayjob: dict, n: int) -> None:
+def _set_worker_groups(rayjob: dict, cfg: RunConfig) -> None:
+    """One pod per process, as ClusterTarget.place puts them (each pod offers one `videorl_<group>` resource): the
+    rollout group gets rollout.num_actors pods, the learner group learner.ranks. Where the overlay gives a group's
+    pods GPUs, a rollout pod gets tensor_parallel_size (its engine's shards, the bundles of its placement group) and a
+    learner pod keeps one."""
     groups = {g["groupName"]: g for g in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]}
-    rollout = groups["rollout"]
-    rollout["replicas"] = n
-    rollout["minReplicas"] = min(rollout.get("minReplicas", 0), n)
-    rollout["maxReplicas"] = max(rollout.get("maxReplicas", n), n)
+    for name, pods, gpus in (("rollout", cfg.rollout.num_actors, cfg.rollout.engine.tensor_parallel_size),
+                             ("learner", cfg.learner.ranks, 1)):
+        group = groups[name]
+        group["replicas"] = pods
+        group["minReplicas"] = min(group.get("minReplicas", 0), pods)
+        group["maxReplicas"] = max(group.get("maxReplicas", pods), pods)
+        for container in group["template"]["spec"]["containers"]:
+            for amounts in container.get("resources", {}).values():
+                if GPU_RESOURCE in amounts:
+                    amounts[GPU_RESOURCE] = gpus
 
 
 def path_warnings(cfg: RunConfig) -> list[str]:
@@ -351,9 +362,10 @@ def _why(e: Exception) -> str:
 @click.option("--dry-run", is_flag=True, help="Print the manifests as multi-document YAML; apply nothing.")
 def submit(config: Path, namespace: str, overlay: str, image: str | None, dry_run: bool) -> None:
     """Run CONFIG on Kubernetes: render deploy/k8s/overlays/OVERLAY with `kubectl kustomize`, make it this run's
-    (objects named videorl-<run_id>-*, the config in a ConfigMap, the image, rollout.num_actors rollout pods) and
-    apply it with server-side apply: Redis with AUTH, the reward Deployment, a KubeRay RayJob whose cluster has a
-    `rollout` and a `learner` worker group, the data volume, Grafana dashboards.
+    (objects named videorl-<run_id>-*, the config in a ConfigMap, the image, rollout.num_actors rollout pods and
+    learner.ranks learner pods, with the gpu overlay tensor_parallel_size GPUs per rollout pod) and apply it with
+    server-side apply: Redis with AUTH, the reward Deployment, a KubeRay RayJob whose cluster has a `rollout` and a
+    `learner` worker group, the data volume, Grafana dashboards.
 
     Needs kubectl (rendering), openssl (the reward service's certificate), a kubeconfig (or a pod's service
     account) and, on the cluster, the KubeRay operator. The Redis password, the reward service's token and its

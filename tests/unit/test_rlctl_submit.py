@@ -123,6 +123,23 @@ def test_image_namespace_and_rollout_replicas_come_from_the_command_and_config(t
     assert one(docs, "RayJob")["metadata"]["annotations"][sub.RUN_ANNOTATION] == "Big_Run.1"
 
 
+@pytest.mark.parametrize("overlay", sub.OVERLAYS, ids=[f"{o}-overlay" for o in sub.OVERLAYS])
+def test_one_pod_per_rollout_actor_and_per_learner_rank_with_the_engines_gpus(tmp_path, overlay):
+    config = tmp_path / "scaled.yaml"
+    config.write_text("rollout:\n  num_actors: 3\n  engine: {tensor_parallel_size: 4}\nlearner:\n  ranks: 6\n")
+    _, docs = dry_run(config, "--overlay", overlay)
+    assert validation_errors(docs) == []
+    groups = worker_groups(docs)
+    assert (groups["rollout"]["replicas"], groups["learner"]["replicas"]) == (3, 6)
+    assert groups["learner"]["minReplicas"] <= 6 <= groups["learner"]["maxReplicas"]
+    gpus = {name: {part: amounts.get(GPU) for part, amounts in g["template"]["spec"]["containers"][0]["resources"]
+                   .items()} for name, g in groups.items()}
+    if overlay == "gpu":   # the engine's TP GPUs in one pod (its placement group); one per learner rank
+        assert gpus == {"rollout": {"requests": 4, "limits": 4}, "learner": {"requests": 1, "limits": 1}}
+    else:
+        assert gpus == {g: {"requests": None, "limits": None} for g in ("rollout", "learner")}
+
+
 def test_run_slugs_are_dns_labels_that_keep_distinct_runs_apart():
     ids = ["local", "Local", "a_b", "a-b", "a.b", "-x-", "x" * 64, "x" * 63 + "y", "..."]
     slugs = [sub.run_slug(i) for i in ids]
