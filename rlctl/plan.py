@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from rlctl.model_arch import ArchError, ModelShape, ParamCount, VisionShape, count_params, model_shape
 from services.common.config import RunConfig
@@ -269,6 +270,11 @@ def learner_component(shape: ModelShape, p: ParamCount, cfg: RunConfig, gpu_mem:
              f"total {gib(need - chosen + other)}",
              f"CPU memory per learner pod, DeepSpeed's estimate: {gib(ms.cpu)} "
              + ("(the offloaded optimizer states)" if offloaded else "(loading the model)")]
+    if lc.zero_stage in (2, 3) and lc.dtype != "float32":
+        largest = f"largest_layer_params={p.largest_layer}, " if lc.zero_stage == 3 else ""
+        notes.append(f"model states {gib(ms.gpu)} = DeepSpeed's estimate_zero{lc.zero_stage}_model_states_mem_needs("
+                     f"total_params={p.total}, {largest}num_gpus_per_node=1, num_nodes={lc.ranks}, "
+                     f"cpu_offload={offloaded})")
     if lc.dtype == "float32":
         notes.append("fp32: DeepSpeed's estimators assume bf16 mixed precision; these are 4-byte params and "
                      "gradients plus the fp32 master copy DeepSpeed still clones (ZeRO-2: 4P + 20P/N, ZeRO-3: "
@@ -287,16 +293,20 @@ def rollout_component(shape: ModelShape, p: ParamCount, cfg: RunConfig, gpu_mem:
     """One rollout actor, per GPU of its engine: weights sharded over tensor_parallel_size, an allowance for vLLM's
     forward pass and runtime, and the KV cache vLLM takes from what gpu_memory_utilization leaves (or kv_cache_mib).
     It fits when the KV cache holds at least one sequence of max_model_len (vLLM refuses to start otherwise)."""
+    from services.rollout.engine import engine_args  # numpy and more: only when planning
+
+    # what the engine is given (services/rollout/engine.py), so the plan and the engine cannot drift apart
+    args = engine_args(Path(cfg.model.path or "."), cfg)
     e, t, v = cfg.rollout.engine, shape.text, shape.vision
-    tp, b = e.tensor_parallel_size, DTYPE_BYTES[e.dtype]
+    tp, b = args["tensor_parallel_size"], DTYPE_BYTES[args["dtype"]]
     problem = next((f"rollout.engine.tensor_parallel_size: {tp} does not divide {what} ({n})" for what, n in
                     (("num_attention_heads", t.heads), ("vision num_heads", v.heads)) if n % tp), None)
     if problem is None and t.kv_heads % tp and tp % t.kv_heads:
         problem = (f"rollout.engine.tensor_parallel_size: {tp} and num_key_value_heads ({t.kv_heads}) must divide "
                    "one another")
     weights = b * p.total // tp
-    batched = e.max_num_batched_tokens or VLLM_DEFAULT_BATCHED_TOKENS
-    in_flight = max(cfg.group_size * cfg.rollout.prompts_per_batch, 8)   # engine_args' max_num_seqs
+    batched = args.get("max_num_batched_tokens", VLLM_DEFAULT_BATCHED_TOKENS)
+    in_flight = args["max_num_seqs"]
     # One forward pass at its widest: the hidden state and residual (2·h) and this GPU's share of q/k/v and of the MLP
     # (gate+up, then the activated product: 3·i) per batched token; the vision encoder on one video (merge² patches
     # per token); the sampler's fp32 logits and probabilities for every sequence in flight.
@@ -310,12 +320,13 @@ def rollout_component(shape: ModelShape, p: ParamCount, cfg: RunConfig, gpu_mem:
     items = [Item("weights", weights, f"{e.dtype}, {p.total / 1e9:.2f}B params / TP {tp}"),
              Item("forward + runtime", forward, f"{batched} batched tokens, {patches} patches, {in_flight} seqs, "
                   f"{gib(ROLLOUT_RUNTIME)} runtime")]
-    if e.kv_cache_mib is not None:   # a fixed KV cache: vLLM takes that, whatever gpu_memory_utilization says
-        kv, budget, how = e.kv_cache_mib << 20, gpu_mem, "the whole GPU (rollout.engine.kv_cache_mib is set)"
+    if "kv_cache_memory_bytes" in args:   # a fixed KV cache: vLLM takes that, whatever gpu_memory_utilization says
+        kv, budget, how = args["kv_cache_memory_bytes"], gpu_mem, "the whole GPU (rollout.engine.kv_cache_mib is set)"
         items.append(Item("KV cache", kv, f"kv_cache_mib {e.kv_cache_mib}"))
     else:   # vLLM's KV cache is what the share leaves; the least it starts with is one whole sequence
-        budget = int(gpu_mem * e.gpu_memory_utilization)
-        kv, how = max(0, budget - weights - forward), f"gpu_memory_utilization {e.gpu_memory_utilization}"
+        share = args["gpu_memory_utilization"]
+        budget = int(gpu_mem * share)
+        kv, how = max(0, budget - weights - forward), f"gpu_memory_utilization {share}"
         items.append(Item("KV, one sequence", per_seq, f"{e.max_model_len} tokens x {per_token // 1024} KiB/token; "
                           "vLLM needs at least this"))
     seqs = kv // per_seq

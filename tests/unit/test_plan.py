@@ -176,7 +176,9 @@ def test_plan_prints_each_component_and_exits_1_when_one_does_not_fit(tmp_path):
     r = _plan(str(config), "--model-config", arch)
     assert r.exit_code == 0, r.output
     for words in ("8.292B parameters", "learner rank", "rollout actor (TP 1)", "optimizer states", "KV cache",
-                  "learner rank: fits", "rollout actor (TP 1): fits", "DeepSpeed's estimate"):
+                  "learner rank: fits", "rollout actor (TP 1): fits", "DeepSpeed's estimate",
+                  "= DeepSpeed's estimate_zero3_model_states_mem_needs(total_params=8292166656, "
+                  "largest_layer_params=544997376, num_gpus_per_node=1, num_nodes=8, cpu_offload=False)"):
         assert words in r.output, words
     r = _plan(str(config), "--model-config", arch, "--gpu-mem", "24GiB")
     assert r.exit_code == 1 and "learner rank: does not fit, short by" in r.output
