@@ -237,6 +237,7 @@ class LocalRun:
         """The learner group: ranks 1.. (LearnerRank) first, then rank 0 (LearnerDriver), which forms the group."""
         import ray
 
+        from rlctl.placement_watch import demand, wait_placed
         from services.learner.driver import LearnerDriver
         from services.learner.ranks import LearnerRank
 
@@ -253,6 +254,8 @@ class LocalRun:
             name=name, **self._options("learner", "learner-0")).remote(
             self.cfg, self.url, self.assets.model_dir, self.assets.train, self.assets.eval_rows,
             resume=self.resume if resume is None else resume, ranks=self.learner_ranks)
+        wait_placed(self.learner, f"the learner's {self.cfg.learner.ranks} ranks", self.cfg.learner.ranks,
+                    demand(self.target.place("learner", self.cfg)))   # in a cluster its node may still be joining
         self.pids["learner"] = _pid(self.learner)   # before run(): the driver serves one call at a time
         self.learner_run = self.learner.run.remote()
         if self.launched:

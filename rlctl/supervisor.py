@@ -8,7 +8,8 @@ rollout.faults.reward_outage_s) fails the run at once: replacing it would only r
 
 - rollout actor: a new actor under a new id; the prompts the dead one held are handed to the live actors at once
   (ControlPlane.hand_over_prompts) instead of waiting out rollout.faults.reclaim_idle_s. An actor still loading its
-  engine after rollout.faults.start_timeout_s is an error, not a wait.
+  engine rollout.faults.start_timeout_s after Ray placed it is an error, not a wait; one that no node can take yet (its
+  node was lost) waits, and rlctl/placement_watch.py says so.
 - reward service: a new one on the same port; the actors reconnect and resend what it had not acked.
 - learner: a new one resumed from the last checkpoint (learner.checkpoint_every): the groups the dead one had taken
   are trained first, and the ledger skips those it had trained. Without a checkpoint the run fails and says so.
@@ -24,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from rlctl.cluster import ClusterTarget
+from rlctl.placement_watch import PlacementWatch, demand
 from services.common.config import RunConfig, SupervisorConfig
 from services.common.control import ControlPlane
 from services.common.records import StepRecord
@@ -37,13 +40,13 @@ class Launcher(Protocol):
     """What the Supervisor sees of the run that launched the services (rlctl.local.LocalRun)."""
 
     cfg: RunConfig
+    target: ClusterTarget
     control: ControlPlane
     redis_keeper: RedisKeeper | None
     reward_run: Any                    # the reward service's wait() ref: ready when it stopped
     reward_addr: str
     actors: dict[str, Any]             # live actor handles by id
     actor_runs: dict[str, Any]         # their run() refs: ready when they stopped
-    started_at: dict[str, float]
     learner_records: list[StepRecord]
 
     def start_reward(self, port: int | None = None) -> None: ...
@@ -57,6 +60,7 @@ class Supervisor:
     def __init__(self, run: Launcher, policies: SupervisorConfig):
         self.run, self.policies = run, policies
         self.restarts = dict.fromkeys(ROLES, 0)
+        self.placement = PlacementWatch()   # which actors Ray placed, and when; says while some cannot be
 
     def check(self) -> None:
         """One look at every service of the run (LocalRun.wait calls it between polls)."""
@@ -94,8 +98,12 @@ class Supervisor:
                 self._replace_actor(a, str(e).splitlines()[0])
                 continue
             raise RuntimeError(f"rollout actor {a} stopped before the run finished")
+        self.placement.update(run.actors)
+        if self.placement.due():
+            self.placement.say(len(run.actors), demand(run.target.place("rollout", run.cfg)), ray.cluster_resources())
+        # timed from placement: an actor waiting for a node is not loading its engine yet
         limit, now = run.cfg.rollout.faults.start_timeout_s, time.monotonic()
-        late = {a for a in run.actors if now - run.started_at[a] > limit}
+        late = {a for a, placed in self.placement.placed_at.items() if now - placed > limit}
         if late:
             stuck = [a.actor_id for a in run.control.actors() if a.actor_id in late and a.loaded_version < 0]
             if stuck:

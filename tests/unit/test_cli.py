@@ -53,8 +53,9 @@ def test_an_actor_stuck_loading_past_the_start_timeout_fails_the_run_with_its_na
 
     run = LocalRun(RunConfig(rollout={"faults": {"start_timeout_s": 60}}))
     run.control, run.actors = Control(), {"rollout-0": object(), "rollout-1": object()}
-    run.started_at = {"rollout-0": time.monotonic() - 30, "rollout-1": time.monotonic() - 61}
+    placed = run.supervisor.placement.placed_at   # timed from when Ray placed them (tests/unit/test_placement_watch.py)
+    placed.update({"rollout-0": time.monotonic() - 30, "rollout-1": time.monotonic() - 61})
     run.supervisor.check()                                  # within the timeout: fine
-    run.started_at["rollout-0"] = time.monotonic() - 61
+    placed["rollout-0"] = time.monotonic() - 61
     with pytest.raises(RuntimeError, match=r"rollout-0 still loading .* 60s \(rollout.faults.start_timeout_s\)"):
         run.supervisor.check()

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter
 
-from rlctl import local
+from rlctl import local, placement_watch
 from rlctl.cluster import LOCAL_RAY_ENV, ClusterTarget
 from rlctl.local import LocalRun
 from services.common import metrics
@@ -86,6 +86,7 @@ def test_local_run_uses_its_target_for_ray_reward_and_actor_placement(monkeypatc
     monkeypatch.setattr(ray, "remote", fake.remote)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     monkeypatch.setattr(local, "_pid", lambda handle: 1)
+    monkeypatch.setattr(placement_watch, "wait_placed", lambda *a, **k: None)   # the fakes are placed at once
     run = LocalRun(RunConfig(run_id="c"), target=ClusterTarget.from_env(env))
     run.url, run.assets = "redis://x", SimpleNamespace(model_dir=Path("/m"), train=[], eval_rows=[])
     local._ray_init(run.target)
