@@ -101,8 +101,9 @@ class PlacementWatch:
         pending = sorted(self.pending)
         short = [name for name, amount in need.items() if total.get(name, 0.0) < amount * live]
         offers = ", ".join(f"{name} {total.get(name, 0.0):g} of the {need[name] * live:g} they need" for name in short)
-        line = (f"waiting for a node offering {' and '.join(short)}: {min(len(pending), live - room)} rollout actors "
-                f"cannot be placed (pending: {', '.join(pending)}; the cluster offers {offers})")
+        n = min(len(pending), live - room)
+        line = (f"waiting for a node offering {' and '.join(short)}: {n} rollout actor{'s' if n > 1 else ''} cannot "
+                f"be placed (pending: {', '.join(pending)}; the cluster offers {offers})")
         log.warning("%s", line)
         self.last_said = self.last_looked
         self.said.update(pending)

@@ -9,7 +9,8 @@ rollout.faults.reward_outage_s) fails the run at once: replacing it would only r
 - rollout actor: a new actor under a new id; the prompts the dead one held are handed to the live actors at once
   (ControlPlane.hand_over_prompts) instead of waiting out rollout.faults.reclaim_idle_s. An actor still loading its
   engine rollout.faults.start_timeout_s after Ray placed it is an error, not a wait; one that no node can take yet (its
-  node was lost) waits, and rlctl/placement_watch.py says so.
+  node was lost) waits, and rlctl/placement_watch.py says so. One Ray could not reach (ActorUnavailableError: its node
+  may be going) is replaced only once Ray declares it dead, so that the replacement is not placed on that node.
 - reward service: a new one on the same port; the actors reconnect and resend what it had not acked.
 - learner: a new one resumed from the last checkpoint (learner.checkpoint_every): the groups the dead one had taken
   are trained first, and the ledger skips those it had trained. Without a checkpoint the run fails and says so.
@@ -34,6 +35,11 @@ from services.common.redis_server import RedisKeeper
 
 log = logging.getLogger("videorl.rlctl")
 ROLES = ("actor", "reward", "learner")
+UNREACHABLE_S = 120.0   # an actor Ray cannot reach for this long is killed and replaced, dead or not
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0]
 
 
 class Launcher(Protocol):
@@ -61,6 +67,7 @@ class Supervisor:
         self.run, self.policies = run, policies
         self.restarts = dict.fromkeys(ROLES, 0)
         self.placement = PlacementWatch()   # which actors Ray placed, and when; says while some cannot be
+        self.unreachable: dict[str, tuple[Any, float, str]] = {}   # actor id -> (probe ref, since, why)
 
     def check(self) -> None:
         """One look at every service of the run (LocalRun.wait calls it between polls)."""
@@ -94,10 +101,14 @@ class Supervisor:
         for a in [a for a, ref in run.actor_runs.items() if ray.wait([ref], timeout=0)[0]]:
             try:
                 ray.get(run.actor_runs.pop(a))  # raises the actor's error; a clean return is a bug too
+            except ray.exceptions.ActorUnavailableError as e:   # unreachable: dead, or its node is being lost
+                self.unreachable[a] = (run.actors[a].__ray_ready__.remote(), time.monotonic(), _first_line(e))
+                continue
             except ray.exceptions.RayActorError as e:   # the process died; RayTaskError (its own error) propagates
-                self._replace_actor(a, str(e).splitlines()[0])
+                self._replace_actor(a, _first_line(e))
                 continue
             raise RuntimeError(f"rollout actor {a} stopped before the run finished")
+        self._check_unreachable()
         self.placement.update(run.actors)
         if self.placement.due():
             self.placement.say(len(run.actors), demand(run.target.place("rollout", run.cfg)), ray.cluster_resources())
@@ -110,6 +121,33 @@ class Supervisor:
                 raise RuntimeError(f"rollout actors {', '.join(stuck)} still loading their engine after "
                                    f"{limit:.0f}s (rollout.faults.start_timeout_s); their logs are under "
                                    f"/tmp/videorl-ray/session_latest/logs (worker-*.err)")
+
+    def _check_unreachable(self) -> None:
+        """Replace an actor Ray could not reach once its death is certain. Until Ray has declared it dead, its node may
+        still count as alive (the GCS notices a lost node after a few missed health checks): a replacement made now
+        could be placed on that node and die with it, and a process only cut off could still ack the prompts that would
+        be handed over. A probe (`__ray_ready__`) asks again each look; an actor reachable again has lost its run()
+        call anyway, and one unreachable for UNREACHABLE_S is given up on: both are killed, then replaced."""
+        import ray
+
+        run = self.run
+        for a, (probe, since, why) in list(self.unreachable.items()):
+            if not ray.wait([probe], timeout=0)[0]:
+                if time.monotonic() - since < UNREACHABLE_S:
+                    continue
+                why = f"{why}; unreachable for {UNREACHABLE_S:.0f}s"
+            else:
+                try:
+                    ray.get(probe)
+                    why = f"{why}; reachable again, but its run() call was lost"
+                except ray.exceptions.ActorUnavailableError:
+                    self.unreachable[a] = (run.actors[a].__ray_ready__.remote(), since, why)   # not dead yet: ask again
+                    continue
+                except ray.exceptions.RayActorError as e:
+                    why = _first_line(e)   # dead for sure (its node too, if that was lost)
+            del self.unreachable[a]
+            ray.kill(run.actors[a])   # dead already, or made so: it can no longer ack what is handed over
+            self._replace_actor(a, why)
 
     def _replace_actor(self, actor_id: str, why: str) -> None:
         run = self.run

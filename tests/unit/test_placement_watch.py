@@ -64,7 +64,7 @@ def test_actors_no_node_can_take_are_said_to_wait_until_they_are_placed(fake_ray
     # a node offering one joined: one of the two can be placed, the other still cannot
     watch.last_said = watch.last_looked = float("-inf")
     assert watch.say(2, need, {"videorl_rollout": 1.0}).startswith(
-        "waiting for a node offering videorl_rollout: 1 rollout actors cannot be placed")
+        "waiting for a node offering videorl_rollout: 1 rollout actor cannot be placed")
     # a node offering both joined: Ray places them; nothing to say while they start
     watch.last_said = watch.last_looked = float("-inf")
     assert watch.say(2, need, {"videorl_rollout": 2.0}) is None
@@ -130,3 +130,62 @@ def test_the_start_timeout_counts_from_placement_not_from_the_wait_for_a_node(fa
     watch.placed_at["rollout-2"] = time.monotonic() - 61
     with pytest.raises(RuntimeError, match=r"rollout-2 still loading .* 60s \(rollout.faults.start_timeout_s\)"):
         run.supervisor.check()
+
+
+class _Launcher:
+    """What the Supervisor sees of a run (rlctl.supervisor.Launcher): two actors whose run() refs are `runs`."""
+
+    def __init__(self):
+        self.cfg, self.target, self.control = RunConfig().on("cpu"), ClusterTarget(), _Control()
+        self.redis_keeper, self.reward_run, self.reward_addr, self.learner_records = None, None, "", []
+        self.actors = {"rollout-0": Handle(), "rollout-1": Handle()}
+        self.actor_runs = {a: object() for a in self.actors}
+        self.added: list[str] = []
+
+    def next_actor_id(self) -> str:
+        return f"rollout-{len(self.added) + 2}"
+
+    def add_actor(self, actor_id: str) -> None:
+        self.actors[actor_id] = Handle()
+        self.actor_runs[actor_id] = object()
+        self.added.append(actor_id)
+
+    def release(self, actor_id: str) -> None:
+        pass
+
+
+def test_an_unreachable_actor_is_replaced_once_ray_declares_it_dead_not_before(monkeypatch):
+    """A lost node's actors are first only unreachable: replaced then, their replacements could land on the node the
+    GCS still counts as alive, and die with it."""
+    import ray
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    from rlctl.supervisor import Supervisor
+
+    run = _Launcher()
+    run.control.hand_over_prompts = lambda actor_id: 1
+    run.control.incr = lambda name: None
+    sup = Supervisor(run, run.cfg.supervisor)
+    sup.placement.placed_at = {a: time.monotonic() for a in run.actors}
+    outcomes, killed = {run.actor_runs["rollout-0"]: ActorUnavailableError("Socket closed", None)}, []
+
+    def get(ref):
+        if isinstance(outcomes[ref], Exception):
+            raise outcomes[ref]
+        return outcomes[ref]
+
+    monkeypatch.setattr(ray, "wait", lambda refs, num_returns=1, timeout=None: (
+        [r for r in refs if r in outcomes], [r for r in refs if r not in outcomes]))
+    monkeypatch.setattr(ray, "get", get)
+    monkeypatch.setattr(ray, "kill", killed.append)
+    monkeypatch.setattr(ray, "cluster_resources", dict)
+    lost = run.actors["rollout-0"]
+    sup.check()                                     # unreachable: probed, not replaced
+    assert set(sup.unreachable) == {"rollout-0"} and run.added == [] and "rollout-0" in run.actors
+    outcomes[lost.ref] = ActorUnavailableError("Socket closed", None)
+    sup.check()                                     # still only unreachable: probed again
+    assert run.added == [] and sup.restarts["actor"] == 0
+    outcomes[lost.ref] = ActorDiedError()           # the GCS noticed the node is gone
+    sup.check()
+    assert run.added == ["rollout-2"] and "rollout-0" not in run.actors and killed == [lost]
+    assert sup.unreachable == {} and sup.restarts["actor"] == 1
