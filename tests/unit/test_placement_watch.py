@@ -189,3 +189,32 @@ def test_an_unreachable_actor_is_replaced_once_ray_declares_it_dead_not_before(m
     sup.check()
     assert run.added == ["rollout-2"] and "rollout-0" not in run.actors and killed == [lost]
     assert sup.unreachable == {} and sup.restarts["actor"] == 1
+
+
+def test_an_actor_reachable_again_after_losing_its_run_call_is_killed_and_replaced(monkeypatch):
+    import ray
+    from ray.exceptions import ActorUnavailableError
+
+    from rlctl.supervisor import Supervisor
+
+    run = _Launcher()
+    run.control.hand_over_prompts = lambda actor_id: 0
+    run.control.incr = lambda name: None
+    sup = Supervisor(run, run.cfg.supervisor)
+    sup.placement.placed_at = {a: time.monotonic() for a in run.actors}
+    cut_off = run.actors["rollout-1"]
+    outcomes = {run.actor_runs["rollout-1"]: ActorUnavailableError("Socket closed", None), cut_off.ref: None}
+    killed: list = []
+
+    def get(ref):
+        if isinstance(outcomes[ref], Exception):
+            raise outcomes[ref]
+        return outcomes[ref]
+
+    monkeypatch.setattr(ray, "wait", lambda refs, num_returns=1, timeout=None: (
+        [r for r in refs if r in outcomes], [r for r in refs if r not in outcomes]))
+    monkeypatch.setattr(ray, "get", get)
+    monkeypatch.setattr(ray, "kill", killed.append)
+    monkeypatch.setattr(ray, "cluster_resources", dict)
+    sup.check()   # its run() call failed, then its probe came back: alive, but no longer serving
+    assert killed == [cut_off] and run.added == ["rollout-2"] and "rollout-1" not in run.actors
