@@ -1,0 +1,150 @@
+"""The broadcast transport's wire format (services/common/weight_wire.py): what the sender packs, bucket by bucket,
+the receiver unpacks into the same tensors, whatever the bucket size; and its gloo group on loopback."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from services.common.weight_wire import ALIGN, GroupInfo, Layout, Packer, broadcast, listen_socket, open_group
+
+
+def _state() -> list[tuple[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return [("embed.weight", torch.randn(37, 11, generator=g)),
+            ("norm.weight", torch.randn(11, generator=g).to(torch.bfloat16)),
+            ("empty", torch.zeros(0, 4)),
+            ("scale", torch.tensor(3.5)),
+            ("ids", torch.arange(13, dtype=torch.int64)),
+            ("mask", torch.tensor([True, False, True])),
+            ("head.weight", torch.randn(5, 11, generator=g).t())]   # not contiguous
+
+
+def _send(layout: Layout, tensors, bucket_bytes: int) -> torch.Tensor:
+    """What a receiver holds after every bucket: each packed, then written at its place in the stream."""
+    stream = torch.full((layout.total,), 0xEE, dtype=torch.uint8)
+    packer, bucket = Packer(layout, tensors), torch.empty(bucket_bytes, dtype=torch.uint8)
+    for start, end in layout.buckets(bucket_bytes):
+        packer.fill(bucket, start, end)
+        stream[start:end] = bucket[:end - start]
+    packer.finish()
+    return stream
+
+
+@pytest.mark.parametrize("bucket_bytes", [64, 100, 1000, 1 << 20])
+def test_round_trip_at_any_bucket_size(bucket_bytes):
+    state = _state()
+    layout = Layout.of_tensors(state)
+    got = dict(layout.views(_send(layout, state, bucket_bytes)))
+    assert list(got) == [n for n, _ in state]
+    for name, t in state:
+        assert got[name].dtype == t.dtype and got[name].shape == t.shape and torch.equal(got[name], t), name
+
+
+def test_buckets_cover_the_stream_in_order_and_the_last_is_short():
+    layout = Layout.of([("a", "float32", [1000]), ("b", "bfloat16", [3])])
+    assert layout.entries[1].offset == 4032 and layout.total == 4038
+    spans = layout.buckets(1024)
+    assert spans[0] == (0, 1024) and spans[-1] == (3072, 4038)
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert all(e.offset % ALIGN == 0 for e in layout.entries)
+
+
+def test_a_tensor_larger_than_a_bucket_spans_buckets():
+    big = torch.randn(4096)                                 # 16 KiB through 1 KiB buckets
+    state = [("small", torch.ones(3)), ("big", big), ("after", torch.full((2,), 7.0))]
+    layout = Layout.of_tensors(state)
+    assert len(layout.buckets(1024)) > 16
+    got = dict(layout.views(_send(layout, state, 1024)))
+    assert torch.equal(got["big"], big) and torch.equal(got["after"], torch.full((2,), 7.0))
+
+
+def test_the_wire_dtype_casts_floating_tensors_only():
+    state = [("w", torch.randn(8, 8)), ("ids", torch.arange(4))]
+    layout = Layout.of_tensors(state, dtype=torch.bfloat16)
+    assert [e.dtype for e in layout.entries] == ["bfloat16", "int64"]
+    got = dict(layout.views(_send(layout, state, 64)))
+    assert torch.equal(got["w"], state[0][1].to(torch.bfloat16)) and torch.equal(got["ids"], torch.arange(4))
+
+
+def test_an_empty_version_has_no_bucket():
+    layout = Layout.of([])
+    assert layout.total == 0 and layout.buckets(64) == []
+    assert list(layout.views(_send(layout, [], 64))) == []
+
+
+def test_update_info_rebuilds_the_same_layout_and_digest():
+    layout = Layout.of_tensors(_state())
+    again = Layout.from_update_info(layout.update_info())
+    assert again == layout and again.digest() == layout.digest()
+    assert Layout.of([("x", "float32", [2])]).digest() != Layout.of([("x", "float32", [3])]).digest()
+
+
+@pytest.mark.parametrize("tensors, message", [
+    ([("b", torch.ones(2)), ("a", torch.ones(2))], "expected 'a'"),
+    ([("a", torch.ones(3)), ("b", torch.ones(2))], r"expected 'a' \(2,\)"),
+    ([("a", torch.ones(2))], "ended before 'b'"),
+    ([("a", torch.ones(2)), ("b", torch.ones(2)), ("c", torch.ones(1))], "more tensors"),
+])
+def test_tensors_that_disagree_with_the_layout_are_named(tensors, message):
+    layout = Layout.of([("a", "float32", [2]), ("b", "float32", [2])])
+    with pytest.raises(ValueError, match=message):
+        _send(layout, tensors, 64)
+
+
+def test_bad_metadata_is_refused():
+    with pytest.raises(ValueError, match="unknown dtype"):
+        Layout.of([("a", "float33", [2])])
+    with pytest.raises(ValueError, match="twice"):
+        Layout.of([("a", "float32", [2]), ("a", "float32", [2])])
+    with pytest.raises(ValueError, match="bucket_bytes"):
+        Layout.of([("a", "float32", [2])]).buckets(8)
+
+
+def _group(world: int, timeout_s: float = 5.0):
+    listener = listen_socket("127.0.0.1")
+    info = GroupInfo("127.0.0.1", listener.getsockname()[1], world, "test/epoch0", 1 << 10, timeout_s)
+    return info, listener
+
+
+def test_a_group_on_loopback_broadcasts_from_rank_0():
+    info, listener = _group(3)
+    got: dict[int, torch.Tensor] = {}
+
+    def receive(rank: int) -> None:
+        group, _store = open_group(info, rank, "127.0.0.1")
+        got[rank] = torch.zeros(1000, dtype=torch.uint8)
+        broadcast(group, got[rank], info.timeout_s)
+
+    threads = [threading.Thread(target=receive, args=(r,)) for r in (1, 2)]
+    for t in threads:
+        t.start()
+    group, _store = open_group(info, 0, "127.0.0.1", listener)
+    sent = torch.arange(1000).to(torch.uint8)
+    broadcast(group, sent, info.timeout_s)
+    for t in threads:
+        t.join(10)
+    assert all(torch.equal(got[r], sent) for r in (1, 2))
+    listening = {c.laddr for c in __import__("psutil").Process().net_connections() if c.status == "LISTEN"}
+    assert ("127.0.0.1", info.master_port) in listening and ("::", info.master_port) not in listening
+
+
+def test_a_receiver_whose_sender_never_sends_fails_within_the_timeout():
+    info, listener = _group(2, timeout_s=1.0)
+    ready = threading.Event()
+
+    def sender() -> None:
+        group, store = open_group(info, 0, "127.0.0.1", listener)
+        ready.set()
+        time.sleep(4)                      # joined, alive, silent
+        del group, store
+
+    threading.Thread(target=sender, daemon=True).start()
+    group, _store = open_group(info, 1, "127.0.0.1")
+    ready.wait(5)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError):
+        broadcast(group, torch.zeros(10, dtype=torch.uint8), info.timeout_s)
+    assert time.monotonic() - t0 < 3.5
+
