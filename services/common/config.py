@@ -22,7 +22,7 @@ from services.common.synth_tasks import parse_tasks
 
 # The role configs live in modules of their own; their names are importable from here, as every caller does.
 __all__ = ["ActorFaultsConfig", "ClusterConfig", "ConfigError", "EngineConfig", "LearnerConfig", "LossConfig",
-           "RolloutConfig", "RunConfig", "SFTRunConfig", "load_config"]
+           "RolloutConfig", "RunConfig", "SFTRunConfig", "WeightsConfig", "load_config"]
 
 
 class RedisConfig(_Strict):
@@ -139,6 +139,17 @@ class ClusterConfig(_Strict):
         "both (a one-GPU machine); leave the learner room with rollout.engine.gpu_memory_utilization and kv_cache_mib"))
 
 
+class WeightsConfig(_Strict):
+    """How each policy version reaches the rollout actors (docs: DESIGN.md, "Weight transports")."""
+
+    transport: Literal["disk", "broadcast"] = Field("disk", description=(
+        "disk: safetensors + manifest, each actor loads the files; broadcast: streamed from the learner into the "
+        "engines' workers (gloo on CPU, NCCL on GPU)"))
+    bucket_mib: int = Field(64, ge=1, le=4096, description="broadcast: bytes packed per collective")
+    timeout_s: float = Field(60.0, gt=0, le=3600, description=(
+        "broadcast: the longest any collective waits (joining the group, one bucket) before it fails"))
+
+
 # Fields that moved, old path -> where they live now: a config that still names one fails, naming the new place.
 MOVED = {
     "rollout.max_restarts": "supervisor.actor.max_restarts",
@@ -232,6 +243,7 @@ class RunConfig(_TopLevel):
     learner: LearnerConfig = LearnerConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     cluster: ClusterConfig = ClusterConfig()
+    weights: WeightsConfig = WeightsConfig()
 
     moved: ClassVar[dict[str, str]] = MOVED
 

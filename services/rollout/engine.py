@@ -9,6 +9,7 @@ would otherwise serve results computed with the old weights.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -68,7 +69,24 @@ def engine_args(model_dir: Path, cfg: RunConfig) -> dict:
         args["gpu_memory_utilization"] = e.gpu_memory_utilization
     if e.max_num_batched_tokens is not None:
         args["max_num_batched_tokens"] = e.max_num_batched_tokens
+    if cfg.weights.transport == "broadcast":
+        args.update(weight_transfer_args(cfg.cluster.accelerator == "gpu"))
     return args
+
+
+def weight_transfer_args(gpu: bool) -> dict:
+    """The engine arguments of the broadcast transport: vLLM's NCCL backend on GPU; on CPU the gloo one of
+    rollout/weight_transfer.py, which vLLM registers in its worker process by importing `worker_extension_cls`."""
+    if gpu:
+        return {"weight_transfer_config": {"backend": "nccl"}}
+    return {"weight_transfer_config": {"backend": "videorl_gloo"},
+            "worker_extension_cls": "services.rollout.weight_transfer.GlooWorkerExtension"}
+
+
+@dataclass(frozen=True)
+class BroadcastSwap:
+    receive_s: float    # from asking for the version to holding all of its bytes (generation goes on meanwhile)
+    paused_s: float     # generation paused: loading the bytes into the model
 
 
 class VLLMEngine:
@@ -133,6 +151,38 @@ class VLLMEngine:
         finally:
             await self.llm.resume_generation()
         return time.perf_counter() - t0
+
+    async def join_weight_group(self, group: dict) -> None:
+        """Join a broadcast weight group (weight_wire.GroupInfo as a dict); returns once every rank has joined."""
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+
+        await self.llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info=group))
+
+    async def receive_weights(self, update_info: dict, version: int, poll_s: float = 0.01) -> BroadcastSwap:
+        """Receive one version from the weight group (its metadata: weight_wire.Layout.update_info) and swap it in.
+        The bytes arrive while generation goes on; it pauses only to load them. A failed receive raises and leaves
+        the old weights serving (rollout/weight_transfer.py)."""
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        t0 = time.perf_counter()
+        await self.llm.collective_rpc("videorl_prefetch_weights", kwargs={"update_info": update_info})
+        while not all(await self.llm.collective_rpc("videorl_prefetch_done")):
+            await asyncio.sleep(poll_s)
+        t1 = time.perf_counter()
+        await self.llm.pause_generation(mode="wait")
+        try:
+            await self.llm.start_weight_update()
+            await self.llm.update_weights(WeightTransferUpdateRequest(update_info=update_info))
+            await self.llm.finish_weight_update(weight_version=str(version))
+            await self.llm.reset_encoder_cache()
+            await self.llm.reset_prefix_cache()
+        finally:
+            await self.llm.resume_generation()
+        return BroadcastSwap(t1 - t0, time.perf_counter() - t1)
+
+    async def weight_checksums(self) -> dict[str, str]:
+        """vLLM's sha256 of every parameter of every worker, keyed '<dp:pp:pcp:tp>:<vLLM parameter name>'."""
+        return {k: v for per_engine in await self.llm.compute_weight_checksums() for k, v in per_engine.items()}
 
     def shutdown(self) -> None:
         self.llm.shutdown()

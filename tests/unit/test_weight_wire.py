@@ -148,3 +148,17 @@ def test_a_receiver_whose_sender_never_sends_fails_within_the_timeout():
         broadcast(group, torch.zeros(10, dtype=torch.uint8), info.timeout_s)
     assert time.monotonic() - t0 < 3.5
 
+
+@pytest.mark.parametrize("accelerator", ["cpu", "gpu"], ids=["on-cpu", "on-gpu"])  # an id "gpu" reads as the mark
+def test_the_engine_gets_the_weight_transfer_arguments_only_for_broadcast(accelerator, tmp_path):
+    from services.common.config import RunConfig
+    from services.rollout.engine import engine_args
+
+    disk = engine_args(tmp_path, RunConfig(cluster={"accelerator": accelerator}))
+    assert "weight_transfer_config" not in disk and "worker_extension_cls" not in disk
+    args = engine_args(tmp_path, RunConfig(cluster={"accelerator": accelerator}, weights={"transport": "broadcast"}))
+    if accelerator == "gpu":
+        assert args["weight_transfer_config"] == {"backend": "nccl"} and "worker_extension_cls" not in args
+    else:   # the module vLLM imports in its worker process registers the backend there
+        assert args["weight_transfer_config"] == {"backend": "videorl_gloo"}
+        assert args["worker_extension_cls"] == "services.rollout.weight_transfer.GlooWorkerExtension"
