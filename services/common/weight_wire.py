@@ -1,10 +1,12 @@
 """The broadcast weight transport's wire format and group, shared by its two ends: the learner's sender (rank 0,
 services/learner/broadcast.py) and the rollout workers' receivers (services/rollout/weight_transfer.py).
 
-A version is one flat byte stream: every tensor's bytes in metadata order, each starting at a multiple of `ALIGN`,
-cut into buckets of `bucket_bytes` (the last one shorter). A tensor may span buckets, so a bucket's size bounds the
-sender's memory whatever the largest tensor. Both ends derive the stream's layout from the same (name, dtype, shape)
-list, which travels as vLLM's update_info (`Layout.update_info`); the bytes never carry their own metadata.
+A version is one flat byte stream: every tensor's bytes in metadata order, each starting at a multiple of `ALIGN`.
+It travels in collectives of at most `bucket_bytes` (`Layout.spans`): small tensors packed together into a bucket,
+large ones straight from their own memory (no copy), in bucket-sized pieces when larger than a bucket. Both ends
+derive the layout and the spans from the same (name, dtype, shape) list, which travels as vLLM's update_info
+(`Layout.update_info`); the bytes never carry their own metadata. The receiver holds the whole stream, so every
+span lands at its place and every tensor is a view of it.
 
 The group is a gloo process group of its own (never the default one: a vLLM worker and a DeepSpeed rank each have
 theirs), joined through a TCPStore that rank 0 serves on the one address it was given; every collective waits at
@@ -24,6 +26,11 @@ import torch
 from torch.distributed import BroadcastOptions, PrefixStore, ProcessGroupGloo, TCPStore
 
 ALIGN = 64   # every tensor starts at a multiple of this: any dtype's view of its bytes is aligned
+DIRECT_BYTES = 1 << 20   # a tensor this large (or a bucket's size) travels straight from its own memory, unpacked
+
+
+def _direct_min(bucket_bytes: int) -> int:
+    return min(DIRECT_BYTES, bucket_bytes)
 
 
 @dataclass(frozen=True)
@@ -91,11 +98,27 @@ class Layout:
         """sha256 of the metadata (names, dtypes, shapes, in order): equal digests mean equal layouts."""
         return hashlib.sha256(json.dumps(self.update_info(), separators=(",", ":")).encode()).hexdigest()
 
-    def buckets(self, bucket_bytes: int) -> list[tuple[int, int]]:
-        """[start, end) of each bucket of the stream."""
+    def spans(self, bucket_bytes: int) -> list[tuple[int, int]]:
+        """[start, end) of each collective, in stream order. A tensor of at least `_direct_min` bytes is sent alone,
+        from its own memory, in pieces of at most `bucket_bytes`; smaller ones are packed together into buckets of at
+        most `bucket_bytes`. Zero-byte tensors travel in no collective."""
         if bucket_bytes < ALIGN:
             raise ValueError(f"bucket_bytes {bucket_bytes} < {ALIGN}")
-        return [(s, min(s + bucket_bytes, self.total)) for s in range(0, self.total, bucket_bytes)]
+        out: list[tuple[int, int]] = []
+        bucket: tuple[int, int] | None = None           # the bucket being filled
+        direct = _direct_min(bucket_bytes)
+        for e in self.entries:
+            end = e.offset + e.nbytes
+            if not e.nbytes:
+                continue
+            if bucket and (e.nbytes >= direct or end - bucket[0] > bucket_bytes):
+                out.append(bucket)
+                bucket = None
+            if e.nbytes >= direct:
+                out += [(s, min(s + bucket_bytes, end)) for s in range(e.offset, end, bucket_bytes)]
+            else:
+                bucket = (bucket[0] if bucket else e.offset, end)
+        return out + ([bucket] if bucket else [])
 
     def views(self, stream: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
         """Each tensor as a view of `stream` (uint8, `total` bytes long): no copy."""
@@ -106,17 +129,36 @@ class Layout:
 
 
 class Packer:
-    """Fills buckets in stream order from tensors that arrive one at a time in layout order (e.g. gathered layer by
-    layer); a tensor spanning buckets is held until its last byte is packed. A tensor that is not the next entry,
-    or has another shape, is an error naming it: the receivers would split the stream elsewhere."""
+    """Turns tensors that arrive one at a time in layout order (e.g. gathered layer by layer) into the bytes of each
+    span of `Layout.spans`: a view of a large tensor's own memory (`direct`), or small ones copied into a bucket
+    (`fill`). A tensor that is not the next entry, or has another shape, is an error naming it: the receivers would
+    split the stream elsewhere."""
 
-    def __init__(self, layout: Layout, tensors: Iterable[tuple[str, torch.Tensor]]):
-        self.layout, self.tensors = layout, iter(tensors)
-        self.index = 0                                  # first entry not fully packed
+    def __init__(self, layout: Layout, tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int):
+        self.layout, self.tensors, self.direct_min = layout, iter(tensors), _direct_min(bucket_bytes)
+        self.index = 0                                  # first entry not fully sent
         self.current: torch.Tensor | None = None        # its bytes, once pulled
 
+    def direct(self, start: int, end: int) -> torch.Tensor | None:
+        """The bytes of span [start, end) as a view of the tensor holding them, or None if the span is packed."""
+        entries = self.layout.entries
+        while self.current is None and self.index < len(entries) and entries[self.index].nbytes == 0:
+            self._pull(entries[self.index])             # empty tensors are in no span: only checked
+            self.index += 1
+        e = entries[self.index]
+        if e.nbytes < self.direct_min:
+            return None
+        if not e.offset <= start < end <= e.offset + e.nbytes:
+            raise ValueError(f"span [{start}, {end}) is not within {e.name!r}: spans come in stream order")
+        if self.current is None:
+            self.current = self._pull(e)
+        view = self.current[start - e.offset:end - e.offset]
+        if end == e.offset + e.nbytes:
+            self.index, self.current = self.index + 1, None
+        return view
+
     def fill(self, bucket: torch.Tensor, start: int, end: int) -> None:
-        """Write stream bytes [start, end) into bucket[: end - start]; buckets are filled in stream order."""
+        """Write stream bytes [start, end) into bucket[: end - start]."""
         entries = self.layout.entries
         while self.index < len(entries) and entries[self.index].offset < end:
             e = entries[self.index]

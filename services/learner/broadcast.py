@@ -1,15 +1,18 @@
 """The learner's end of the broadcast weight transport: rank 0 of a weight group, sending one version at a time to
 every rollout worker in it (services/rollout/weight_transfer.py receives).
 
-Invariants kept here: the tensors are packed in the order of the layout the receivers were given, and a tensor that
-disagrees with it fails the send before its bytes go out; packing bucket i+1 (a thread) overlaps broadcasting bucket
-i, with two bucket buffers allocated once per sender, so memory stays at two buckets whatever the model's size; a
-send that fails for any reason (a peer gone, the timeout, bad tensors) closes the group, so every receiver fails
-too instead of waiting: the next version goes to a new group. No vLLM import: the learner image may not have it.
+Invariants kept here: the tensors are sent in the order of the layout the receivers were given, and a tensor that
+disagrees with it fails the send before its bytes go out; preparing span i+1 (a thread: pulling the next tensors,
+packing small ones into a bucket) overlaps broadcasting span i; large tensors go out from their own memory and small
+ones through two buckets allocated once per sender, so the sender holds at most two spans beyond the tensors it is
+given; a send that fails for any reason (a peer gone, the timeout, bad tensors) closes the group, so every receiver
+fails too instead of waiting: the next version goes to a new group. No vLLM import: the learner image may not have
+it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -24,9 +27,9 @@ from services.common.weight_wire import GroupInfo, Layout, Packer, broadcast, li
 @dataclass(frozen=True)
 class SendStats:
     bytes: int          # the stream's length, padding included
-    buckets: int
-    seconds: float      # from the first tensor pulled to the last bucket sent
-    pack_s: float       # of which packing (in its thread, overlapping the broadcasts)
+    collectives: int    # one per span: a bucket of small tensors, or (a piece of) a large one
+    seconds: float      # from the first tensor pulled to the last span sent
+    pack_s: float       # of which pulling and packing tensors (in its thread, overlapping the broadcasts)
 
 
 class WeightSender:
@@ -48,48 +51,59 @@ class WeightSender:
         """Broadcast one version: `tensors` in `layout`'s order (the receivers were given `layout.update_info()`)."""
         if self._group is None:
             raise RuntimeError("connect() first, or the group was closed by a failed send")
-        spans = layout.buckets(self.info.bucket_bytes)
+        spans = layout.spans(self.info.bucket_bytes)
         free: queue.Queue = queue.Queue()
-        full: queue.Queue = queue.Queue()
+        ready: queue.Queue = queue.Queue(maxsize=2)   # the producer runs at most two spans ahead
         for b in self._buffers:
             free.put(b)
-        packer, pack_s = Packer(layout, tensors), [0.0]
+        packer, pack_s, stop = Packer(layout, tensors, self.info.bucket_bytes), [0.0], threading.Event()
         t0 = time.perf_counter()
-        worker = threading.Thread(target=self._pack, args=(packer, spans, free, full, pack_s), daemon=True)
-        worker.start()
+        producer = threading.Thread(target=self._produce, args=(packer, spans, free, ready, pack_s, stop), daemon=True)
+        producer.start()
         try:
-            for start, end in spans:
-                item = full.get()
+            for _ in spans:
+                item = ready.get()
                 if isinstance(item, BaseException):
                     raise item
-                broadcast(self._group, item[:end - start], self.info.timeout_s)
-                free.put(item)
-            if isinstance(item := full.get(), BaseException):   # packer.finish()'s verdict
+                bucket, data = item
+                broadcast(self._group, data, self.info.timeout_s)
+                if bucket is not None:
+                    free.put(bucket)
+            if isinstance(item := ready.get(), BaseException):   # packer.finish()'s verdict
                 raise item
         except BaseException:
             self.close()
             raise
         finally:
-            free.put(None)     # a packer waiting for a buffer stops
-            worker.join()
+            stop.set()
+            free.put(None)     # a producer waiting for a bucket stops; one waiting to hand a span over is drained
+            while producer.is_alive():
+                with contextlib.suppress(queue.Empty):
+                    ready.get(timeout=0.05)
         return SendStats(layout.total, len(spans), time.perf_counter() - t0, pack_s[0])
 
     @staticmethod
-    def _pack(packer: Packer, spans: list[tuple[int, int]], free: queue.Queue, full: queue.Queue,
-              pack_s: list[float]) -> None:
+    def _produce(packer: Packer, spans: list[tuple[int, int]], free: queue.Queue, ready: queue.Queue,
+                 pack_s: list[float], stop: threading.Event) -> None:
+        """Each span's bytes, in order: a view of a large tensor, or small ones packed into a free bucket."""
         try:
             for start, end in spans:
-                buf = free.get()
-                if buf is None:
+                if stop.is_set():
                     return
                 t = time.perf_counter()
-                packer.fill(buf, start, end)
+                bucket, data = None, packer.direct(start, end)
+                if data is None:
+                    if (bucket := free.get()) is None:
+                        return
+                    t = time.perf_counter()   # waiting for a free bucket is not packing
+                    packer.fill(bucket, start, end)
+                    data = bucket[:end - start]
                 pack_s[0] += time.perf_counter() - t
-                full.put(buf)
+                ready.put((bucket, data))
             packer.finish()
-            full.put(None)
+            ready.put(None)
         except BaseException as e:  # handed to the sending thread, which raises it
-            full.put(e)
+            ready.put(e)
 
     def close(self) -> None:
         """Leave the group; receivers still in a collective fail at once rather than at their timeout."""

@@ -60,7 +60,7 @@ class _Receive:
         try:
             info = engine.info
             assert info is not None and engine.group is not None
-            for start, end in self.layout.buckets(info.bucket_bytes):
+            for start, end in self.layout.spans(info.bucket_bytes):
                 broadcast(engine.group, self.stream[start:end], info.timeout_s)
         except BaseException as e:  # handed to `wait`, in the worker's own thread
             self.error = e

@@ -150,7 +150,7 @@ def test_broadcast_versions_equal_their_disk_copies_and_a_dead_sender_leaves_the
     comparable = [k for k in r["sums1"] if ("norm" in k or k.endswith(".bias")) and "qkv_proj" not in k]
     assert len(comparable) > 10 and all(r["sums1"][k] in sent for k in comparable)
 
-    assert r["sent1"]["buckets"] > 4 and r["swap1"].paused_s > 0 and r["swap1"].receive_s > 0
+    assert r["sent1"]["collectives"] > 4 and r["swap1"].paused_s > 0 and r["swap1"].receive_s > 0
     assert r["sender_rc"] == 17
     assert r["failed_after_s"] < 15, "a dead sender must fail the receive, not wait out every bucket's timeout"
     assert r["after_death"] == r["after2"] and r["sums_death"] == r["sums2"], "the old weights must keep serving"

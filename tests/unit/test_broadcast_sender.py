@@ -20,7 +20,7 @@ def _receivers(sender: WeightSender, layout: Layout, n: int, versions: int = 1) 
         t0 = time.monotonic()
         try:
             for _ in range(versions):
-                for start, end in layout.buckets(sender.info.bucket_bytes):
+                for start, end in layout.spans(sender.info.bucket_bytes):
                     broadcast(group, stream[start:end], sender.info.timeout_s)
                 out.setdefault(rank, []).append({n: t.clone() for n, t in layout.views(stream)})
         except RuntimeError as e:
@@ -32,7 +32,7 @@ def _receivers(sender: WeightSender, layout: Layout, n: int, versions: int = 1) 
     return threads, out
 
 
-def test_every_receiver_gets_every_tensor_in_buckets():
+def test_every_receiver_gets_every_tensor():
     g = torch.Generator().manual_seed(0)
     state = [(f"layer{i}.weight", torch.randn(64, 33, generator=g)) for i in range(6)]
     state += [("big", torch.randn(5000, generator=g)), ("norm", torch.randn(33, generator=g).to(torch.bfloat16))]
@@ -46,8 +46,8 @@ def test_every_receiver_gets_every_tensor_in_buckets():
     for t in threads:
         t.join(10)
     sender.close()
-    assert stats.bytes == layout.total and stats.buckets == len(layout.buckets(4096)) > 10
-    assert second.buckets == stats.buckets and 0 <= stats.pack_s <= stats.seconds
+    assert stats.bytes == layout.total and stats.collectives == len(layout.spans(4096)) > 10
+    assert second.collectives == stats.collectives and 0 <= stats.pack_s <= stats.seconds
     for rank in (1, 2):
         first, then = got[rank]
         assert all(torch.equal(first[n], t) for n, t in state) and all(torch.equal(then[n], t) for n, t in state2)

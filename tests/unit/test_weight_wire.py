@@ -22,12 +22,15 @@ def _state() -> list[tuple[str, torch.Tensor]]:
 
 
 def _send(layout: Layout, tensors, bucket_bytes: int) -> torch.Tensor:
-    """What a receiver holds after every bucket: each packed, then written at its place in the stream."""
+    """What a receiver holds after every span: each one's bytes (direct or packed), written at its place."""
     stream = torch.full((layout.total,), 0xEE, dtype=torch.uint8)
-    packer, bucket = Packer(layout, tensors), torch.empty(bucket_bytes, dtype=torch.uint8)
-    for start, end in layout.buckets(bucket_bytes):
-        packer.fill(bucket, start, end)
-        stream[start:end] = bucket[:end - start]
+    packer, bucket = Packer(layout, tensors, bucket_bytes), torch.empty(bucket_bytes, dtype=torch.uint8)
+    for start, end in layout.spans(bucket_bytes):
+        data = packer.direct(start, end)
+        if data is None:
+            packer.fill(bucket, start, end)
+            data = bucket[:end - start]
+        stream[start:end] = data
     packer.finish()
     return stream
 
@@ -42,22 +45,32 @@ def test_round_trip_at_any_bucket_size(bucket_bytes):
         assert got[name].dtype == t.dtype and got[name].shape == t.shape and torch.equal(got[name], t), name
 
 
-def test_buckets_cover_the_stream_in_order_and_the_last_is_short():
-    layout = Layout.of([("a", "float32", [1000]), ("b", "bfloat16", [3])])
-    assert layout.entries[1].offset == 4032 and layout.total == 4038
-    spans = layout.buckets(1024)
-    assert spans[0] == (0, 1024) and spans[-1] == (3072, 4038)
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
-    assert all(e.offset % ALIGN == 0 for e in layout.entries)
+def test_spans_cover_every_byte_once_in_order_and_never_exceed_a_bucket():
+    layout = Layout.of([("a", "float32", [1000]), ("b", "bfloat16", [3])] +
+                       [(f"small{i}", "float32", [25]) for i in range(30)])
+    assert layout.entries[1].offset == 4032 and all(e.offset % ALIGN == 0 for e in layout.entries)
+    spans = layout.spans(1024)
+    # `a` (4000 bytes >= a bucket) goes alone in bucket-sized pieces; the small ones are packed together
+    assert spans[:4] == [(0, 1024), (1024, 2048), (2048, 3072), (3072, 4000)] and spans[4][0] == 4032
+    assert all(0 < end - start <= 1024 for start, end in spans)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+    covered = torch.zeros(layout.total, dtype=torch.bool)
+    for start, end in spans:
+        covered[start:end] = True
+    assert all(covered[e.offset:e.offset + e.nbytes].all() for e in layout.entries)
 
 
-def test_a_tensor_larger_than_a_bucket_spans_buckets():
-    big = torch.randn(4096)                                 # 16 KiB through 1 KiB buckets
-    state = [("small", torch.ones(3)), ("big", big), ("after", torch.full((2,), 7.0))]
-    layout = Layout.of_tensors(state)
-    assert len(layout.buckets(1024)) > 16
-    got = dict(layout.views(_send(layout, state, 1024)))
-    assert torch.equal(got["big"], big) and torch.equal(got["after"], torch.full((2,), 7.0))
+def test_a_large_tensor_travels_from_its_own_memory():
+    big = torch.randn(1 << 19)                                # 2 MiB: above DIRECT_BYTES
+    layout = Layout.of_tensors([("small", torch.ones(3)), ("big", big)])
+    bucket_bytes = 64 << 20
+    packer = Packer(layout, [("small", torch.ones(3)), ("big", big)], bucket_bytes)
+    (s0, e0), (s1, e1) = layout.spans(bucket_bytes)
+    assert packer.direct(s0, e0) is None                      # packed
+    packer.fill(torch.empty(bucket_bytes, dtype=torch.uint8), s0, e0)
+    view = packer.direct(s1, e1)
+    assert view is not None and view.data_ptr() == big.data_ptr() and view.numel() == big.numel() * 4
+    packer.finish()
 
 
 def test_the_wire_dtype_casts_floating_tensors_only():
@@ -70,7 +83,7 @@ def test_the_wire_dtype_casts_floating_tensors_only():
 
 def test_an_empty_version_has_no_bucket():
     layout = Layout.of([])
-    assert layout.total == 0 and layout.buckets(64) == []
+    assert layout.total == 0 and layout.spans(64) == []
     assert list(layout.views(_send(layout, [], 64))) == []
 
 
@@ -99,7 +112,7 @@ def test_bad_metadata_is_refused():
     with pytest.raises(ValueError, match="twice"):
         Layout.of([("a", "float32", [2]), ("a", "float32", [2])])
     with pytest.raises(ValueError, match="bucket_bytes"):
-        Layout.of([("a", "float32", [2])]).buckets(8)
+        Layout.of([("a", "float32", [2])]).spans(8)
 
 
 def _group(world: int, timeout_s: float = 5.0):
