@@ -127,13 +127,17 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
     def receive_weights(self, update_info: GlooUpdateInfo) -> None:
         """Receive the version (or take the prefetched one), then load it: the model changes only after this point."""
         layout = Layout.from_update_info(vars(update_info))
-        if self._receive is None or self._receive.layout != layout:
-            if self._receive is not None:
-                self._receive.wait()   # a mismatched prefetch still has to finish before the group is reused
-            self.prefetch(vars(update_info))
-        assert self._receive is not None
-        receive, self._receive = self._receive, None
-        stream = receive.wait()
+        try:
+            if self._receive is None or self._receive.layout != layout:
+                if self._receive is not None:
+                    self._receive.wait()   # a mismatched prefetch still has to finish before the group is reused
+                self.prefetch(vars(update_info))
+            assert self._receive is not None
+            stream = self._receive.wait()
+        except RuntimeError:
+            self.shutdown()   # a collective failed: the group is unusable, the next version comes over a new one
+            raise
+        self._receive = None
         from vllm.model_executor.model_loader.mtp_validation import disable_mtp_completeness_check
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
