@@ -1,9 +1,15 @@
-"""Weight hot-swap against copying the same bytes: how long a new policy version takes to publish (write, fsync,
-hash, Redis bump) and to load into a running vLLM engine (generation paused), next to `copy + fsync` of the same
-safetensors bytes on the same disk, for the embedded tiny model and a larger random-init Qwen2-VL.
+"""Weight hot-swap against copying the same bytes, for both weight transports, next to `copy + fsync` of the same
+safetensors bytes on the same disk, for the embedded tiny model and larger random-init Qwen2-VLs:
 
-    .venv/bin/python bench/hot_swap_bench.py                 # tiny and ~370 MB models, 3 repetitions each
-    .venv/bin/python bench/hot_swap_bench.py --sizes tiny    # only the tiny model
+- disk: how long a new policy version takes to publish (write, fsync, hash, Redis bump) and to load into a running
+  vLLM engine (generation paused);
+- broadcast: how long the learner's sender (its own process, as the learner is) takes to pack and broadcast it over
+  gloo on loopback (services/learner/broadcast.py), how long the engine's worker takes to receive it (generation
+  goes on meanwhile), and how long generation is paused to load it (services/rollout/weight_transfer.py).
+
+    .venv/bin/python bench/hot_swap_bench.py                        # tiny, ~385 MB and ~1.5 GB, 3 versions each
+    .venv/bin/python bench/hot_swap_bench.py --sizes tiny           # only the tiny model
+    .venv/bin/python bench/hot_swap_bench.py --transports broadcast
 
 Each figure is the median of the repetitions. Writes bench/results/hot_swap.md next to the printed table.
 """
@@ -16,20 +22,26 @@ import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 
+NOTES = "## Where the time goes"   # results/hot_swap.md from this heading on is a profile written by hand
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results"
-# A larger model of the same architecture: ~92 M parameters, ~370 MB of float32 safetensors.
-MEDIUM = {"text": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 8, "num_attention_heads": 16,
-                   "num_key_value_heads": 4, "mrope": [8, 12, 12]},
-          "vision": {"embed_dim": 256, "depth": 4, "num_heads": 4}}
+# Larger models of the same architecture: ~92 M parameters (~385 MB of float32 safetensors) and ~375 M (~1.5 GB).
+SIZES = {
+    "medium": {"text": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 8,
+                        "num_attention_heads": 16, "num_key_value_heads": 4, "mrope": [8, 12, 12]},
+               "vision": {"embed_dim": 256, "depth": 4, "num_heads": 4}},
+    "large": {"text": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 8,
+                       "num_attention_heads": 16, "num_key_value_heads": 4, "mrope": [16, 24, 24]},
+              "vision": {"embed_dim": 256, "depth": 4, "num_heads": 4}},
+}
 
-
-def build_medium(out_dir: Path, tiny_dir: Path) -> Path:
-    """A random-init Qwen2-VL with MEDIUM's sizes and the tiny model's tokenizer and processor."""
+def build_model(out_dir: Path, tiny_dir: Path, size: str) -> Path:
+    """A random-init Qwen2-VL with SIZES[size] and the tiny model's tokenizer and processor."""
     if (out_dir / "model.safetensors").exists() or list(out_dir.glob("*.safetensors")):
         return out_dir
     import torch
@@ -37,12 +49,12 @@ def build_medium(out_dir: Path, tiny_dir: Path) -> Path:
 
     cfg = Qwen2VLConfig.from_pretrained(tiny_dir)
     t, v = cfg.text_config, cfg.vision_config
-    m = MEDIUM["text"]
+    m = SIZES[size]["text"]
     for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads"):
         setattr(t, k, m[k])
     t.layer_types = [t.layer_types[0]] * m["num_hidden_layers"]
     t.rope_parameters = {**t.rope_parameters, "mrope_section": m["mrope"]}
-    for k, val in MEDIUM["vision"].items():
+    for k, val in SIZES[size]["vision"].items():
         setattr(v, k, val)
     v.hidden_size = m["hidden_size"]
     torch.manual_seed(0)
@@ -87,24 +99,23 @@ def publish(model, model_dir: Path, root: Path, version: int, control) -> dict[s
     return {"write_fsync_hash": t1 - t0, "redis": t2 - t1, "uri": manifest.uri, "bytes": manifest.bytes}
 
 
-def bench_model(name: str, model_dir: Path, reps: int, work: Path) -> dict:
+def bench_disk(model_dir: Path, reps: int, work: Path, name: str) -> tuple[dict, list[str]]:
+    """Copies and disk publishes of `reps` versions: the figures, and the version folders to load."""
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
-    from services.common.config import RolloutConfig
     from services.common.control import ControlPlane
     from services.common.redis_server import EmbeddedRedis
     from services.common.weights import manifest_for_dir
-    from services.rollout.engine import VLLMEngine
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     model = Qwen2VLForConditionalGeneration.from_pretrained(model_dir)
-    copies, writes, bumps, loads, uris = [], [], [], [], []
+    copies, writes, bumps, uris = [], [], [], []
     with EmbeddedRedis(work / f"redis-{name}") as redis:
         control = ControlPlane(redis.url, f"bench-{name}")
         control.publish_version(manifest_for_dir(model_dir, 0))
         for v in range(1, reps + 1):
             copies.append(copy_fsync(model_dir, work / f"{name}-copy{v}"))
+            shutil.rmtree(work / f"{name}-copy{v}")
             with torch.no_grad():
                 for p in model.parameters():
                     p.add_(1e-3)   # a new version: different bytes
@@ -114,58 +125,139 @@ def bench_model(name: str, model_dir: Path, reps: int, work: Path) -> dict:
             uris.append(out["uri"])
             size = out["bytes"]
         control.close()
-    engine = VLLMEngine.create(model_dir, RolloutConfig())
+    med = statistics.median
+    return {"bytes": size, "copy": med(copies), "write": med(writes), "redis": med(bumps)}, uris
 
-    async def swap_all() -> None:
-        for uri in uris:
-            loads.append(await engine.load_weights(uri))
 
+def _sender_process(conn, model_dir: str, bucket_bytes: int, reps: int) -> None:
+    """The learner's side, in a process of its own: each version is the last one plus 1e-3, packed and broadcast."""
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from services.common.weight_wire import Layout
+    from services.learner.broadcast import WeightSender
+
+    model = Qwen2VLForConditionalGeneration.from_pretrained(model_dir)
+    state = model.state_dict()   # views of the parameters: they follow every update
+    layout = Layout.of_tensors(state.items())
+    sender = WeightSender("127.0.0.1", 2, "bench/epoch0", bucket_bytes, timeout_s=120)
+    conn.send((sender.info.to_dict(), layout.update_info()))
+    sender.connect()
+    for _ in range(reps):
+        conn.recv()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1e-3)
+        conn.send("ready")   # the next version exists: the receive starts with the send, not with this update
+        conn.recv()
+        conn.send(asdict(sender.send(layout, state.items())))
+    sender.close()
+
+
+async def bench_engine(engine, model_dir: Path, uris: list[str], bucket_bytes: int, reps: int) -> dict:
+    """Disk loads of `uris`, then `reps` broadcast versions from a sender process, into one running engine."""
+    import multiprocessing as mp
+
+    loads = [await engine.load_weights(uri) for uri in uris]
+    ours, theirs = mp.get_context("spawn").Pipe()
+    sender = mp.get_context("spawn").Process(target=_sender_process, args=(theirs, str(model_dir), bucket_bytes, reps))
+    sender.start()
+    sends, packs, receives, pauses = [], [], [], []
     try:
-        asyncio.run(swap_all())
+        group, update_info = await asyncio.to_thread(ours.recv)
+        await engine.join_weight_group(group)
+        for v in range(1, reps + 1):
+            ours.send("update")
+            await asyncio.to_thread(ours.recv)
+            ours.send("send")
+            swap, stats = await asyncio.gather(engine.receive_weights(update_info, v), asyncio.to_thread(ours.recv))
+            sends.append(stats["seconds"])
+            packs.append(stats["pack_s"])
+            receives.append(swap.receive_s)
+            pauses.append(swap.paused_s)
+            collectives = stats["collectives"]
+    finally:
+        sender.join(60)
+    med = statistics.median
+    return {"load": med(loads) if loads else None, "send": med(sends), "pack": med(packs), "collectives": collectives,
+            "receive": med(receives), "bload": med(pauses)}
+
+
+def bench_model(name: str, model_dir: Path, reps: int, work: Path, transports: list[str], bucket_mib: int) -> dict:
+    import torch
+
+    from services.common.config import RunConfig
+    from services.rollout.engine import VLLMEngine
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    row, uris = bench_disk(model_dir, reps, work, name)
+    uris = uris if "disk" in transports else []
+    engine = VLLMEngine.create(model_dir, RunConfig(weights={"transport": "broadcast"}))
+    try:
+        row |= asyncio.run(bench_engine(engine, model_dir, uris, bucket_mib << 20,
+                                        reps if "broadcast" in transports else 0))
     finally:
         engine.shutdown()
-    med = statistics.median
-    return {"model": name, "bytes": size, "copy": med(copies), "write": med(writes), "redis": med(bumps),
-            "load": med(loads), "reps": reps}
+    return {"model": name, "reps": reps, **row}
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| model | safetensors MB | copy + fsync s | publish: write + fsync + hash s | Redis bump ms | "
-            "load into vLLM (generation paused) s | publish + load s | (publish + load) / copy |")
+    head = ("| model | safetensors MB | copy + fsync s | transport | publish s | load into vLLM (generation paused) s "
+            "| publish + load s | (publish + load) / copy |")
     lines = [head, "|" + "---|" * 8]
     for r in rows:
-        total = r["write"] + r["redis"] + r["load"]
-        lines.append(f"| {r['model']} | {r['bytes'] / 1e6:.1f} | {r['copy']:.3f} | {r['write']:.3f} | "
-                     f"{r['redis'] * 1e3:.1f} | {r['load']:.3f} | {total:.3f} | {total / r['copy']:.1f}x |")
+        mb, copy = f"{r['bytes'] / 1e6:.1f}", r["copy"]
+        if r.get("load") is not None:
+            publish = r["write"] + r["redis"]
+            lines.append(f"| {r['model']} | {mb} | {copy:.3f} | disk: write + fsync + hash + Redis bump | "
+                         f"{publish:.3f} | {r['load']:.3f} | {publish + r['load']:.3f} | "
+                         f"{(publish + r['load']) / copy:.1f}x |")
+        if r.get("send") is not None:
+            total = r["send"] + r["bload"]
+            lines.append(f"| {r['model']} | {mb} | {copy:.3f} | broadcast: pack + send | {r['send']:.3f} | "
+                         f"{r['bload']:.3f} | {total:.3f} | {total / copy:.1f}x |")
+    return "\n".join(lines)
+
+
+def detail(rows: list[dict], bucket_mib: int) -> str:
+    lines = [f"Broadcast in detail ({bucket_mib} MiB buckets):", "",
+             "| model | collectives | send s | of which pulling + packing s (overlapped) "
+             "| receive s (generation goes on) | load s (generation paused) |", "|" + "---|" * 6]
+    lines += [f"| {r['model']} | {r['collectives']} | {r['send']:.3f} | {r['pack']:.3f} | {r['receive']:.3f} | "
+              f"{r['bload']:.3f} |" for r in rows if r.get("send") is not None]
     return "\n".join(lines)
 
 
 @click.command()
-@click.option("--sizes", default="tiny,medium", show_default=True, help="Comma-separated: tiny, medium.")
-@click.option("--reps", default=3, show_default=True, help="Versions published and loaded per model.")
-def main(sizes: str, reps: int) -> None:
+@click.option("--sizes", default="tiny,medium,large", show_default=True, help="Comma-separated: tiny, medium, large.")
+@click.option("--transports", default="disk,broadcast", show_default=True, help="Comma-separated: disk, broadcast.")
+@click.option("--reps", default=3, show_default=True, help="Versions published and loaded per model and transport.")
+@click.option("--bucket-mib", default=64, show_default=True, help="Broadcast bucket size.")
+def main(sizes: str, transports: str, reps: int, bucket_mib: int) -> None:
     from rich.console import Console
 
     from rlctl.assets import CACHE, embedded_model
 
     tiny = embedded_model(0, Console(stderr=True))
-    dirs = {"tiny": tiny, "medium": None}
+    chosen = transports.split(",")
+    if not set(chosen) <= {"disk", "broadcast"}:
+        raise click.BadParameter(f"{transports!r}: known transports are disk, broadcast", param_hint="--transports")
     rows = []
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:   # the same disk as the models
-        work = Path(tmp)
         for name in sizes.split(","):
-            if name == "medium":
-                dirs["medium"] = build_medium(CACHE / "bench-qwen2vl-medium", tiny)
-            if dirs.get(name) is None:
-                raise click.BadParameter(f"unknown size {name!r}; known: tiny, medium", param_hint="--sizes")
-            click.echo(f"{name}: publishing and loading {reps} versions ...", err=True)
-            rows.append(bench_model(name, dirs[name], reps, work))
-    out = table(rows)
+            if name not in ("tiny", *SIZES):
+                raise click.BadParameter(f"{name!r}: known sizes are tiny, {', '.join(SIZES)}", param_hint="--sizes")
+            model_dir = tiny if name == "tiny" else build_model(CACHE / f"bench-qwen2vl-{name}", tiny, name)
+            click.echo(f"{name}: publishing and loading {reps} versions by {transports} ...", err=True)
+            rows.append(bench_model(name, model_dir, reps, Path(tmp), chosen, bucket_mib))
+    out = table(rows) + ("\n\n" + detail(rows, bucket_mib) if "broadcast" in chosen else "")
     machine = f"{os.cpu_count()} CPU cores, no GPU" if not os.environ.get("CUDA_VISIBLE_DEVICES") else "GPU"
     click.echo(out)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "hot_swap.md").write_text(f"Measured {time.strftime('%Y-%m-%d')} on {machine} "
-                                     f"(`python bench/hot_swap_bench.py`), median of {reps}:\n\n{out}\n")
+    result = OUT / "hot_swap.md"
+    notes = result.read_text().partition(NOTES)[2] if result.exists() else ""   # written by hand: kept
+    result.write_text(f"Measured {time.strftime('%Y-%m-%d')} on {machine} (`python bench/hot_swap_bench.py`), "
+                      f"median of {reps}:\n\n{out}\n" + (f"\n{NOTES}{notes}" if notes else ""))
 
 
 if __name__ == "__main__":
