@@ -1,6 +1,7 @@
 """The learner's weight sender (services/learner/broadcast.py) against receivers made of the wire module alone, on
 loopback threads: every receiver gets every tensor, and a send that fails closes the group at once."""
 
+import contextlib
 import threading
 import time
 
@@ -71,3 +72,18 @@ def test_a_bad_tensor_fails_the_send_and_the_receivers_at_once():
     assert isinstance(error, RuntimeError) and waited < 10, "the receiver must not wait for its 30 s timeout"
     with pytest.raises(RuntimeError, match="closed"):
         sender.send(layout, iter([]))
+
+
+def test_a_receiver_that_never_joins_fails_connect_within_the_timeout():
+    sender = WeightSender("127.0.0.1", 3, "t/epoch2", bucket_bytes=1024, timeout_s=1.0)
+
+    def join() -> None:
+        with contextlib.suppress(RuntimeError):      # it times out too
+            open_group(sender.info, 1, "127.0.0.1")
+
+    threading.Thread(target=join, daemon=True).start()   # rank 1 joins; rank 2 never does
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError):
+        sender.connect()
+    assert time.monotonic() - t0 < 10
+    sender.close()
