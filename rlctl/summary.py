@@ -44,7 +44,8 @@ def phase_table(records: list[StepRecord], actors: list[ActorStats], reward_metr
     t.add_row("prepare", f"{med('prepare'):.3f}", "decode + processor, in the learner")
     t.add_row("train", f"{med('train'):.3f}", "forward + backward + step")
     pub = [r.seconds["publish"] for r in records if "publish" in r.seconds]
-    t.add_row("publish", f"{statistics.median(pub) if pub else 0:.3f}", "write + fsync + hash + Redis bump")
+    t.add_row("publish", f"{statistics.median(pub) if pub else 0:.3f}",
+              "disk: write + fsync + hash; broadcast: gather + send; then Redis")
     t.add_row("swap", f"{statistics.mean(swaps) if swaps else 0:.3f}", "actor paused per weight swap")
     return t
 

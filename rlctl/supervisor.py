@@ -153,6 +153,7 @@ class Supervisor:
         run = self.run
         self._spend("actor", f"rollout actor {actor_id} died ({why})")
         run.actors.pop(actor_id, None)
+        run.control.set_actor_state(actor_id, "dead")   # out of the next weight group, though its heartbeat is fresh
         run.release(actor_id)   # its placement group, if its engine spans GPUs
         handed = run.control.hand_over_prompts(actor_id)
         new = run.next_actor_id()

@@ -142,12 +142,15 @@ class ClusterConfig(_Strict):
 class WeightsConfig(_Strict):
     """How each policy version reaches the rollout actors (docs: DESIGN.md, "Weight transports")."""
 
-    transport: Literal["disk", "broadcast"] = Field("disk", description=(
+    transport: Literal["auto", "disk", "broadcast"] = Field("auto", description=(
         "disk: safetensors + manifest, each actor loads the files; broadcast: streamed from the learner into the "
-        "engines' workers (gloo on CPU, NCCL on GPU)"))
+        "engines' workers over a gloo group, with a disk copy every disk_every versions and for late joiners; "
+        "auto: broadcast on CPU, disk on GPU (the broadcast path is unverified on GPUs)"))
     bucket_mib: int = Field(64, ge=1, le=4096, description="broadcast: bytes packed per collective")
     timeout_s: float = Field(60.0, gt=0, le=3600, description=(
         "broadcast: the longest any collective waits (joining the group, one bucket) before it fails"))
+    disk_every: int = Field(10, ge=1, le=1_000_000, description=(
+        "broadcast: every this many versions a disk copy is written too, in the background (late joiners, recovery)"))
 
 
 # Fields that moved, old path -> where they live now: a config that still names one fails, naming the new place.
@@ -275,7 +278,10 @@ class RunConfig(_TopLevel):
             "enforce_eager": e.enforce_eager if e.enforce_eager is not None else not gpu})
         if not gpu and engine.kv_cache_mib is None:
             engine = engine.model_copy(update={"kv_cache_mib": CPU_KV_CACHE_MIB})  # CPU has no memory share to take
+        w = self.weights
         return self.model_copy(update={
+            "weights": w.model_copy(update={"transport": w.transport if w.transport != "auto" else
+                                            "disk" if gpu else "broadcast"}),
             "cluster": self.cluster.model_copy(update={"accelerator": accelerator}),
             "rollout": self.rollout.model_copy(update={"engine": engine}),
             "learner": lc.model_copy(update={"dtype": lc.dtype if lc.dtype != "auto" else

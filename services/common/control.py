@@ -4,7 +4,9 @@ Keys:
   policy:version          current policy version (int); only ever raised, by `publish_version`
   manifest:<v>            hash: the Manifest of version v (uri, bytes, sha256, step, created_at)
   events                  pub/sub channel; the new version number is published after each bump
-  actors                  set of actor ids; actor:<id> hash {loaded_version, heartbeat, state, pid, ...}
+  actors                  set of actor ids; actor:<id> hash {loaded_version, heartbeat, state, pid, ...}; state is
+                          loading, waiting (for the current version), running, stopped or dead
+  weights:*               the broadcast transport's epoch, group and offer (services/common/weight_plane.py)
   swaps:<id>              hash: version -> unix time actor <id> started serving it
   desired:rollout         the number of rollout actors an operator asked for
   stream:prompts          prompts for the actors (consumer group `rollout`)
@@ -196,6 +198,11 @@ class ControlPlane:
         pipe.sadd(self.key("actors"), actor_id)
         pipe.hset(self.key(f"actor:{actor_id}"), mapping={k: str(v) for k, v in fields.items()})
         pipe.execute()
+
+    def set_actor_state(self, actor_id: str, state: str) -> None:
+        """Overwrite an actor's state only (the supervisor marks one Ray declared dead: `dead`)."""
+        self.r.eval("if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'state', ARGV[1]) end",
+                    1, self.key(f"actor:{actor_id}"), state)
 
     def actors(self) -> list[ActorInfo]:
         ids = sorted(x.decode() for x in self.r.smembers(self.key("actors")))

@@ -25,6 +25,14 @@ class Manifest:
     sha256: dict[str, str] = field(default_factory=dict)  # file name -> hex digest
     step: int = 0                 # learner step that produced the weights
     created_at: float = 0.0
+    transport: str = "disk"       # how the actors got it: disk (from `uri`) or broadcast (then `uri` may be "")
+    epoch: int = 0                # broadcast: the weight group's membership epoch it was sent to
+    layout: str = ""              # broadcast: sha256 of its tensor metadata (weight_wire.Layout.digest)
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the version has a complete folder (a broadcast version has one only when its disk copy is done)."""
+        return bool(self.uri and self.sha256)
 
     def to_redis(self) -> dict[str, str]:
         d = asdict(self)
@@ -35,7 +43,8 @@ class Manifest:
     def from_redis(cls, h: dict[str, str]) -> Manifest:
         sha = dict(item.split(":", 1) for item in h["sha256"].split(",") if item)
         return cls(version=int(h["version"]), uri=h["uri"], bytes=int(h["bytes"]), sha256=sha,
-                   step=int(h["step"]), created_at=float(h["created_at"]))
+                   step=int(h["step"]), created_at=float(h["created_at"]), transport=h.get("transport", "disk"),
+                   epoch=int(h.get("epoch", 0)), layout=h.get("layout", ""))
 
 
 class WeightIntegrityError(RuntimeError):

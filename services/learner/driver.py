@@ -21,6 +21,7 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -35,6 +36,9 @@ from services.common.weights import list_versions, write_version
 from services.learner import checkpoint
 from services.learner.evaluation import EvalGroup, summarise_eval
 from services.learner.feeder import PromptFeeder
+
+if TYPE_CHECKING:
+    from services.learner.publish import BroadcastPublisher
 
 log = logging.getLogger("videorl.learner")
 CONSUMER = "learner-0"
@@ -113,6 +117,8 @@ class LearnerDriver:
         self.timings: dict[str, float] = {}
         self.checkpoints = Path(cfg.run_dir) / "checkpoints"
         self._pending: list[tuple[str, bytes]] | None = None  # this consumer's unacked groups, read once a step
+        self.weights_root = Path(cfg.run_dir) / "weights"
+        self.publisher: BroadcastPublisher | None = None   # weights.transport broadcast
 
     @contextmanager
     def _phase(self, name: str):
@@ -130,6 +136,10 @@ class LearnerDriver:
         lc, k = self.cfg.learner, self.cfg.group_size
         self.control.register_exporter("learner", exporter_address(serve_metrics(self.registry)))
         self.engine = RankGroup.form(self.model_dir, self.cfg, self.ranks, batch_size=lc.groups_per_step * k)
+        if self.cfg.weights.transport == "broadcast":
+            from services.learner.publish import BroadcastPublisher
+
+            self.publisher = BroadcastPublisher(self.cfg, self.control, self.engine, self.weights_root, self.registry)
         self.builder = BatchBuilder(AutoProcessor.from_pretrained(str(self.model_dir)), self.cfg.media)
         first = self._restore() + 1 if self.resume else 1
         self.version = self.control.current_version() or 0
@@ -137,34 +147,43 @@ class LearnerDriver:
         records: list[StepRecord] = []
         if lc.eval_every and not self.resume:
             self._feed_eval(0)  # the starting point of the held-out curve
-        for step in range(first, lc.steps + 1):
-            self.timings = {}
-            # Between steps this learner holds no group unacked (each was trained and acked, or dropped and acked),
-            # so any pending under its name was delivered and never seen: left by a learner that died, or a
-            # delivery whose reply a Redis restart lost. Those are read first.
-            self._pending = None
-            self._read_evals(orphans=True)
-            with self._phase("wait"):
-                groups = self._collect(lc.groups_per_step)
-            with self._phase("prepare"):
-                batch, mismatched = self.builder.build([g for _, g in groups])
-            with self._phase("train"):
-                m = self.engine.train_step(batch, k)
-            self._mark_trained(groups)
-            if mismatched:
-                self.metrics.dropped.labels("prompt_mismatch").inc(mismatched)
-                self.control.incr("groups_dropped:prompt_mismatch", mismatched)
-            published = None
-            if step % lc.publish_every == 0 or step == lc.steps:
-                with self._phase("publish"):
-                    published = self._publish(step)
-            if lc.eval_every and step % lc.eval_every == 0:
-                self._feed_eval(step)
-            if lc.checkpoint_every and (step % lc.checkpoint_every == 0 or step == lc.steps):
-                with self._phase("checkpoint"):
-                    self._checkpoint(step)
-            records.append(self._record(step, groups, m, published))
+        try:
+            for step in range(first, lc.steps + 1):
+                records.append(self._step(step))
+        finally:
+            if self.publisher is not None:
+                self.publisher.wait_copy()
+                self.publisher.close()
         return records
+
+    def _step(self, step: int) -> StepRecord:
+        lc, k = self.cfg.learner, self.cfg.group_size
+        self.timings = {}
+        # Between steps this learner holds no group unacked (each was trained and acked, or dropped and acked),
+        # so any pending under its name was delivered and never seen: left by a learner that died, or a
+        # delivery whose reply a Redis restart lost. Those are read first.
+        self._pending = None
+        self._read_evals(orphans=True)
+        with self._phase("wait"):
+            groups = self._collect(lc.groups_per_step)
+        with self._phase("prepare"):
+            batch, mismatched = self.builder.build([g for _, g in groups])
+        with self._phase("train"):
+            m = self.engine.train_step(batch, k)
+        self._mark_trained(groups)
+        if mismatched:
+            self.metrics.dropped.labels("prompt_mismatch").inc(mismatched)
+            self.control.incr("groups_dropped:prompt_mismatch", mismatched)
+        published = None
+        if step % lc.publish_every == 0 or step == lc.steps:
+            with self._phase("publish"):
+                published = self._publish(step)
+        if lc.eval_every and step % lc.eval_every == 0:
+            self._feed_eval(step)
+        if lc.checkpoint_every and (step % lc.checkpoint_every == 0 or step == lc.steps):
+            with self._phase("checkpoint"):
+                self._checkpoint(step)
+        return self._record(step, groups, m, published)
 
     # -- phases ----------------------------------------------------------------------------------
     def _collect(self, n: int) -> list[tuple[str, pb.ScoredGroup]]:
@@ -177,6 +196,8 @@ class LearnerDriver:
         fresh = 0
         while fresh < n or len(out) < need:
             self.feeder.top_up()
+            if self.publisher is not None:
+                self.publisher.serve_joiners()
             self._read_evals()
             entries = self._next_groups(max(n - fresh, need - len(out)))
             groups = [pb.ScoredGroup.FromString(payload) for _, payload in entries]
@@ -232,11 +253,14 @@ class LearnerDriver:
                 self.control.incr("groups_corrected:tis", stale)
 
     def _publish(self, step: int) -> int:
-        root = Path(self.cfg.run_dir) / "weights"
+        root = self.weights_root
         on_disk = max((v for v, _ in list_versions(root)), default=0)
         version = max(self.control.current_version() or 0, on_disk) + 1
-        manifest = write_version(root, version, step, self.engine.save_weights)
-        self.control.publish_version(manifest)
+        if self.publisher is not None:
+            manifest = self.publisher.publish(version, step)
+        else:
+            manifest = write_version(root, version, step, self.engine.save_weights)
+            self.control.publish_version(manifest)
         self.version = version
         self.metrics.version.set(version)
         log.info("published version %d at step %d (%d bytes)", version, step, manifest.bytes)
@@ -246,13 +270,14 @@ class LearnerDriver:
     def _prune_versions(self, root: Path, newest: int) -> None:
         """Delete versions older than the newest `keep_versions` that no live actor reports as loaded (invariant 6):
         an actor that serves an old version (its swap failed, or it is slow) keeps its files until it moves on. Live:
-        not stopped, and a heartbeat within the last 5 periods (a dead actor's record would pin its version)."""
+        not stopped, and a heartbeat within the last 5 periods (a dead actor's record would pin its version). The newest
+        folder stays too: under the broadcast transport it is the disk copy late joiners start from."""
         import shutil
 
         now, silent_s = time.time(), 5 * self.cfg.rollout.heartbeat_s
         in_use = {a.loaded_version for a in self.control.actors()
                   if a.state != "stopped" and now - a.heartbeat <= silent_s}
-        for version, path in list_versions(root):
+        for version, path in list_versions(root)[:-1]:
             if version <= newest - self.cfg.learner.keep_versions and version not in in_use:
                 shutil.rmtree(path, ignore_errors=True)
 

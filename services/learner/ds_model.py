@@ -238,17 +238,16 @@ def full_state_dict(engine, zero_stage: int, on_every_rank: bool = True) -> dict
     return out
 
 
-def save_model_dir(engine, zero_stage: int, source_dir: Path, out_dir: Path) -> None:
+def save_model_dir(engine, zero_stage: int, source_dir: Path, out_dir: Path,
+                   state: dict[str, torch.Tensor] | None = None) -> None:
     """Write the engine's model as a complete model directory into `out_dir`: safetensors, plus the config,
     tokenizer and processor files of `source_dir`. Every rank calls it (ZeRO-3 gathers collectively); rank 0
-    writes."""
+    writes. Given `state` (a full_state_dict taken earlier), rank 0 alone calls it and writes that instead."""
     main = engine.global_rank == 0
-    if zero_stage == 3:
+    if state is None and zero_stage == 3:
         state = full_state_dict(engine, zero_stage, on_every_rank=False)
-        if main:
-            engine.module.save_pretrained(str(out_dir), state_dict=state, safe_serialization=True)
-    elif main:
-        engine.module.save_pretrained(str(out_dir), safe_serialization=True)
+    if main:
+        engine.module.save_pretrained(str(out_dir), state_dict=state, safe_serialization=True)
     for pattern in NON_WEIGHT_FILES if main else ():
         for f in Path(source_dir).glob(pattern):
             if f.name not in NOT_COPIED and not (Path(out_dir) / f.name).exists():

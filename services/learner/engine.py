@@ -221,3 +221,7 @@ class LearnerEngine:
         t0 = time.perf_counter()
         save_model_dir(self.engine, self.cfg.zero_stage, self.model_dir, out_dir)
         self.save_seconds = time.perf_counter() - t0
+
+    def save_state(self, state: dict[str, torch.Tensor], out_dir: Path) -> None:
+        """Write `state` (a full_state_dict of this rank 0, taken earlier) as a model directory; no collective."""
+        save_model_dir(self.engine, self.cfg.zero_stage, self.model_dir, out_dir, state=state)

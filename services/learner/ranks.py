@@ -181,6 +181,10 @@ class RankGroup:
     def load_checkpoint(self, directory: Path) -> dict:
         return self._all("load_checkpoint", str(directory), own_call=lambda: self.own.load_checkpoint(directory))
 
+    def save_state(self, state: dict, out_dir: Path) -> None:
+        """Write a full_state_dict taken earlier (rank 0 holds it; no other rank takes part)."""
+        self.own.save_state(state, out_dir)
+
     def full_state_dict(self) -> dict:
         """Every weight on rank 0 (the others take part in ZeRO-3's gathering and keep nothing)."""
         return self._all("gather_weights", own_call=self.own.full_state_dict)

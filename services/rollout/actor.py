@@ -12,6 +12,11 @@ Invariants kept here:
   is stamped with the one version whose weights produced all of its tokens;
 - a version whose files do not match their recorded hashes is never loaded: the actor keeps (and reports)
   the version it has;
+- with weights.transport broadcast, a version arrives whole before the model is touched (rollout/weight_transfer.py):
+  its bytes are received while generation goes on, and only loading them goes through the same gate as a disk swap.
+  An actor joins each weight group it is named in (services/common/weight_plane.py); one that is in none (it started
+  late, replaces one that died, or a broadcast failed) loads disk copies, and does not generate until it holds the
+  current version;
 - a video that cannot be read quarantines its prompt (acked, counted, logged with the reason) instead
   of stopping the actor;
 - a prompt delivered to this actor whose delivery it never saw (Redis crashed before the reply) is found among
@@ -35,8 +40,10 @@ from services.common.metrics import serve as serve_metrics
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.prompts import chat_text
 from services.common.records import ActorStats
+from services.common.weight_plane import WeightPlane
+from services.common.weight_wire import Layout
 from services.common.weights import WeightIntegrityError, verify
-from services.rollout.engine import Engine, EngineFactory, VLLMEngine
+from services.rollout.engine import BroadcastEngine, Engine, EngineFactory, VLLMEngine
 from services.rollout.reward_link import RewardLink
 
 log = logging.getLogger("videorl.rollout")
@@ -62,6 +69,9 @@ class RolloutMetrics:
         self.unacked = Gauge(check_name("videorl_rollout_groups_unacked_count"),
                              "groups sent to the reward service and not yet acked", a,
                              registry=registry).labels(actor_id)
+        self.receive = Histogram(check_name("videorl_rollout_weights_receive_seconds"),
+                                 "broadcast: time to receive one version's bytes (generation goes on meanwhile)", a,
+                                 registry=registry).labels(actor_id)
         self.retry = Gauge(check_name("videorl_rollout_prompts_retry_count"),
                            "prompts a weight swap aborted, waiting to be generated again", a,
                            registry=registry).labels(actor_id)
@@ -99,6 +109,10 @@ class RolloutActor:
         self._swap_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self.engine: Engine | None = None
+        self.broadcast = cfg.resolved().weights.transport == "broadcast"
+        self.plane = WeightPlane(self.control)
+        self.epoch = 0          # the newest weight-group epoch this actor has seen named in
+        self.joined = False     # whether it is in that epoch's group now
         self.registry = CollectorRegistry()
         self.metrics = RolloutMetrics(self.registry, actor_id)
         self.metrics.version.set_function(lambda: self.loaded_version)   # read at scrape time: -1 while loading
@@ -114,6 +128,8 @@ class RolloutActor:
         self.engine = (self.engine_factory or VLLMEngine.create)(Path(self.model_dir), self.cfg)
         self.loaded_version = 0
         await self._maybe_swap()   # an actor that joins late starts from the current version
+        if self.broadcast:
+            await self._wait_for_current()
         link = asyncio.create_task(self.link.run())
         background = [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._watch_versions()), link]
         running: set[asyncio.Task] = set()   # one rollout per prompt in flight
@@ -264,10 +280,16 @@ class RolloutActor:
             await self._swap_if_newer()
 
     async def _swap_if_newer(self) -> None:
+        if self.broadcast:
+            await self._follow_group()
+            if await self._receive_offer():
+                return
         current = await asyncio.to_thread(self.control.current_version)
         if current is None or current <= self.loaded_version or current in self.refused:
             return
         manifest = await asyncio.to_thread(self.control.manifest, current)
+        if manifest is not None and not manifest.uri:
+            return   # broadcast to a group this actor is not in: it loads the disk copy once there is one
         try:
             if manifest is None:
                 raise WeightIntegrityError(f"version {current} is current but has no manifest in Redis")
@@ -278,6 +300,10 @@ class RolloutActor:
             self.refused.add(current)
             await asyncio.to_thread(self.control.incr, "versions_refused")
             return
+        await self._swap(current, lambda: self._engine().load_weights(manifest.uri))
+
+    async def _swap(self, version: int, load) -> None:
+        """Stop new requests, abort (or finish) those in flight, `await load()`, then serve `version`."""
         t0 = time.perf_counter()
         async with self._gate:
             self._swapping = True
@@ -286,20 +312,72 @@ class RolloutActor:
                 await self._engine().abort(list(self._requests))
             async with self._gate:
                 await self._gate.wait_for(lambda: not self._requests)
-            await self._engine().load_weights(manifest.uri)
-            self.loaded_version = current
+            await load()
+            self.loaded_version = version
         finally:
             async with self._gate:
                 self._swapping = False
                 self._gate.notify_all()
         paused = time.perf_counter() - t0
-        await asyncio.to_thread(self.control.record_swap, self.actor_id, current, time.time())
+        await asyncio.to_thread(self.control.record_swap, self.actor_id, version, time.time())
         self.stats.swaps += 1
         self.stats.swap_seconds += paused
         self.metrics.swap.observe(paused)
-        await asyncio.to_thread(self.control.heartbeat, self.actor_id, current, "running", last_swap_s=round(paused, 4),
+        await asyncio.to_thread(self.control.heartbeat, self.actor_id, version, "running", last_swap_s=round(paused, 4),
                                 **self._rates())
-        log.info("%s loaded version %d in %.3fs", self.actor_id, current, paused)
+        log.info("%s loaded version %d in %.3fs", self.actor_id, version, paused)
+
+    # -- the broadcast transport -----------------------------------------------------------------
+    def _receiver(self) -> BroadcastEngine:
+        engine = self._engine()
+        if not isinstance(engine, BroadcastEngine):
+            raise RuntimeError(f"weights.transport is broadcast, but {type(engine).__name__} cannot receive weights")
+        return engine
+
+    async def _follow_group(self) -> None:
+        """Join the newest weight group this actor is named in (once: a failed join waits for the next epoch)."""
+        group = await asyncio.to_thread(self.plane.group)
+        if group is None or group.epoch <= self.epoch or self.actor_id not in group.members:
+            return
+        self.epoch, self.joined = group.epoch, False
+        try:
+            await self._receiver().join_weight_group(group.join_info(self.actor_id))
+        except Exception as e:   # the learner gave up on this epoch too: its next version comes as a disk copy
+            log.warning("%s could not join weight group epoch %d: %s", self.actor_id, group.epoch, e)
+            return
+        self.joined = True
+        log.info("%s joined weight group epoch %d", self.actor_id, group.epoch)
+
+    async def _receive_offer(self) -> bool:
+        """Receive the version offered to this actor's group, if newer than the loaded one; True when it swapped."""
+        offer = await asyncio.to_thread(self.plane.offered)
+        if offer is None or not self.joined or offer.epoch != self.epoch or offer.version <= self.loaded_version:
+            return False
+        engine = self._receiver()
+        update_info = await asyncio.to_thread(self.plane.update_info, offer.layout)
+        if Layout.from_update_info(update_info).digest() != offer.layout:
+            raise RuntimeError(f"version {offer.version}: its tensor metadata in Redis does not match its digest")
+        try:
+            received = await engine.prefetch_weights(update_info)
+        except RuntimeError as e:   # the group is gone (the learner left it, or a member died): disk copy next
+            log.warning("%s: version %d did not arrive over epoch %d (%s); it comes as a disk copy", self.actor_id,
+                        offer.version, offer.epoch, e)
+            self.joined = False
+            return False
+        self.metrics.receive.observe(received)
+        await self._swap(offer.version, lambda: engine.apply_weights(update_info, offer.version))
+        return True
+
+    async def _wait_for_current(self) -> None:
+        """An actor that starts while the current version has no disk copy waits (state `waiting`: the learner writes
+        one) instead of generating with older weights, unless it is stopped meanwhile."""
+        while not self._stop.is_set():
+            current = await asyncio.to_thread(self.control.current_version)
+            if current is None or self.loaded_version >= current:
+                return
+            await asyncio.to_thread(self.control.heartbeat, self.actor_id, self.loaded_version, "waiting")
+            await asyncio.sleep(0.5)
+            await self._maybe_swap()
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -47,6 +47,17 @@ class Engine(Protocol):
     def shutdown(self) -> None: ...
 
 
+@runtime_checkable
+class BroadcastEngine(Engine, Protocol):
+    """An engine that also takes versions over the broadcast transport (`VLLMEngine`)."""
+
+    async def join_weight_group(self, group: dict) -> None: ...
+
+    async def prefetch_weights(self, update_info: dict, poll_s: float = 0.01) -> float: ...
+
+    async def apply_weights(self, update_info: dict, version: int) -> float: ...
+
+
 # (model dir, rollout config, seed) -> a ready engine; RolloutActor's default is VLLMEngine.create.
 EngineFactory = Callable[[Path, RunConfig], Engine]
 
@@ -70,15 +81,15 @@ def engine_args(model_dir: Path, cfg: RunConfig) -> dict:
     if e.max_num_batched_tokens is not None:
         args["max_num_batched_tokens"] = e.max_num_batched_tokens
     if cfg.weights.transport == "broadcast":
-        args.update(weight_transfer_args(cfg.cluster.accelerator == "gpu"))
+        args.update(weight_transfer_args())
     return args
 
 
-def weight_transfer_args(gpu: bool) -> dict:
-    """The engine arguments of the broadcast transport: vLLM's NCCL backend on GPU; on CPU the gloo one of
-    rollout/weight_transfer.py, which vLLM registers in its worker process by importing `worker_extension_cls`."""
-    if gpu:
-        return {"weight_transfer_config": {"backend": "nccl"}}
+def weight_transfer_args() -> dict:
+    """The engine arguments of the broadcast transport: the gloo backend of rollout/weight_transfer.py, which vLLM
+    registers in its worker process by importing `worker_extension_cls`. It is the learner's one sender (gloo, from
+    CPU memory), on GPUs too, where the workers copy each received tensor onto their device; vLLM's NCCL backend
+    would need a NCCL sender in the learner, not built yet."""
     return {"weight_transfer_config": {"backend": "videorl_gloo"},
             "worker_extension_cls": "services.rollout.weight_transfer.GlooWorkerExtension"}
 
@@ -162,13 +173,27 @@ class VLLMEngine:
         """Receive one version from the weight group (its metadata: weight_wire.Layout.update_info) and swap it in.
         The bytes arrive while generation goes on; it pauses only to load them. A failed receive raises and leaves
         the old weights serving (rollout/weight_transfer.py)."""
+        receive_s = await self.prefetch_weights(update_info, poll_s)
+        return BroadcastSwap(receive_s, await self.apply_weights(update_info, version))
+
+    async def prefetch_weights(self, update_info: dict, poll_s: float = 0.01) -> float:
+        """Receive a version's bytes into the workers' staging buffers while generation goes on; returns the seconds
+        it took. Raises when the broadcast failed (the workers have left the group; the model is untouched)."""
+        t0 = time.perf_counter()
+        await self.llm.collective_rpc("videorl_prefetch_weights", kwargs={"update_info": update_info})
+        while True:
+            status = await self.llm.collective_rpc("videorl_prefetch_status")
+            if failed := [s for s in status if s not in ("receiving", "ready")]:
+                raise RuntimeError(failed[0])
+            if all(s == "ready" for s in status):
+                return time.perf_counter() - t0
+            await asyncio.sleep(poll_s)
+
+    async def apply_weights(self, update_info: dict, version: int) -> float:
+        """Load the version `prefetch_weights` received, generation paused meanwhile; returns the seconds paused."""
         from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
 
         t0 = time.perf_counter()
-        await self.llm.collective_rpc("videorl_prefetch_weights", kwargs={"update_info": update_info})
-        while not all(await self.llm.collective_rpc("videorl_prefetch_done")):
-            await asyncio.sleep(poll_s)
-        t1 = time.perf_counter()
         await self.llm.pause_generation(mode="wait")
         try:
             await self.llm.start_weight_update()
@@ -178,7 +203,7 @@ class VLLMEngine:
             await self.llm.reset_prefix_cache()
         finally:
             await self.llm.resume_generation()
-        return BroadcastSwap(t1 - t0, time.perf_counter() - t1)
+        return time.perf_counter() - t0
 
     async def weight_checksums(self) -> dict[str, str]:
         """vLLM's sha256 of every parameter of every worker, keyed '<dp:pp:pcp:tp>:<vLLM parameter name>'."""

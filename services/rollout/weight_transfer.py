@@ -111,8 +111,19 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
             self._staging = torch.empty(layout.total, dtype=torch.uint8)
         self._receive = _Receive(self, layout, self._staging)
 
-    def prefetch_done(self) -> bool:
-        return self._receive is None or self._receive.done()
+    def prefetch_status(self) -> str:
+        """"receiving", "ready" (or "none" when nothing was asked for), or the error that ended the receive: then the
+        group is left, the next version comes over a new one, and the old weights keep serving."""
+        r = self._receive
+        if r is None:
+            return "none"
+        if not r.done():
+            return "receiving"
+        if r.error is not None:
+            self._receive = None
+            self.shutdown()
+            return f"weight broadcast failed: {r.error}"
+        return "ready"
 
     def start_weight_update(self) -> None:
         """Nothing to do yet: the model is touched only once every byte has arrived (see `update_weights`)."""
@@ -173,8 +184,8 @@ class GlooWorkerExtension:
     def videorl_prefetch_weights(self, update_info: dict) -> None:
         _engine(self).prefetch(update_info)
 
-    def videorl_prefetch_done(self) -> bool:
-        return _engine(self).prefetch_done()
+    def videorl_prefetch_status(self) -> str:
+        return _engine(self).prefetch_status()
 
 
 def _engine(worker: object) -> GlooWeightTransferEngine:

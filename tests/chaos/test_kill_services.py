@@ -242,3 +242,53 @@ def test_kill_9_redis_and_restart_it_on_its_persisted_data(tiny_assets, tmp_path
           f"trained before): {counts.line()}; redis restarted {counters['redis_restarted']}, "
           f"prompts found orphaned by their actor {counters.get('prompts_orphaned', 0)}, steps {len(records)}")
 
+
+
+def test_kill_9_a_rollout_actor_during_a_weight_broadcast(tiny_assets, tmp_path):
+    """e. weights.transport broadcast: rollout-0 is killed the moment the learner offers a version to the weight group
+    (the bytes are on their way). The learner's send fails within weights.timeout_s instead of hanging, the version
+    goes out as a disk copy that the survivor loads, the replacement starts from that copy and is in the group of a
+    later version, and nothing is lost or trained twice."""
+    import threading
+
+    from services.common.weight_plane import WeightPlane
+
+    cfg = _config(tmp_path, "weights.transport=broadcast", "weights.timeout_s=15")
+    state: dict = {}
+
+    def kill_on_offer(control) -> None:
+        ps = control.subscribe_versions()
+        while "killed" not in state:
+            msg = ps.get_message(timeout=0.05)
+            if msg and msg["data"].startswith(b"offer:"):
+                (info,) = [a for a in control.actors() if a.actor_id == "rollout-0"]
+                os.kill(int(info.fields["pid"]), signal.SIGKILL)
+                state.update(killed=time.time(), version=int(msg["data"].split(b":")[1]), step=_steps(control))
+        ps.close()
+
+    def tick(run, control):
+        if "watcher" not in state:
+            state["watcher"] = threading.Thread(target=kill_on_offer, args=(control,), daemon=True)
+            state["watcher"].start()
+        if "killed" in state and "current_at" not in state and (control.current_version() or 0) >= state["version"]:
+            state["current_at"] = time.time()
+        if "killed" in state and "manifests" not in state and _steps(control) == STEPS:
+            plane = WeightPlane(control)
+            state["manifests"] = {v: control.manifest(v) for v in range(1, control.current_version() + 1)}
+            state.update(group=plane.group(), swaps={a: control.swaps(a) for a in ("rollout-1", "rollout-2")})
+
+    out = _run_with_fault(cfg, tick)
+    assert "killed" in state, "no version was offered"
+    v, manifests = state["version"], state["manifests"]
+    assert [r.step for r in out.records] == list(range(1, STEPS + 1))
+    assert out.run.supervisor.restarts["actor"] == 1 and out.counters["weight_broadcasts_failed"] >= 1
+    assert state["current_at"] - state["killed"] < 15 + 10, "the learner waited past weights.timeout_s"
+    assert manifests[v].on_disk and manifests[v].transport == "disk", "the version went out as a disk copy"
+    assert v in state["swaps"]["rollout-1"], "the survivor loaded the version the broadcast did not finish"
+    later = [m for m in manifests.values() if m.version > v and m.transport == "broadcast"]
+    assert later and "rollout-2" in state["group"].members, "the replacement never joined a later weight group"
+    assert min(state["swaps"]["rollout-2"]) >= v, "the replacement served a version older than the current one"
+    print(f"\nkill -9 rollout-0 during the broadcast of v{v} (step {state['step']}): {out.counts.line()}; current "
+          f"{state['current_at'] - state['killed']:.1f}s after the kill, broadcasts failed "
+          f"{out.counters['weight_broadcasts_failed']}, later versions broadcast {[m.version for m in later]}, final "
+          f"group {sorted(state['group'].members)}")

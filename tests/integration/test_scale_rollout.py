@@ -23,6 +23,7 @@ from rlctl.operate import find_run
 from services.common.config import load_config
 from services.common.control import EVALS, GROUPS, PROMPTS, ROLLOUT_GROUP
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
+from services.common.weight_plane import WeightPlane
 
 pytestmark = pytest.mark.integration
 SPARE_CORES = 6   # learner, reward service and 3 engines each with a core to themselves
@@ -61,6 +62,8 @@ def scaled(tiny_assets, tmp_path_factory):
 
     def tick():
         steps, phase = sample(), state["phase"]
+        if (group := WeightPlane(control).group()) is not None:
+            state.setdefault("groups", {})[group.epoch] = sorted(group.members)
         if phase == "one" and steps >= 14:
             state["v_at_scale_up"] = control.current_version()
             state["steps_at_scale_up"] = steps
@@ -91,10 +94,12 @@ def scaled(tiny_assets, tmp_path_factory):
                    for c in control.r.xinfo_consumers(control.key(PROMPTS), ROLLOUT_GROUP)}
         counters = control.counters()
         retired = list(run.retired)
+        transports = [control.manifest(v).transport for v in range(1, (control.current_version() or 0) + 1)]
     finally:
         run.close()
 
-    return dict(groups=groups, evals=evals, pending=pending, counters=counters, retired=retired, state=state, log=log)
+    return dict(groups=groups, evals=evals, pending=pending, counters=counters, retired=retired, state=state, log=log,
+                transports=transports)
 
 
 def test_new_actors_load_the_current_version_before_generating(scaled):
@@ -136,3 +141,14 @@ def test_throughput_rises_while_there_are_3_actors(scaled):
         pytest.skip(f"needs {SPARE_CORES} CPU cores for 3 engines, the learner and the reward service; "
                     f"this machine has {cores}. Measured anyway: {measured}")
     assert three > 1.2 * one, measured
+
+
+def test_versions_are_broadcast_to_a_group_rebuilt_as_actors_come_and_go(scaled):
+    """weights.transport auto is broadcast on CPU: the new actors join a weight group once they hold the current
+    version (from its disk copy). An actor that retires while a version is on its way fails that broadcast, which
+    then goes out as a disk copy: allowed here, and printed."""
+    groups = scaled["state"]["groups"]
+    assert ["rollout-0", "rollout-1", "rollout-2"] in groups.values(), groups
+    assert "broadcast" in scaled["transports"], scaled["transports"]
+    print(f"\nweight groups by epoch: {groups}; versions by transport: {scaled['transports']}; broadcasts failed: "
+          f"{scaled['counters'].get('weight_broadcasts_failed', 0)}")

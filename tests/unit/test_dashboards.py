@@ -25,13 +25,14 @@ def _load(name: str) -> dict:
 def _exported() -> set[str]:
     """Every sample name the services can export: family names with the suffixes their types add."""
     from services.learner.driver import LearnerMetrics
+    from services.learner.publish import BroadcastMetrics
     from services.reward.judge import JudgeMetrics
     from services.reward.scoring import ScoringMetrics
     from services.reward.service_metrics import RewardMetrics
     from services.rollout.actor import RolloutMetrics
 
     registry = CollectorRegistry()
-    for make in (RewardMetrics, ScoringMetrics, JudgeMetrics, LearnerMetrics):
+    for make in (RewardMetrics, ScoringMetrics, JudgeMetrics, LearnerMetrics, BroadcastMetrics):
         make(registry)
     RolloutMetrics(registry, "a0")
     families = [*registry.collect(), *ControlPlaneCollector(None, 5.0).describe()]  # describe reads no Redis

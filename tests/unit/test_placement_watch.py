@@ -108,6 +108,10 @@ def test_the_learner_waits_for_a_node_that_can_take_its_ranks_and_says_so(fake_r
 class _Control:
     def __init__(self):
         self.registered: list[ActorInfo] = []
+        self.states: dict[str, str] = {}
+
+    def set_actor_state(self, actor_id: str, state: str) -> None:
+        self.states[actor_id] = state
 
     def actors(self):
         return self.registered
@@ -189,6 +193,7 @@ def test_an_unreachable_actor_is_replaced_once_ray_declares_it_dead_not_before(m
     sup.check()
     assert run.added == ["rollout-2"] and "rollout-0" not in run.actors and killed == [lost]
     assert sup.unreachable == {} and sup.restarts["actor"] == 1
+    assert run.control.states == {"rollout-0": "dead"}, "marked dead: it must not be named in the next weight group"
 
 
 def test_an_actor_reachable_again_after_losing_its_run_call_is_killed_and_replaced(monkeypatch):

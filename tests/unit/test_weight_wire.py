@@ -167,11 +167,11 @@ def test_the_engine_gets_the_weight_transfer_arguments_only_for_broadcast(accele
     from services.common.config import RunConfig
     from services.rollout.engine import engine_args
 
-    disk = engine_args(tmp_path, RunConfig(cluster={"accelerator": accelerator}))
+    disk = engine_args(tmp_path, RunConfig(cluster={"accelerator": accelerator}, weights={"transport": "disk"}))
     assert "weight_transfer_config" not in disk and "worker_extension_cls" not in disk
+    auto = engine_args(tmp_path, RunConfig(cluster={"accelerator": accelerator}))   # broadcast on CPU, disk on GPU
+    assert ("weight_transfer_config" in auto) == (accelerator == "cpu")
     args = engine_args(tmp_path, RunConfig(cluster={"accelerator": accelerator}, weights={"transport": "broadcast"}))
-    if accelerator == "gpu":
-        assert args["weight_transfer_config"] == {"backend": "nccl"} and "worker_extension_cls" not in args
-    else:   # the module vLLM imports in its worker process registers the backend there
-        assert args["weight_transfer_config"] == {"backend": "videorl_gloo"}
-        assert args["worker_extension_cls"] == "services.rollout.weight_transfer.GlooWorkerExtension"
+    # the learner's one sender is gloo, on GPUs too; the module vLLM imports in its worker process registers it
+    assert args["weight_transfer_config"] == {"backend": "videorl_gloo"}
+    assert args["worker_extension_cls"] == "services.rollout.weight_transfer.GlooWorkerExtension"
