@@ -7,6 +7,7 @@ is being sent over it. The learner writes (services/learner/publish.py), the rol
   weights:offer           hash {version, epoch, layout}: the version being sent to that epoch's group now
   weights:layout:<sha>    a version's tensor metadata (weight_wire.Layout.update_info), by its digest
   weights:disk            the newest version that has a complete disk copy (late joiners start from it)
+  weights:sums:<v>        hash actor -> digest of vLLM's checksums of its weights at version v (a sample of versions)
 
 Every write is followed by a message on the run's `events` channel, so actors waiting there wake at once.
 Invariants kept here: an epoch number is never reused, so an actor can tell a new group from the one it is in; a
@@ -91,6 +92,17 @@ class WeightPlane:
         if raw is None:
             raise KeyError(f"no tensor metadata under layout {layout[:12]} in Redis")
         return json.loads(raw)
+
+    def record_checksum(self, version: int, actor_id: str, digest: str) -> dict[str, str]:
+        """Record `actor_id`'s digest of its weights at `version`; returns every actor's recorded so far."""
+        key = self._key(f"sums:{version}")
+        pipe = self.r.pipeline()
+        pipe.hset(key, actor_id, digest)
+        pipe.hgetall(key)
+        return {k.decode(): v.decode() for k, v in pipe.execute()[1].items()}
+
+    def checksums(self, version: int) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.r.hgetall(self._key(f"sums:{version}")).items()}
 
     def disk_version(self) -> int | None:
         v = self.r.get(self._key("disk"))

@@ -26,6 +26,8 @@ Invariants kept here:
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -366,7 +368,21 @@ class RolloutActor:
             return False
         self.metrics.receive.observe(received)
         await self._swap(offer.version, lambda: engine.apply_weights(update_info, offer.version))
+        every = self.cfg.weights.checksum_every
+        if every and offer.version % every == 0:
+            await self._check_weights(offer.version)
         return True
+
+    async def _check_weights(self, version: int) -> None:
+        """Integrity across actors: the digest of vLLM's checksum of every parameter, recorded in Redis and compared
+        with the other actors' at the same version. A mismatch is logged and counted, never silent."""
+        sums = await self._receiver().weight_checksums()
+        digest = hashlib.sha256(json.dumps(sorted(sums.items())).encode()).hexdigest()
+        recorded = await asyncio.to_thread(self.plane.record_checksum, version, self.actor_id, digest)
+        if differ := sorted(a for a, d in recorded.items() if d != digest):
+            log.error("%s: the weights of version %d differ from those of %s", self.actor_id, version,
+                      ", ".join(differ))
+            await asyncio.to_thread(self.control.incr, "weight_checksum_mismatch")
 
     async def _wait_for_current(self) -> None:
         """An actor that starts while the current version has no disk copy waits (state `waiting`: the learner writes

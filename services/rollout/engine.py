@@ -57,6 +57,8 @@ class BroadcastEngine(Engine, Protocol):
 
     async def apply_weights(self, update_info: dict, version: int) -> float: ...
 
+    async def weight_checksums(self) -> dict[str, str]: ...
+
 
 # (model dir, rollout config, seed) -> a ready engine; RolloutActor's default is VLLMEngine.create.
 EngineFactory = Callable[[Path, RunConfig], Engine]

@@ -253,7 +253,9 @@ def test_kill_9_a_rollout_actor_during_a_weight_broadcast(tiny_assets, tmp_path)
 
     from services.common.weight_plane import WeightPlane
 
-    cfg = _config(tmp_path, "weights.transport=broadcast", "weights.timeout_s=15")
+    steps = 50   # the replacement's engine takes a minute to start; it must then see versions broadcast
+    cfg = _config(tmp_path, "weights.transport=broadcast", "weights.timeout_s=15", "weights.checksum_every=1",
+                  f"learner.steps={steps}")
     state: dict = {}
 
     def kill_on_offer(control) -> None:
@@ -272,22 +274,28 @@ def test_kill_9_a_rollout_actor_during_a_weight_broadcast(tiny_assets, tmp_path)
             state["watcher"].start()
         if "killed" in state and "current_at" not in state and (control.current_version() or 0) >= state["version"]:
             state["current_at"] = time.time()
-        if "killed" in state and "manifests" not in state and _steps(control) == STEPS:
+        if "killed" in state and "manifests" not in state and _steps(control) == steps:
             plane = WeightPlane(control)
             state["manifests"] = {v: control.manifest(v) for v in range(1, control.current_version() + 1)}
-            state.update(group=plane.group(), swaps={a: control.swaps(a) for a in ("rollout-1", "rollout-2")})
+            state.update(group=plane.group(), swaps={a: control.swaps(a) for a in ("rollout-1", "rollout-2")},
+                         sums={v: plane.checksums(v) for v in state["manifests"]})
 
     out = _run_with_fault(cfg, tick)
     assert "killed" in state, "no version was offered"
     v, manifests = state["version"], state["manifests"]
-    assert [r.step for r in out.records] == list(range(1, STEPS + 1))
+    assert [r.step for r in out.records] == list(range(1, steps + 1))
     assert out.run.supervisor.restarts["actor"] == 1 and out.counters["weight_broadcasts_failed"] >= 1
     assert state["current_at"] - state["killed"] < 15 + 10, "the learner waited past weights.timeout_s"
     assert manifests[v].on_disk and manifests[v].transport == "disk", "the version went out as a disk copy"
     assert v in state["swaps"]["rollout-1"], "the survivor loaded the version the broadcast did not finish"
     later = [m for m in manifests.values() if m.version > v and m.transport == "broadcast"]
-    assert later and "rollout-2" in state["group"].members, "the replacement never joined a later weight group"
+    assert later and "rollout-2" in state["group"].members, (
+        f"the replacement never joined a later weight group: {state['group']}, swaps {state['swaps']}")
     assert min(state["swaps"]["rollout-2"]) >= v, "the replacement served a version older than the current one"
+    # every broadcast version each actor got: vLLM's checksums of its weights equal every other actor's
+    compared = state["sums"].values()
+    assert any(len(d) >= 2 for d in compared) and all(len(set(d.values())) <= 1 for d in compared), state["sums"]
+    assert "weight_checksum_mismatch" not in out.counters
     print(f"\nkill -9 rollout-0 during the broadcast of v{v} (step {state['step']}): {out.counts.line()}; current "
           f"{state['current_at'] - state['killed']:.1f}s after the kill, broadcasts failed "
           f"{out.counters['weight_broadcasts_failed']}, later versions broadcast {[m.version for m in later]}, final "

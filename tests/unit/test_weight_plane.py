@@ -55,3 +55,11 @@ def test_the_supervisor_marks_a_dead_actor_without_creating_a_record(control):
     control.set_actor_state("rollout-0", "dead")
     control.set_actor_state("rollout-9", "dead")   # never heartbeated: nothing to mark
     assert [(a.actor_id, a.state, a.loaded_version) for a in control.actors()] == [("rollout-0", "dead", 2)]
+
+
+def test_each_actor_sees_the_checksums_recorded_before_its_own(control):
+    plane = WeightPlane(control)
+    assert plane.record_checksum(5, "rollout-0", "aa") == {"rollout-0": "aa"}
+    assert plane.record_checksum(5, "rollout-1", "bb") == {"rollout-0": "aa", "rollout-1": "bb"}
+    assert plane.record_checksum(6, "rollout-1", "cc") == {"rollout-1": "cc"} == plane.checksums(6)
+    assert plane.checksums(7) == {}
