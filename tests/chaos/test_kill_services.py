@@ -247,13 +247,15 @@ def test_kill_9_redis_and_restart_it_on_its_persisted_data(tiny_assets, tmp_path
 def test_kill_9_a_rollout_actor_during_a_weight_broadcast(tiny_assets, tmp_path):
     """e. weights.transport broadcast: rollout-0 is killed the moment the learner offers a version to the weight group
     (the bytes are on their way). The learner's send fails within weights.timeout_s instead of hanging, the version
-    goes out as a disk copy that the survivor loads, the replacement starts from that copy and is in the group of a
-    later version, and nothing is lost or trained twice."""
+    goes out as a disk copy that the survivor loads, the replacement loads the current version before it generates
+    and is in the group of a later version, and nothing is lost or trained twice. A tiny model's learner would finish
+    before the replacement's engine has started, so the test holds the learner (SIGSTOP) from the version's
+    publication until the replacement reports."""
     import threading
 
     from services.common.weight_plane import WeightPlane
 
-    steps = 50   # the replacement's engine takes a minute to start; it must then see versions broadcast
+    steps = 40
     cfg = _config(tmp_path, "weights.transport=broadcast", "weights.timeout_s=15", "weights.checksum_every=1",
                   f"learner.steps={steps}")
     state: dict = {}
@@ -274,6 +276,11 @@ def test_kill_9_a_rollout_actor_during_a_weight_broadcast(tiny_assets, tmp_path)
             state["watcher"].start()
         if "killed" in state and "current_at" not in state and (control.current_version() or 0) >= state["version"]:
             state["current_at"] = time.time()
+            os.kill(run.pids["learner"], signal.SIGSTOP)
+        if "current_at" in state and "resumed" not in state and any(
+                a.actor_id == "rollout-2" and a.state in ("waiting", "running") for a in control.actors()):
+            os.kill(run.pids["learner"], signal.SIGCONT)
+            state["resumed"] = time.time()
         if "killed" in state and "manifests" not in state and _steps(control) == steps:
             plane = WeightPlane(control)
             state["manifests"] = {v: control.manifest(v) for v in range(1, control.current_version() + 1)}
