@@ -5,11 +5,13 @@ safetensors bytes on the same disk, for the embedded tiny model and larger rando
   vLLM engine (generation paused);
 - broadcast: how long the learner's sender (its own process, as the learner is) takes to pack and broadcast it over
   gloo on loopback (services/learner/broadcast.py), how long the engine's worker takes to receive it (generation
-  goes on meanwhile), and how long generation is paused to load it (services/rollout/weight_transfer.py).
+  goes on meanwhile), and how long generation is paused to load it (services/rollout/weight_transfer.py);
+- shared: the broadcast transport's hand-over when the learner and the actors share a machine (the default there):
+  the sender writes the version into a /dev/shm file (broadcast.write_shared) which the engine's worker maps.
 
     .venv/bin/python bench/hot_swap_bench.py                        # tiny, ~385 MB and ~1.5 GB, 3 versions each
     .venv/bin/python bench/hot_swap_bench.py --sizes tiny           # only the tiny model
-    .venv/bin/python bench/hot_swap_bench.py --transports broadcast
+    .venv/bin/python bench/hot_swap_bench.py --transports broadcast,shared
 
 Each figure is the median of the repetitions. Writes bench/results/hot_swap.md next to the printed table.
 """
@@ -129,13 +131,14 @@ def bench_disk(model_dir: Path, reps: int, work: Path, name: str) -> tuple[dict,
     return {"bytes": size, "copy": med(copies), "write": med(writes), "redis": med(bumps)}, uris
 
 
-def _sender_process(conn, model_dir: str, bucket_bytes: int, reps: int) -> None:
-    """The learner's side, in a process of its own: each version is the last one plus 1e-3, packed and broadcast."""
+def _sender_process(conn, model_dir: str, bucket_bytes: int, reps: int, shm: str) -> None:
+    """The learner's side, in a process of its own: each version is the last one plus 1e-3, packed and broadcast
+    (or, given `shm`, written into that shared-memory file)."""
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
     from services.common.weight_wire import Layout
-    from services.learner.broadcast import WeightSender
+    from services.learner.broadcast import WeightSender, write_shared
 
     model = Qwen2VLForConditionalGeneration.from_pretrained(model_dir)
     state = model.state_dict()   # views of the parameters: they follow every update
@@ -150,17 +153,21 @@ def _sender_process(conn, model_dir: str, bucket_bytes: int, reps: int) -> None:
                 p.add_(1e-3)
         conn.send("ready")   # the next version exists: the receive starts with the send, not with this update
         conn.recv()
-        conn.send(asdict(sender.send(layout, state.items())))
+        conn.send(asdict(write_shared(layout, state.items(), shm) if shm else sender.send(layout, state.items())))
     sender.close()
 
 
-async def bench_engine(engine, model_dir: Path, uris: list[str], bucket_bytes: int, reps: int) -> dict:
-    """Disk loads of `uris`, then `reps` broadcast versions from a sender process, into one running engine."""
+async def bench_engine(engine, model_dir: Path, uris: list[str], bucket_bytes: int, reps: int, shm: str = "") -> dict:
+    """Disk loads of `uris`, then `reps` broadcast versions from a sender process (in the shared-memory file `shm`
+    when given), into one running engine."""
     import multiprocessing as mp
 
     loads = [await engine.load_weights(uri) for uri in uris]
+    if not reps:
+        return {"load": statistics.median(loads) if loads else None}
     ours, theirs = mp.get_context("spawn").Pipe()
-    sender = mp.get_context("spawn").Process(target=_sender_process, args=(theirs, str(model_dir), bucket_bytes, reps))
+    sender = mp.get_context("spawn").Process(target=_sender_process,
+                                             args=(theirs, str(model_dir), bucket_bytes, reps, shm))
     sender.start()
     sends, packs, receives, pauses = [], [], [], []
     try:
@@ -170,7 +177,13 @@ async def bench_engine(engine, model_dir: Path, uris: list[str], bucket_bytes: i
             ours.send("update")
             await asyncio.to_thread(ours.recv)
             ours.send("send")
-            swap, stats = await asyncio.gather(engine.receive_weights(update_info, v), asyncio.to_thread(ours.recv))
+            if shm:   # the file is complete once the sender replies; then the worker maps it
+                stats = await asyncio.to_thread(ours.recv)
+                swap = await engine.receive_weights({**update_info, "shm_path": shm}, v)
+                os.unlink(shm)
+            else:
+                swap, stats = await asyncio.gather(engine.receive_weights(update_info, v),
+                                                   asyncio.to_thread(ours.recv))
             sends.append(stats["seconds"])
             packs.append(stats["pack_s"])
             receives.append(swap.receive_s)
@@ -196,6 +209,10 @@ def bench_model(name: str, model_dir: Path, reps: int, work: Path, transports: l
     try:
         row |= asyncio.run(bench_engine(engine, model_dir, uris, bucket_mib << 20,
                                         reps if "broadcast" in transports else 0))
+        if "shared" in transports:
+            shared = asyncio.run(bench_engine(engine, model_dir, [], bucket_mib << 20, reps,
+                                              shm=f"/dev/shm/videorl-bench-{os.getpid()}"))
+            row |= {f"shm_{k}": v for k, v in shared.items()}
     finally:
         engine.shutdown()
     return {"model": name, "reps": reps, **row}
@@ -216,6 +233,11 @@ def table(rows: list[dict]) -> str:
             total = r["send"] + r["bload"]
             lines.append(f"| {r['model']} | {mb} | {copy:.3f} | broadcast: pack + send | {r['send']:.3f} | "
                          f"{r['bload']:.3f} | {total:.3f} | {total / copy:.1f}x |")
+        if r.get("shm_send") is not None:
+            total = r["shm_send"] + r["shm_receive"] + r["shm_bload"]
+            lines.append(f"| {r['model']} | {mb} | {copy:.3f} | broadcast, same machine: write to /dev/shm + map | "
+                         f"{r['shm_send'] + r['shm_receive']:.3f} | {r['shm_bload']:.3f} | {total:.3f} | "
+                         f"{total / copy:.1f}x |")
     return "\n".join(lines)
 
 
@@ -230,7 +252,8 @@ def detail(rows: list[dict], bucket_mib: int) -> str:
 
 @click.command()
 @click.option("--sizes", default="tiny,medium,large", show_default=True, help="Comma-separated: tiny, medium, large.")
-@click.option("--transports", default="disk,broadcast", show_default=True, help="Comma-separated: disk, broadcast.")
+@click.option("--transports", default="disk,broadcast,shared", show_default=True,
+              help="Comma-separated: disk, broadcast (gloo), shared (broadcast's same-machine hand-over).")
 @click.option("--reps", default=3, show_default=True, help="Versions published and loaded per model and transport.")
 @click.option("--bucket-mib", default=64, show_default=True, help="Broadcast bucket size.")
 def main(sizes: str, transports: str, reps: int, bucket_mib: int) -> None:
@@ -240,8 +263,9 @@ def main(sizes: str, transports: str, reps: int, bucket_mib: int) -> None:
 
     tiny = embedded_model(0, Console(stderr=True))
     chosen = transports.split(",")
-    if not set(chosen) <= {"disk", "broadcast"}:
-        raise click.BadParameter(f"{transports!r}: known transports are disk, broadcast", param_hint="--transports")
+    if not set(chosen) <= {"disk", "broadcast", "shared"}:
+        raise click.BadParameter(f"{transports!r}: known transports are disk, broadcast, shared",
+                                 param_hint="--transports")
     rows = []
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:   # the same disk as the models
         for name in sizes.split(","):

@@ -151,6 +151,9 @@ class WeightsConfig(_Strict):
         "broadcast: the longest any collective waits (joining the group, one bucket) before it fails"))
     disk_every: int = Field(10, ge=1, le=1_000_000, description=(
         "broadcast: every this many versions a disk copy is written too, in the background (late joiners, recovery)"))
+    shared_memory: bool = Field(True, description=(
+        "broadcast: when every actor of the group runs on the learner's machine, hand each version over in a "
+        "shared-memory file (/dev/shm) they map, instead of sending it over the group"))
     checksum_every: int = Field(10, ge=0, le=1_000_000, description=(
         "broadcast: every this many versions each actor records vLLM's checksum of its weights and compares it with "
         "the other actors' (0: never)"))

@@ -4,7 +4,9 @@ is being sent over it. The learner writes (services/learner/publish.py), the rol
 
   weights:epoch           the membership epoch counter; only ever raised (a restarted learner continues it)
   weights:group           hash {epoch, info: GroupInfo JSON without rank_offset, members: JSON actor -> rank_offset}
-  weights:offer           hash {version, epoch, layout}: the version being sent to that epoch's group now
+  weights:offer           hash {version, epoch, layout, shm}: the version being sent to that epoch's group now (shm:
+                          the shared-memory file it is in instead, when every member is on the learner's machine)
+  weights:rx:<v>          set of actors that hold version v's bytes from shared memory (the learner waits for all)
   weights:layout:<sha>    a version's tensor metadata (weight_wire.Layout.update_info), by its digest
   weights:disk            the newest version that has a complete disk copy (late joiners start from it)
   weights:sums:<v>        hash actor -> digest of vLLM's checksums of its weights at version v (a sample of versions)
@@ -39,6 +41,7 @@ class Offer:
     version: int
     epoch: int
     layout: str              # the digest of its metadata: WeightPlane.update_info(layout)
+    shm: str = ""            # the shared-memory file holding its bytes ("": sent over the group)
 
 
 class WeightPlane:
@@ -61,11 +64,15 @@ class WeightPlane:
         self._announce(f"epoch:{epoch}")
         return epoch
 
-    def offer(self, version: int, epoch: int, layout: str, update_info: dict) -> None:
-        """Tell the epoch's members that `version` is being sent now (its metadata first)."""
+    def offer(self, version: int, epoch: int, layout: str, update_info: dict, shm: str = "") -> None:
+        """Tell the epoch's members that `version` is being sent now, or is in the shared-memory file `shm`."""
         self.r.set(self._key(f"layout:{layout}"), json.dumps(update_info))
-        self.r.hset(self._key("offer"), mapping={"version": version, "epoch": epoch, "layout": layout})
+        self.r.hset(self._key("offer"), mapping={"version": version, "epoch": epoch, "layout": layout, "shm": shm})
         self._announce(f"offer:{version}")
+
+    def received(self, version: int) -> set[str]:
+        """The actors that acknowledged holding `version`'s bytes from shared memory."""
+        return {a.decode() for a in self.r.smembers(self._key(f"rx:{version}"))}
 
     def attach_disk_copy(self, manifest: Manifest) -> None:
         """Record a version's completed disk copy in its manifest (kept from publish: transport, epoch, layout)."""
@@ -85,7 +92,10 @@ class WeightPlane:
 
     def offered(self) -> Offer | None:
         h = {k.decode(): v.decode() for k, v in self.r.hgetall(self._key("offer")).items()}
-        return Offer(int(h["version"]), int(h["epoch"]), h["layout"]) if h else None
+        return Offer(int(h["version"]), int(h["epoch"]), h["layout"], h.get("shm", "")) if h else None
+
+    def ack_received(self, version: int, actor_id: str) -> None:
+        self.r.sadd(self._key(f"rx:{version}"), actor_id)
 
     def update_info(self, layout: str) -> dict:
         raw = self.r.get(self._key(f"layout:{layout}"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -207,6 +208,19 @@ class GroupInfo:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def shared_stream(path: str, total: int, create: bool = False) -> torch.Tensor:
+    """A version's byte stream as a file in shared memory (/dev/shm), mapped (MAP_SHARED): the sender creates and
+    fills it; a receiver on the same machine maps it and reads the tensors as views, with no copy and no socket."""
+    if create:
+        with open(path, "wb") as f:
+            f.truncate(total)
+    elif (size := os.path.getsize(path)) != total:
+        raise ValueError(f"{path} holds {size} bytes, the layout {total}")
+    if not total:
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.from_file(path, shared=True, size=total, dtype=torch.uint8)
 
 
 def address_towards(host: str) -> str:

@@ -4,7 +4,10 @@ sent (services/common/weight_plane.py), and a disk copy serves everyone the grou
 
 A version, read top to bottom (`publish`): gather the weights (every learner rank takes part under ZeRO-3); the
 actors that hold the current version and are running form the group, rebuilt as a new epoch when they differ from
-the last one's; offer the version (its tensor metadata) and send it; make it current. When no actor is ready, or
+the last one's; offer the version (its tensor metadata) and send it; make it current. When every member runs on
+the learner's machine (weights.shared_memory), the version is written into a /dev/shm file instead, offered by its
+path, and current once every member has mapped it (a member that dies meanwhile fails it at once). When no actor is
+ready, or
 the broadcast fails (an actor died, a collective timed out), the version is written to disk first and published
 with its disk copy instead, so the survivors and the replacements still get it, and the next version goes to a
 new group. Every `weights.disk_every` versions, and whenever an actor waits for the current version (a late
@@ -19,6 +22,8 @@ one exists (the driver's _prune_versions).
 from __future__ import annotations
 
 import logging
+import shutil
+import socket
 import threading
 import time
 from dataclasses import replace
@@ -32,10 +37,11 @@ from services.common.metrics import check_name
 from services.common.weight_plane import WeightPlane
 from services.common.weight_wire import Layout
 from services.common.weights import Manifest, write_version
-from services.learner.broadcast import WeightSender
+from services.learner.broadcast import SendStats, WeightSender, write_shared
 
 log = logging.getLogger("videorl.learner")
 READY, WAITING = "running", "waiting"   # actor states (services/rollout/actor.py heartbeats them)
+SHM = Path("/dev/shm")
 
 
 class BroadcastMetrics:
@@ -76,6 +82,8 @@ class BroadcastPublisher:
         self.kept: tuple[Manifest, dict] | None = None   # the newest version and its tensors, for a disk copy
         self._copy: threading.Thread | None = None
         self.address = own_address()
+        for stale in SHM.glob(f"videorl-{cfg.run_id}-v*"):   # left by a learner of this run that died mid-hand-over
+            stale.unlink(missing_ok=True)
 
     def publish(self, version: int, step: int) -> Manifest:
         state = self.engine.full_state_dict()
@@ -86,15 +94,14 @@ class BroadcastPublisher:
         if members := self._ready_actors():
             try:
                 epoch = self._group_for(members)
-                self.plane.offer(version, epoch, manifest.layout, layout.update_info())
-                assert self.sender is not None
-                stats = self.sender.send(layout, state.items())
+                stats = self._hand_over(version, epoch, manifest.layout, layout, state)
                 self.metrics.bytes.inc(stats.bytes)
                 self.metrics.buckets.inc(stats.collectives)
                 self.metrics.send.observe(stats.seconds)
                 manifest, sent = replace(manifest, epoch=epoch), True
-                log.info("version %d broadcast to %d actors (epoch %d): %.1f MB in %d collectives, %.2fs", version,
-                         len(members), epoch, stats.bytes / 1e6, stats.collectives, stats.seconds)
+                log.info("version %d to %d actors (epoch %d): %.1f MB %s, %.2fs", version, len(members), epoch,
+                         stats.bytes / 1e6, f"in {stats.collectives} collectives" if stats.collectives else
+                         "in shared memory", stats.seconds)
             except Exception as e:   # a member died or stalled: this version goes out on disk, the next to a new group
                 log.warning("broadcast of version %d failed (%s): it is published with a disk copy instead, and the "
                             "next version goes to a new weight group", version, e)
@@ -112,6 +119,43 @@ class BroadcastPublisher:
             self.control.publish_version(replace(manifest, transport="disk"))
             self.plane.attach_disk_copy(manifest)
         return manifest
+
+    def _hand_over(self, version: int, epoch: int, digest: str, layout: Layout, state: dict) -> SendStats:
+        """Send the version over the group; or, when every member runs on this machine (and weights.shared_memory),
+        write it into a shared-memory file, offer its path and wait until every member has mapped it."""
+        if not self._shared(layout.total):
+            self.plane.offer(version, epoch, digest, layout.update_info())
+            assert self.sender is not None
+            return self.sender.send(layout, state.items())
+        path = str(SHM / f"videorl-{self.cfg.run_id}-v{version}")
+        try:
+            stats = write_shared(layout, state.items(), path)
+            self.plane.offer(version, epoch, digest, layout.update_info(), shm=path)
+            self._wait_received(version)
+            return stats
+        finally:
+            Path(path).unlink(missing_ok=True)   # the members' mappings outlive the name
+
+    def _shared(self, total: int) -> bool:
+        if not self.cfg.weights.shared_memory or not SHM.is_dir():
+            return False
+        host = socket.gethostname()
+        hosts = {a.fields.get("host") for a in self.control.actors() if a.actor_id in self.members}
+        return hosts == {host} and shutil.disk_usage(SHM).free > 2 * total
+
+    def _wait_received(self, version: int) -> None:
+        """Until every member has acknowledged the version's bytes; a member that dies, stops or stays silent for
+        weights.timeout_s fails the hand-over."""
+        deadline, silent_s = time.monotonic() + self.cfg.weights.timeout_s, 3 * self.cfg.rollout.heartbeat_s
+        while (missing := set(self.members) - self.plane.received(version)):
+            gone = [a.actor_id for a in self.control.actors()
+                    if a.actor_id in missing and (a.state in ("dead", "stopped") or not a.alive(silent_s))]
+            if gone:
+                raise RuntimeError(f"{', '.join(sorted(gone))} left before taking version {version}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{', '.join(sorted(missing))} did not take version {version} within "
+                                   f"{self.cfg.weights.timeout_s:.0f}s (weights.timeout_s)")
+            time.sleep(0.005)
 
     def serve_joiners(self) -> None:
         """Between steps: an actor that waits for the current version (it joined late, or replaces one that died)

@@ -359,13 +359,17 @@ class RolloutActor:
         update_info = await asyncio.to_thread(self.plane.update_info, offer.layout)
         if Layout.from_update_info(update_info).digest() != offer.layout:
             raise RuntimeError(f"version {offer.version}: its tensor metadata in Redis does not match its digest")
+        if offer.shm:
+            update_info = {**update_info, "shm_path": offer.shm}   # on this machine, in shared memory: mapped
         try:
             received = await engine.prefetch_weights(update_info)
-        except RuntimeError as e:   # the group is gone (the learner left it, or a member died): disk copy next
+        except Exception as e:   # the group is gone (the learner left it, a member died), or no file: disk next
             log.warning("%s: version %d did not arrive over epoch %d (%s); it comes as a disk copy", self.actor_id,
                         offer.version, offer.epoch, e)
-            self.joined = False
+            self.joined = offer.shm != ""   # a failed mapping leaves the group as it was
             return False
+        if offer.shm:
+            await asyncio.to_thread(self.plane.ack_received, offer.version, self.actor_id)
         self.metrics.receive.observe(received)
         await self._swap(offer.version, lambda: engine.apply_weights(update_info, offer.version))
         every = self.cfg.weights.checksum_every

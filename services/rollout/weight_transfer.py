@@ -10,7 +10,9 @@ received in a thread of the worker while the engine keeps generating.
 Invariants kept here: a version is applied whole or not at all: every byte is received into a staging buffer before
 the model is touched, so a sender that dies or stalls (each bucket waits at most the group's timeout) leaves the old
 weights serving; loading runs inside vLLM's layerwise reload (start/finish_weight_update), as vLLM's NCCL backend
-does. The cost is one model-sized staging buffer per worker, kept across versions of the same layout.
+does. The cost is one model-sized staging buffer per worker, kept across versions of the same layout. On the
+learner's own machine the version may come as a shared-memory file instead (`shm_path`), complete before it is
+offered: the worker maps it, and there is nothing to receive and no staging buffer.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from vllm.distributed.weight_transfer.base import (
 )
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
-from services.common.weight_wire import GroupInfo, Layout, address_towards, broadcast, open_group
+from services.common.weight_wire import GroupInfo, Layout, address_towards, broadcast, open_group, shared_stream
 
 BACKEND = "videorl_gloo"
 EXTENSION = f"{__name__}.GlooWorkerExtension"
@@ -45,16 +47,19 @@ class GlooUpdateInfo(WeightTransferUpdateInfo):
     names: list[str]
     dtype_names: list[str]
     shapes: list[list[int]]
+    shm_path: str = ""      # set: the bytes are in this shared-memory file of the sender's machine, not sent
 
 
 class _Receive:
-    """One version's bytes arriving into `stream`, in a thread; `wait` returns the stream or raises its error."""
+    """One version's bytes arriving into `stream`, in a thread; `wait` returns the stream or raises its error. With
+    `mapped`, the stream is a shared-memory file the sender filled: there is nothing to receive."""
 
-    def __init__(self, engine: GlooWeightTransferEngine, layout: Layout, stream: torch.Tensor):
+    def __init__(self, engine: GlooWeightTransferEngine, layout: Layout, stream: torch.Tensor, mapped: bool = False):
         self.layout, self.stream = layout, stream
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, args=(engine,), name="videorl-weights-rx", daemon=True)
-        self.thread.start()
+        if not mapped:
+            self.thread.start()
 
     def _run(self, engine: GlooWeightTransferEngine) -> None:
         try:
@@ -69,7 +74,8 @@ class _Receive:
         return not self.thread.is_alive()
 
     def wait(self) -> torch.Tensor:
-        self.thread.join()
+        if self.thread.ident is not None:
+            self.thread.join()
         if self.error is not None:
             raise RuntimeError(f"weight broadcast failed: {self.error}") from self.error
         return self.stream
@@ -103,9 +109,12 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         """Start receiving a version in the background; `update_weights` with the same metadata applies it."""
         if self._receive is not None and not self._receive.done():
             raise RuntimeError("a version is still being received")
+        layout = Layout.from_update_info(update_info)
+        if path := update_info.get("shm_path"):
+            self._receive = _Receive(self, layout, shared_stream(path, layout.total), mapped=True)
+            return
         if self.group is None:
             raise RuntimeError("no weight group: call init_weight_transfer_engine first")
-        layout = Layout.from_update_info(update_info)
         if self._staging is None or self._staging.numel() != layout.total:
             self._staging = None   # the old buffer goes before the new one is allocated
             self._staging = torch.empty(layout.total, dtype=torch.uint8)

@@ -114,6 +114,16 @@ async def _broadcast_run(tiny_assets, out: Path) -> dict:
             await asyncio.gather(engine.join_weight_group(again.group), again.ask_async("connect", "CONNECTED"))
             await asyncio.gather(engine.receive_weights(v1_again["update_info"], 4), again.ask_async("send 1", "SENT"))
             r["after_new_group"] = await _greedy(engine, prompt, frames)
+
+            # version 2 again, as version 5, handed over in shared memory (a learner on the actors' machine)
+            v2_again = json.loads(again.ask("prepare 2", "LAYOUT"))
+            shm = f"/dev/shm/videorl-test-{os.getpid()}"
+            try:
+                await asyncio.to_thread(again.ask, f"share 2 {shm}", "SHARED")
+                r["swap_shm"] = await engine.receive_weights({**v2_again["update_info"], "shm_path": shm}, 5)
+            finally:
+                Path(shm).unlink(missing_ok=True)
+            r["after_shm"], r["sums_shm"] = await _greedy(engine, prompt, frames), await engine.weight_checksums()
         finally:
             again.stop()
     finally:
@@ -156,3 +166,4 @@ def test_broadcast_versions_equal_their_disk_copies_and_a_dead_sender_leaves_the
     assert r["after_death"] == r["after2"] and r["sums_death"] == r["sums2"], "the old weights must keep serving"
     assert r["version_after_death"] == "2"
     assert r["after_new_group"] == r["after1"], "the next group delivers a version again"
+    assert r["after_shm"] == d["disk2"] and r["sums_shm"] == d["disk_sums2"], "shared memory delivers the same bytes"

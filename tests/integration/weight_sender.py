@@ -6,6 +6,7 @@ commands on stdin, one reply line each on stdout.
     connect     wait for the receivers to join; reply `CONNECTED`
     send V      broadcast version V; reply `SENT <stats json>`
     die V       start broadcasting version V and exit abruptly (os._exit) halfway through its tensors
+    share V P   write version V into the shared-memory file P (the same-machine hand-over); reply `SHARED <stats>`
 The first line it writes is `GROUP <GroupInfo json>`.
 """
 
@@ -22,7 +23,7 @@ import torch
 from transformers import Qwen2VLForConditionalGeneration
 
 from services.common.weight_wire import Layout
-from services.learner.broadcast import WeightSender
+from services.learner.broadcast import WeightSender, write_shared
 
 
 def version(model_dir: Path, out: Path, v: int) -> dict[str, torch.Tensor]:
@@ -75,6 +76,10 @@ def main() -> None:
             tensors = iter(state.items()) if cmd == "send" else dying(state)
             stats = sender.send(Layout.of_tensors(state.items()), tensors)
             print("SENT", json.dumps(asdict(stats)), file=reply)
+        elif cmd == "share":
+            state = versions[int(arg[0])]
+            print("SHARED", json.dumps(asdict(write_shared(Layout.of_tensors(state.items()), state.items(), arg[1]))),
+                  file=reply)
     sender.close()
 
 

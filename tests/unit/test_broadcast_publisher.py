@@ -5,14 +5,15 @@ names them in. The learner's engine is a small stand-in that holds a few tensors
 import threading
 import time
 
+import pytest
 import torch
 from prometheus_client import CollectorRegistry
 from safetensors.torch import load_file, save_file
 
 from services.common.config import RunConfig
 from services.common.weight_plane import WeightPlane
-from services.common.weight_wire import GroupInfo, Layout, broadcast, open_group
-from services.learner.publish import BroadcastPublisher
+from services.common.weight_wire import GroupInfo, Layout, broadcast, open_group, shared_stream
+from services.learner.publish import SHM, BroadcastPublisher
 
 
 class Weights:
@@ -30,8 +31,8 @@ class Weights:
 
 
 def _publisher(control, tmp_path, **weights) -> BroadcastPublisher:
-    cfg = RunConfig(run_id=control.run_id, run_dir=tmp_path, weights={"transport": "broadcast", "timeout_s": 3.0,
-                                                                       "disk_every": 100, **weights})
+    weights = {"transport": "broadcast", "timeout_s": 3.0, "disk_every": 100, "shared_memory": False, **weights}
+    cfg = RunConfig(run_id=control.run_id, run_dir=tmp_path, weights=weights)
     return BroadcastPublisher(cfg.on("cpu"), control, Weights(), tmp_path / "weights", CollectorRegistry())
 
 
@@ -49,10 +50,16 @@ def _actor(control, actor_id: str, versions: int, got: dict) -> threading.Thread
             while (offer := plane.offered()) is None or offer.version in got:
                 time.sleep(0.02)
             layout = Layout.from_update_info(plane.update_info(offer.layout))
-            stream = torch.empty(layout.total, dtype=torch.uint8)
-            for start, end in layout.spans(info.bucket_bytes):
-                broadcast(pg, stream[start:end], info.timeout_s)
+            if offer.shm:   # on the learner's machine: the bytes are in a file to map
+                stream = shared_stream(offer.shm, layout.total)
+                got.setdefault("shm", []).append(offer.version)
+            else:
+                stream = torch.empty(layout.total, dtype=torch.uint8)
+                for start, end in layout.spans(info.bucket_bytes):
+                    broadcast(pg, stream[start:end], info.timeout_s)
             got[offer.version] = {n: t.clone() for n, t in layout.views(stream)}
+            if offer.shm:
+                plane.ack_received(offer.version, actor_id)
 
     control.heartbeat(actor_id, control.current_version() or 0, "running")
     t = threading.Thread(target=run, daemon=True)
@@ -69,8 +76,9 @@ def test_with_no_actor_ready_a_version_is_published_with_its_disk_copy(control, 
     assert WeightPlane(control).disk_version() == 1 and WeightPlane(control).group() is None
 
 
-def test_ready_actors_get_each_version_over_one_group_until_membership_changes(control, tmp_path):
-    pub = _publisher(control, tmp_path)
+@pytest.mark.parametrize("shared", [False, True], ids=["over-gloo", "in-shared-memory"])
+def test_ready_actors_get_each_version_over_one_group_until_membership_changes(control, tmp_path, shared):
+    pub = _publisher(control, tmp_path, shared_memory=shared)
     got: dict = {}
     t = _actor(control, "rollout-0", 2, got)
     m1 = pub.publish(1, step=1)
@@ -81,7 +89,31 @@ def test_ready_actors_get_each_version_over_one_group_until_membership_changes(c
     assert control.current_version() == 2 and not (tmp_path / "weights").exists()
     assert pub.metrics.epochs._value.get() == 1 and pub.metrics.bytes._value.get() == 2 * Layout.of_tensors(
         pub.kept[1].items()).total
+    assert got.get("shm", []) == ([1, 2] if shared else []), "every actor is on this machine: shared memory"
+    assert not list(SHM.glob(f"videorl-{control.run_id}-v*")), "a version's file goes once every member mapped it"
     pub.close()
+
+
+def test_a_shared_memory_hand_over_fails_fast_when_a_member_dies_before_taking_it(control, tmp_path):
+    pub = _publisher(control, tmp_path, timeout_s=30.0, shared_memory=True)
+    got: dict = {}
+    t = _actor(control, "rollout-0", 1, got)
+    pub.publish(1, step=1)
+    t.join(10)
+    assert got["shm"] == [1]
+    plane = WeightPlane(control)
+
+    def die_once_offered() -> None:   # it will never map version 2: the supervisor marks it dead meanwhile
+        while (offer := plane.offered()) is None or offer.version != 2:
+            time.sleep(0.01)
+        control.set_actor_state("rollout-0", "dead")
+
+    threading.Thread(target=die_once_offered, daemon=True).start()
+    t0 = time.monotonic()
+    m = pub.publish(2, step=2)
+    assert time.monotonic() - t0 < 5, "a member marked dead fails the hand-over at once, not at weights.timeout_s"
+    assert m.on_disk and control.manifest(2).transport == "disk" and pub.metrics.failed._value.get() == 1
+    assert not list(SHM.glob(f"videorl-{control.run_id}-v*"))
 
 
 def test_a_member_that_never_joins_fails_the_broadcast_into_a_disk_copy_and_the_next_goes_to_a_new_group(
