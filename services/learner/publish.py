@@ -6,11 +6,10 @@ A version, read top to bottom (`publish`): gather the weights (every learner ran
 actors that hold the current version and are running form the group, rebuilt as a new epoch when they differ from
 the last one's; offer the version (its tensor metadata) and send it; make it current. When every member runs on
 the learner's machine (weights.shared_memory), the version is written into a /dev/shm file instead, offered by its
-path, and current once every member has mapped it (a member that dies meanwhile fails it at once). When no actor is
-ready, or
-the broadcast fails (an actor died, a collective timed out), the version is written to disk first and published
-with its disk copy instead, so the survivors and the replacements still get it, and the next version goes to a
-new group. Every `weights.disk_every` versions, and whenever an actor waits for the current version (a late
+path, and current once every member has mapped it (a member that dies meanwhile fails it at once). When no actor
+is ready, or the broadcast fails (an actor died, a collective timed out), the version is written to disk first and
+published with its disk copy instead, so the survivors and the replacements still get it, and the next version
+goes to a new group. Every `weights.disk_every` versions, and whenever an actor waits for the current version (a late
 joiner, a replacement), a disk copy is written in the background from the tensors kept since the send.
 
 Invariants kept here: a version becomes current only after every member received it, or after its disk copy is
