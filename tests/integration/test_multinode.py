@@ -20,7 +20,9 @@ RUN_S = 900   # rlctl run, start to end, on 2 cores shared with the rest of the 
 
 
 def test_rollout_and_learner_ranks_run_on_their_own_nodes_and_weights_cross_between_them(tiny_assets, tmp_path):
-    cfg = run_config(tmp_path, STEPS)
+    # weights.shared_memory off: these nodes share one machine, which would hand versions over in /dev/shm; a real
+    # second node gets them over the gloo group, and that is what this test is for
+    cfg = run_config(tmp_path, STEPS, weights={"shared_memory": False})
     with RayCluster(tmp_path / "logs") as cluster:
         rollout = cluster.launch("rollout", {"videorl_rollout": 2})
         learner = cluster.launch("learner", {"videorl_learner": 2})
