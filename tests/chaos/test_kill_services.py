@@ -244,20 +244,23 @@ def test_kill_9_redis_and_restart_it_on_its_persisted_data(tiny_assets, tmp_path
 
 
 
-def test_kill_9_a_rollout_actor_during_a_weight_broadcast(tiny_assets, tmp_path):
+@pytest.mark.parametrize("shared", [False, True], ids=["over-gloo", "in-shared-memory"])
+def test_kill_9_a_rollout_actor_during_a_weight_broadcast(tiny_assets, tmp_path, shared):
     """e. weights.transport broadcast: rollout-0 is killed the moment the learner offers a version to the weight group
     (the bytes are on their way). The learner's send fails within weights.timeout_s instead of hanging, the version
     goes out as a disk copy that the survivor loads, the replacement loads the current version before it generates
     and is in the group of a later version, and nothing is lost or trained twice. A tiny model's learner would finish
     before the replacement's engine has started, so the test holds the learner (SIGSTOP) from the version's
-    publication until the replacement reports."""
+    publication until the replacement reports. Over gloo (as between machines) the send fails when the peer's socket
+    closes; in shared memory (the default on one machine) the learner stops waiting for the dead actor's
+    acknowledgement once the supervisor marks it dead."""
     import threading
 
     from services.common.weight_plane import WeightPlane
 
     steps = 40
     cfg = _config(tmp_path, "weights.transport=broadcast", "weights.timeout_s=15", "weights.checksum_every=1",
-                  f"learner.steps={steps}")
+                  f"learner.steps={steps}", f"weights.shared_memory={str(shared).lower()}")
     state: dict = {}
 
     def kill_on_offer(control) -> None:
