@@ -288,15 +288,22 @@ def test_kill_9_a_rollout_actor_during_a_weight_broadcast(tiny_assets, tmp_path,
             plane = WeightPlane(control)
             state["manifests"] = {v: control.manifest(v) for v in range(1, control.current_version() + 1)}
             state.update(group=plane.group(), swaps={a: control.swaps(a) for a in ("rollout-1", "rollout-2")},
-                         sums={v: plane.checksums(v) for v in state["manifests"]})
+                         sums={v: plane.checksums(v) for v in state["manifests"]},
+                         acked=plane.received(state["version"]))
 
     out = _run_with_fault(cfg, tick)
     assert "killed" in state, "no version was offered"
     v, manifests = state["version"], state["manifests"]
     assert [r.step for r in out.records] == list(range(1, steps + 1))
-    assert out.run.supervisor.restarts["actor"] == 1 and out.counters["weight_broadcasts_failed"] >= 1
+    assert out.run.supervisor.restarts["actor"] == 1
+    failed = out.counters.get("weight_broadcasts_failed", 0)
+    if shared and not failed:
+        # Mapping the file and acknowledging it takes rollout-0 a millisecond or two after the offer: the kill can
+        # land after that, and then the hand-over rightly succeeded (over gloo the send takes longer than the kill).
+        assert "rollout-0" in state["acked"] and manifests[v].transport == "broadcast", state
+    else:
+        assert failed >= 1 and manifests[v].on_disk and manifests[v].transport == "disk", "no disk copy"
     assert state["current_at"] - state["killed"] < 15 + 10, "the learner waited past weights.timeout_s"
-    assert manifests[v].on_disk and manifests[v].transport == "disk", "the version went out as a disk copy"
     assert v in state["swaps"]["rollout-1"], "the survivor loaded the version the broadcast did not finish"
     later = [m for m in manifests.values() if m.version > v and m.transport == "broadcast"]
     assert later and "rollout-2" in state["group"].members, (
@@ -307,6 +314,5 @@ def test_kill_9_a_rollout_actor_during_a_weight_broadcast(tiny_assets, tmp_path,
     assert any(len(d) >= 2 for d in compared) and all(len(set(d.values())) <= 1 for d in compared), state["sums"]
     assert "weight_checksum_mismatch" not in out.counters
     print(f"\nkill -9 rollout-0 during the broadcast of v{v} (step {state['step']}): {out.counts.line()}; current "
-          f"{state['current_at'] - state['killed']:.1f}s after the kill, broadcasts failed "
-          f"{out.counters['weight_broadcasts_failed']}, later versions broadcast {[m.version for m in later]}, final "
-          f"group {sorted(state['group'].members)}")
+          f"{state['current_at'] - state['killed']:.1f}s after the kill, broadcasts failed {failed}, later versions "
+          f"broadcast {[m.version for m in later]}, final group {sorted(state['group'].members)}")
