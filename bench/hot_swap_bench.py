@@ -143,7 +143,7 @@ def _sender_process(conn, model_dir: str, bucket_bytes: int, reps: int, shm: str
     model = Qwen2VLForConditionalGeneration.from_pretrained(model_dir)
     state = model.state_dict()   # views of the parameters: they follow every update
     layout = Layout.of_tensors(state.items())
-    sender = WeightSender("127.0.0.1", 2, "bench/epoch0", bucket_bytes, timeout_s=120)
+    sender = WeightSender("127.0.0.1", 2, f"bench/{os.getpid()}", bucket_bytes, timeout_s=120)   # a group name each
     conn.send((sender.info.to_dict(), layout.update_info()))
     sender.connect()
     for _ in range(reps):
@@ -179,8 +179,7 @@ async def bench_engine(engine, model_dir: Path, uris: list[str], bucket_bytes: i
             ours.send("send")
             if shm:   # the file is complete once the sender replies; then the worker maps it
                 stats = await asyncio.to_thread(ours.recv)
-                swap = await engine.receive_weights({**update_info, "shm_path": shm}, v)
-                os.unlink(shm)
+                swap = await engine.receive_weights({**update_info, "shm_path": shm}, v)   # one file, reused
             else:
                 swap, stats = await asyncio.gather(engine.receive_weights(update_info, v),
                                                    asyncio.to_thread(ours.recv))
@@ -191,6 +190,8 @@ async def bench_engine(engine, model_dir: Path, uris: list[str], bucket_bytes: i
             collectives = stats["collectives"]
     finally:
         sender.join(60)
+        if shm:
+            Path(shm).unlink(missing_ok=True)
     med = statistics.median
     return {"load": med(loads) if loads else None, "send": med(sends), "pack": med(packs), "collectives": collectives,
             "receive": med(receives), "bload": med(pauses)}
@@ -206,13 +207,17 @@ def bench_model(name: str, model_dir: Path, reps: int, work: Path, transports: l
     row, uris = bench_disk(model_dir, reps, work, name)
     uris = uris if "disk" in transports else []
     engine = VLLMEngine.create(model_dir, RunConfig(weights={"transport": "broadcast"}))
-    try:
-        row |= asyncio.run(bench_engine(engine, model_dir, uris, bucket_mib << 20,
-                                        reps if "broadcast" in transports else 0))
+
+    async def both() -> dict:   # one event loop for the engine's whole life: AsyncLLM stays bound to its first
+        out = await bench_engine(engine, model_dir, uris, bucket_mib << 20, reps if "broadcast" in transports else 0)
         if "shared" in transports:
-            shared = asyncio.run(bench_engine(engine, model_dir, [], bucket_mib << 20, reps,
-                                              shm=f"/dev/shm/videorl-bench-{os.getpid()}"))
-            row |= {f"shm_{k}": v for k, v in shared.items()}
+            shared = await bench_engine(engine, model_dir, [], bucket_mib << 20, reps,
+                                        shm=f"/dev/shm/videorl-bench-{os.getpid()}")
+            out |= {f"shm_{k}": v for k, v in shared.items()}
+        return out
+
+    try:
+        row |= asyncio.run(both())
     finally:
         engine.shutdown()
     return {"model": name, "reps": reps, **row}

@@ -211,11 +211,15 @@ class GroupInfo:
 
 
 def shared_stream(path: str, total: int, create: bool = False) -> torch.Tensor:
-    """A version's byte stream as a file in shared memory (/dev/shm), mapped (MAP_SHARED): the sender creates and
-    fills it; a receiver on the same machine maps it and reads the tensors as views, with no copy and no socket."""
-    if create:
-        with open(path, "wb") as f:
-            f.truncate(total)
+    """A version's byte stream as a file in shared memory (/dev/shm), mapped (MAP_SHARED): the sender creates (or
+    reuses) and fills it; a receiver on the same machine maps it and reads the tensors as views, with no copy and no
+    socket."""
+    if create:   # an existing file keeps its pages: writing a version over the one before it faults no new memory
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.ftruncate(fd, total)
+        finally:
+            os.close(fd)
     elif (size := os.path.getsize(path)) != total:
         raise ValueError(f"{path} holds {size} bytes, the layout {total}")
     if not total:

@@ -81,8 +81,7 @@ class BroadcastPublisher:
         self.kept: tuple[Manifest, dict] | None = None   # the newest version and its tensors, for a disk copy
         self._copy: threading.Thread | None = None
         self.address = own_address()
-        for stale in SHM.glob(f"videorl-{cfg.run_id}-v*"):   # left by a learner of this run that died mid-hand-over
-            stale.unlink(missing_ok=True)
+        self._remove_shared()   # left by a learner of this run that died
 
     def publish(self, version: int, step: int) -> Manifest:
         state = self.engine.full_state_dict()
@@ -126,14 +125,13 @@ class BroadcastPublisher:
             self.plane.offer(version, epoch, digest, layout.update_info())
             assert self.sender is not None
             return self.sender.send(layout, state.items())
-        path = str(SHM / f"videorl-{self.cfg.run_id}-v{version}")
-        try:
-            stats = write_shared(layout, state.items(), path)
-            self.plane.offer(version, epoch, digest, layout.update_info(), shm=path)
-            self._wait_received(version)
-            return stats
-        finally:
-            Path(path).unlink(missing_ok=True)   # the members' mappings outlive the name
+        # Two files, used in turn: version v overwrites v-2's, which every member finished with before it took v-1
+        # (an actor takes versions one at a time); rewriting a file's pages is cheaper than faulting in new ones.
+        path = str(SHM / f"videorl-{self.cfg.run_id}-slot{version % 2}")
+        stats = write_shared(layout, state.items(), path)
+        self.plane.offer(version, epoch, digest, layout.update_info(), shm=path)
+        self._wait_received(version)
+        return stats
 
     def _shared(self, total: int) -> bool:
         if not self.cfg.weights.shared_memory or not SHM.is_dir():
@@ -223,7 +221,13 @@ class BroadcastPublisher:
         if self._copy is not None:
             self._copy.join()
 
+    def _remove_shared(self) -> None:
+        for path in SHM.glob(f"videorl-{self.cfg.run_id}-slot*"):
+            path.unlink(missing_ok=True)   # members still loading keep their mappings
+
     def close(self) -> None:
+        """Leave the weight group (the next version goes to a new one) and free the shared-memory files."""
         if self.sender is not None:
             self.sender.close()
         self.sender, self.members = None, {}
+        self._remove_shared()

@@ -52,14 +52,21 @@ class GlooUpdateInfo(WeightTransferUpdateInfo):
 
 class _Receive:
     """One version's bytes arriving into `stream`, in a thread; `wait` returns the stream or raises its error. With
-    `mapped`, the stream is a shared-memory file the sender filled: there is nothing to receive."""
+    `mapped`, the stream is a shared-memory file the sender filled: the thread only touches its pages."""
 
     def __init__(self, engine: GlooWeightTransferEngine, layout: Layout, stream: torch.Tensor, mapped: bool = False):
         self.layout, self.stream = layout, stream
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(engine,), name="videorl-weights-rx", daemon=True)
-        if not mapped:
-            self.thread.start()
+        target, args = (self._touch, ()) if mapped else (self._run, (engine,))
+        self.thread = threading.Thread(target=target, args=args, name="videorl-weights-rx", daemon=True)
+        self.thread.start()
+
+    def _touch(self) -> None:
+        """Fault the mapping's pages in now, while generation goes on, rather than while loading with it paused."""
+        try:
+            int(self.stream[::4096].sum())
+        except BaseException as e:  # handed to `wait`
+            self.error = e
 
     def _run(self, engine: GlooWeightTransferEngine) -> None:
         try:
@@ -74,8 +81,7 @@ class _Receive:
         return not self.thread.is_alive()
 
     def wait(self) -> torch.Tensor:
-        if self.thread.ident is not None:
-            self.thread.join()
+        self.thread.join()
         if self.error is not None:
             raise RuntimeError(f"weight broadcast failed: {self.error}") from self.error
         return self.stream

@@ -90,8 +90,9 @@ def test_ready_actors_get_each_version_over_one_group_until_membership_changes(c
     assert pub.metrics.epochs._value.get() == 1 and pub.metrics.bytes._value.get() == 2 * Layout.of_tensors(
         pub.kept[1].items()).total
     assert got.get("shm", []) == ([1, 2] if shared else []), "every actor is on this machine: shared memory"
-    assert not list(SHM.glob(f"videorl-{control.run_id}-v*")), "a version's file goes once every member mapped it"
+    assert len(list(SHM.glob(f"videorl-{control.run_id}-slot*"))) == (2 if shared else 0), "two files, in turn"
     pub.close()
+    assert not list(SHM.glob(f"videorl-{control.run_id}-*")), "the files go with the publisher"
 
 
 def test_a_shared_memory_hand_over_fails_fast_when_a_member_dies_before_taking_it(control, tmp_path):
@@ -113,7 +114,7 @@ def test_a_shared_memory_hand_over_fails_fast_when_a_member_dies_before_taking_i
     m = pub.publish(2, step=2)
     assert time.monotonic() - t0 < 5, "a member marked dead fails the hand-over at once, not at weights.timeout_s"
     assert m.on_disk and control.manifest(2).transport == "disk" and pub.metrics.failed._value.get() == 1
-    assert not list(SHM.glob(f"videorl-{control.run_id}-v*"))
+    assert not list(SHM.glob(f"videorl-{control.run_id}-*")), "a failed hand-over closes the group and frees the files"
 
 
 def test_a_member_that_never_joins_fails_the_broadcast_into_a_disk_copy_and_the_next_goes_to_a_new_group(
