@@ -103,11 +103,21 @@ def _words(text: Any) -> frozenset[str]:
     return frozenset(_WORD.findall(unicodedata.normalize("NFKC", text).casefold()))
 
 
+def _finite(v: Any) -> bool:
+    """A JSON number a float can hold: not a bool, not inf or nan, and not an integer too large for a float."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:   # an int of more than ~308 digits
+        return False
+
+
 def _point(value: Any) -> np.ndarray:
     if not isinstance(value, list) or len(value) != 2:
         raise _Invalid(f"pos must be [x, y], got {value!r:.80}")
     for v in value:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        if not _finite(v):
             raise _Invalid(f"pos must hold finite numbers, got {value!r:.80}")
     return np.array([float(value[0]), float(value[1])])
 
@@ -140,7 +150,7 @@ def _keyframes(raw: Any, index: dict[str, int]) -> list[Keyframe]:
         if not isinstance(frame, dict) or not isinstance(frame.get("nodes"), list) or len(frame["nodes"]) > MAX_NODES:
             raise _Invalid(f"a keyframe must be an object with a list of at most {MAX_NODES} nodes")
         t = frame.get("t")
-        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+        if not _finite(t):
             raise _Invalid(f"keyframe t must be a finite number, got {t!r:.80}")
         pos: dict[int, np.ndarray] = {}
         for node in frame["nodes"]:

@@ -123,6 +123,8 @@ def test_broken_parts_score_zero_for_that_part_only():
         '<think>{"nodes": NaN}</think>',
         '<think>{"nodes": [{"id": "n1", "name": "red square", "pos": [NaN, 0]}]}</think>',
         '<think>{"nodes": [{"id": "n1", "name": "red square", "pos": [' + "9" * 5000 + ", 0]}]}</think>",
+        # an integer JSON parses but no float holds (found by test_rewards_properties)
+        '<think>{"nodes": [{"id": "n1", "name": "red square", "pos": [0, ' + "9" * 400 + "]}]}</think>",
         "<think>" + '{"a":' * 100_000 + "</think>",
         "<think>" + "{" * MB + "</think>",
         "<think>" + '{"nodes": [' * 50_000 + "</think>",
@@ -131,6 +133,13 @@ def test_broken_parts_score_zero_for_that_part_only():
 )
 def test_broken_json_scores_zero(completion):
     assert graph_reward(completion, SAMPLE) == 0.0
+
+
+def test_keyframes_at_a_time_no_float_holds_are_dropped_and_the_rest_is_scored():
+    nodes = '{"nodes": [{"id": "n1", "name": "red square", "pos": [0, 0]}]'
+    keyframes = ', "keyframes": [{"t": ' + "9" * 400 + ', "nodes": [{"id": "n1", "pos": [0, 0]}]}]'
+    plain = graph_reward(f"<think>{nodes}}}</think>", SAMPLE)
+    assert graph_reward(f"<think>{nodes}{keyframes}}}</think>", SAMPLE) == plain > 0.0
 
 
 def test_extraction_finds_the_last_top_level_graph():
