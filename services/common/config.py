@@ -155,8 +155,9 @@ class WeightsConfig(_Strict):
         "broadcast: when every actor of the group runs on the learner's machine, hand each version over in a "
         "shared-memory file (/dev/shm) they map, instead of sending it over the group"))
     checksum_every: int = Field(10, ge=0, le=1_000_000, description=(
-        "broadcast: every this many versions each actor records vLLM's checksum of its weights and compares it with "
-        "the other actors' (0: never)"))
+        "broadcast: every this many versions the learner sends its sha256 of each tensor, which each worker checks "
+        "before loading (other bytes: the version is refused and comes as a disk copy), and each actor records "
+        "vLLM's checksum of its weights and compares it with the other actors' (0: never)"))
 
 
 # Fields that moved, old path -> where they live now: a config that still names one fails, naming the new place.

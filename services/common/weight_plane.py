@@ -4,9 +4,11 @@ is being sent over it. The learner writes (services/learner/publish.py), the rol
 
   weights:epoch           the membership epoch counter; only ever raised (a restarted learner continues it)
   weights:group           hash {epoch, info: GroupInfo JSON without rank_offset, members: JSON actor -> rank_offset}
-  weights:offer           hash {version, epoch, layout, shm}: the version being sent to that epoch's group now (shm:
-                          the shared-memory file it is in instead, when every member is on the learner's machine)
+  weights:offer           hash {version, epoch, layout, shm, sums}: the version being sent to that epoch's group now
+                          (shm: the shared-memory file it is in instead, when every member is on the learner's
+                          machine; sums: JSON {tensor: sha256} on a sample of versions, which each worker checks)
   weights:rx:<v>          set of actors that hold version v's bytes from shared memory (the learner waits for all)
+  weights:refused:<v>     hash actor -> why it could not take version v from shared memory (fails it at once)
   weights:layout:<sha>    a version's tensor metadata (weight_wire.Layout.update_info), by its digest
   weights:disk            the newest version that has a complete disk copy (late joiners start from it)
   weights:sums:<v>        hash actor -> digest of vLLM's checksums of its weights at version v (a sample of versions)
@@ -19,10 +21,12 @@ version's manifest gets its disk copy's fields only once that copy is complete (
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.common.control import ControlPlane
 from services.common.weights import Manifest
+
+ANSWER_TTL_S = 3600   # an actor's answer to a shared-memory offer outlives any wait for it
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class Offer:
     epoch: int
     layout: str              # the digest of its metadata: WeightPlane.update_info(layout)
     shm: str = ""            # the shared-memory file holding its bytes ("": sent over the group)
+    sums: dict[str, str] = field(default_factory=dict)   # the learner's sha256 per tensor (a sample of versions)
 
 
 class WeightPlane:
@@ -64,15 +69,26 @@ class WeightPlane:
         self._announce(f"epoch:{epoch}")
         return epoch
 
-    def offer(self, version: int, epoch: int, layout: str, update_info: dict, shm: str = "") -> None:
-        """Tell the epoch's members that `version` is being sent now, or is in the shared-memory file `shm`."""
+    def offer(self, version: int, epoch: int, layout: str, update_info: dict, shm: str = "",
+              sums: dict[str, str] | None = None) -> None:
+        """Tell the epoch's members that `version` is being sent now, or is in the shared-memory file `shm`; `sums`:
+        the sha256 of each tensor's bytes, for the workers to check."""
         self.r.set(self._key(f"layout:{layout}"), json.dumps(update_info))
-        self.r.hset(self._key("offer"), mapping={"version": version, "epoch": epoch, "layout": layout, "shm": shm})
+        self.r.hset(self._key("offer"), mapping={"version": version, "epoch": epoch, "layout": layout, "shm": shm,
+                                                 "sums": json.dumps(sums or {})})
         self._announce(f"offer:{version}")
 
     def received(self, version: int) -> set[str]:
         """The actors that acknowledged holding `version`'s bytes from shared memory."""
         return {a.decode() for a in self.r.smembers(self._key(f"rx:{version}"))}
+
+    def refused(self, version: int) -> dict[str, str]:
+        """The actors that could not take `version` from shared memory, and why."""
+        return {k.decode(): v.decode() for k, v in self.r.hgetall(self._key(f"refused:{version}")).items()}
+
+    def forget_answers(self, version: int) -> None:
+        """The learner is done waiting for `version`'s answers (an answer that comes later expires by itself)."""
+        self.r.delete(self._key(f"rx:{version}"), self._key(f"refused:{version}"))
 
     def attach_disk_copy(self, manifest: Manifest) -> None:
         """Record a version's completed disk copy in its manifest (kept from publish: transport, epoch, layout)."""
@@ -92,10 +108,17 @@ class WeightPlane:
 
     def offered(self) -> Offer | None:
         h = {k.decode(): v.decode() for k, v in self.r.hgetall(self._key("offer")).items()}
-        return Offer(int(h["version"]), int(h["epoch"]), h["layout"], h.get("shm", "")) if h else None
+        if not h:
+            return None
+        return Offer(int(h["version"]), int(h["epoch"]), h["layout"], h.get("shm", ""), json.loads(h.get("sums", "{}")))
 
     def ack_received(self, version: int, actor_id: str) -> None:
-        self.r.sadd(self._key(f"rx:{version}"), actor_id)
+        key = self._key(f"rx:{version}")
+        self.r.pipeline().sadd(key, actor_id).expire(key, ANSWER_TTL_S).execute()
+
+    def refuse(self, version: int, actor_id: str, why: str) -> None:
+        key = self._key(f"refused:{version}")
+        self.r.pipeline().hset(key, actor_id, why).expire(key, ANSWER_TTL_S).execute()
 
     def update_info(self, layout: str) -> dict:
         raw = self.r.get(self._key(f"layout:{layout}"))

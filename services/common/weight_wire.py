@@ -121,6 +121,20 @@ class Layout:
                 bucket = (bucket[0] if bucket else e.offset, end)
         return out + ([bucket] if bucket else [])
 
+    def digests(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, str]:
+        """The sender's sha256 of each tensor's bytes as they go on the wire (in its layout dtype)."""
+        dtypes = {e.name: dtype_of(e.dtype) for e in self.entries}
+        return {name: tensor_digest(t.to(dtypes[name])) for name, t in tensors}
+
+    def check(self, stream: torch.Tensor, digests: dict[str, str]) -> None:
+        """Raise naming the first tensor of `stream` whose bytes differ from the sender's `digests` (`MISMATCH`)."""
+        views = dict(self.views(stream))
+        for name, expected in digests.items():
+            if name not in views:
+                raise ValueError(f"a checksum names {name!r}, which is not in the version's layout")
+            if (got := tensor_digest(views[name])) != expected:
+                raise ValueError(f"{name} {MISMATCH} (sha256 {got[:12]}, sent {expected[:12]})")
+
     def views(self, stream: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
         """Each tensor as a view of `stream` (uint8, `total` bytes long): no copy."""
         if stream.dtype != torch.uint8 or stream.numel() < self.total:
@@ -192,6 +206,14 @@ class Packer:
             raise ValueError(f"expected {e.name!r} {e.shape}, got {name!r} {tuple(t.shape)}")
         t = t.detach().to(device="cpu", dtype=dtype_of(e.dtype)).contiguous()
         return t.view(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+
+
+MISMATCH = "arrived with other bytes than the learner sent"   # how a failed checksum reads, in any process
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """sha256 of a tensor's bytes (vLLM's compute_weight_checksums hashes its parameters the same way)."""
+    return hashlib.sha256(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().data).hexdigest()
 
 
 @dataclass   # not frozen: vLLM's init-info base class, which the rollout side mixes in, is not

@@ -120,17 +120,23 @@ class BroadcastPublisher:
 
     def _hand_over(self, version: int, epoch: int, digest: str, layout: Layout, state: dict) -> SendStats:
         """Send the version over the group; or, when every member runs on this machine (and weights.shared_memory),
-        write it into a shared-memory file, offer its path and wait until every member has mapped it."""
+        write it into a shared-memory file, offer its path and wait until every member has mapped it. On a sample
+        of versions (weights.checksum_every) the offer carries the sha256 of each tensor, which each worker checks."""
+        every = self.cfg.weights.checksum_every
+        sums = layout.digests(state.items()) if every and version % every == 0 else None
         if not self._shared(layout.total):
-            self.plane.offer(version, epoch, digest, layout.update_info())
+            self.plane.offer(version, epoch, digest, layout.update_info(), sums=sums)
             assert self.sender is not None
             return self.sender.send(layout, state.items())
         # Two files, used in turn: version v overwrites v-2's, which every member finished with before it took v-1
         # (an actor takes versions one at a time); rewriting a file's pages is cheaper than faulting in new ones.
         path = str(SHM / f"videorl-{self.cfg.run_id}-slot{version % 2}")
         stats = write_shared(layout, state.items(), path)
-        self.plane.offer(version, epoch, digest, layout.update_info(), shm=path)
-        self._wait_received(version)
+        self.plane.offer(version, epoch, digest, layout.update_info(), shm=path, sums=sums)
+        try:
+            self._wait_received(version)
+        finally:
+            self.plane.forget_answers(version)
         return stats
 
     def _shared(self, total: int) -> bool:
@@ -141,10 +147,13 @@ class BroadcastPublisher:
         return hosts == {host} and shutil.disk_usage(SHM).free > 2 * total
 
     def _wait_received(self, version: int) -> None:
-        """Until every member has acknowledged the version's bytes; a member that dies, stops or stays silent for
-        weights.timeout_s fails the hand-over."""
+        """Until every member has acknowledged the version's bytes; a member that refuses them (a failed checksum, a
+        file it cannot map), dies, stops or stays silent for weights.timeout_s fails the hand-over."""
         deadline, silent_s = time.monotonic() + self.cfg.weights.timeout_s, 3 * self.cfg.rollout.heartbeat_s
         while (missing := set(self.members) - self.plane.received(version)):
+            if refused := self.plane.refused(version):
+                raise RuntimeError("; ".join(f"{a} refused version {version}: {why}"
+                                             for a, why in sorted(refused.items())))
             gone = [a.actor_id for a in self.control.actors()
                     if a.actor_id in missing and (a.state in ("dead", "stopped") or not a.alive(silent_s))]
             if gone:

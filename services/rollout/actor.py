@@ -42,8 +42,8 @@ from services.common.metrics import serve as serve_metrics
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.prompts import chat_text
 from services.common.records import ActorStats
-from services.common.weight_plane import WeightPlane
-from services.common.weight_wire import Layout
+from services.common.weight_plane import Offer, WeightPlane
+from services.common.weight_wire import MISMATCH, Layout
 from services.common.weights import WeightIntegrityError, verify
 from services.rollout.engine import BroadcastEngine, Engine, EngineFactory, VLLMEngine
 from services.rollout.reward_link import RewardLink
@@ -359,14 +359,12 @@ class RolloutActor:
         update_info = await asyncio.to_thread(self.plane.update_info, offer.layout)
         if Layout.from_update_info(update_info).digest() != offer.layout:
             raise RuntimeError(f"version {offer.version}: its tensor metadata in Redis does not match its digest")
-        if offer.shm:
-            update_info = {**update_info, "shm_path": offer.shm}   # on this machine, in shared memory: mapped
+        # on this machine, in shared memory: mapped; on a sample of versions, checked against the learner's sha256
+        update_info = {**update_info, "shm_path": offer.shm, "sums": offer.sums}
         try:
             received = await engine.prefetch_weights(update_info)
-        except Exception as e:   # the group is gone (the learner left it, a member died), or no file: disk next
-            log.warning("%s: version %d did not arrive over epoch %d (%s); it comes as a disk copy", self.actor_id,
-                        offer.version, offer.epoch, e)
-            self.joined = offer.shm != ""   # a failed mapping leaves the group as it was
+        except Exception as e:   # the group is gone (the learner left it, a member died), no file, other bytes
+            await asyncio.to_thread(self._refused, offer, str(e))
             return False
         if offer.shm:
             await asyncio.to_thread(self.plane.ack_received, offer.version, self.actor_id)
@@ -376,6 +374,17 @@ class RolloutActor:
         if every and offer.version % every == 0:
             await self._check_weights(offer.version)
         return True
+
+    def _refused(self, offer: Offer, why: str) -> None:
+        """A version that did not arrive comes as a disk copy; a shared-memory one is refused at once, so the learner
+        need not wait out weights.timeout_s for this actor."""
+        log.warning("%s: version %d did not arrive over epoch %d (%s); it comes as a disk copy", self.actor_id,
+                    offer.version, offer.epoch, why)
+        if MISMATCH in why:
+            self.control.incr("weight_checksum_mismatch")
+        if offer.shm:
+            self.plane.refuse(offer.version, self.actor_id, why)
+        self.joined = offer.shm != ""   # a failed mapping leaves the group as it was
 
     async def _check_weights(self, version: int) -> None:
         """Integrity across actors: the digest of vLLM's checksum of every parameter, recorded in Redis and compared

@@ -12,13 +12,15 @@ the model is touched, so a sender that dies or stalls (each bucket waits at most
 weights serving; loading runs inside vLLM's layerwise reload (start/finish_weight_update), as vLLM's NCCL backend
 does. The cost is one model-sized staging buffer per worker, kept across versions of the same layout. On the
 learner's own machine the version may come as a shared-memory file instead (`shm_path`), complete before it is
-offered: the worker maps it, and there is nothing to receive and no staging buffer.
+offered: the worker maps it, and there is nothing to receive and no staging buffer. On a sample of versions
+(weights.checksum_every) the learner sends its sha256 of each tensor (`sums`): bytes that arrive different fail the
+receive as a dead sender does, before the model is touched.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -48,14 +50,17 @@ class GlooUpdateInfo(WeightTransferUpdateInfo):
     dtype_names: list[str]
     shapes: list[list[int]]
     shm_path: str = ""      # set: the bytes are in this shared-memory file of the sender's machine, not sent
+    sums: dict[str, str] = field(default_factory=dict)   # the learner's sha256 per tensor, on a sample of versions
 
 
 class _Receive:
     """One version's bytes arriving into `stream`, in a thread; `wait` returns the stream or raises its error. With
-    `mapped`, the stream is a shared-memory file the sender filled: the thread only touches its pages."""
+    `mapped`, the stream is a shared-memory file the sender filled: the thread only touches its pages. With `sums`
+    (the learner's sha256 per tensor), the bytes are checked against them before the version counts as received."""
 
-    def __init__(self, engine: GlooWeightTransferEngine, layout: Layout, stream: torch.Tensor, mapped: bool = False):
-        self.layout, self.stream = layout, stream
+    def __init__(self, engine: GlooWeightTransferEngine, layout: Layout, stream: torch.Tensor, mapped: bool = False,
+                 sums: dict[str, str] | None = None):
+        self.layout, self.stream, self.sums, self.mapped = layout, stream, sums or {}, mapped
         self.error: BaseException | None = None
         target, args = (self._touch, ()) if mapped else (self._run, (engine,))
         self.thread = threading.Thread(target=target, args=args, name="videorl-weights-rx", daemon=True)
@@ -64,7 +69,10 @@ class _Receive:
     def _touch(self) -> None:
         """Fault the mapping's pages in now, while generation goes on, rather than while loading with it paused."""
         try:
-            int(self.stream[::4096].sum())
+            if self.sums:
+                self.layout.check(self.stream, self.sums)   # reads every page anyway
+            else:
+                int(self.stream[::4096].sum())
         except BaseException as e:  # handed to `wait`
             self.error = e
 
@@ -74,6 +82,8 @@ class _Receive:
             assert info is not None and engine.group is not None
             for start, end in self.layout.spans(info.bucket_bytes):
                 broadcast(engine.group, self.stream[start:end], info.timeout_s)
+            if self.sums:
+                self.layout.check(self.stream, self.sums)   # hashlib lets generation run meanwhile (no GIL)
         except BaseException as e:  # handed to `wait`, in the worker's own thread
             self.error = e
 
@@ -115,20 +125,21 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         """Start receiving a version in the background; `update_weights` with the same metadata applies it."""
         if self._receive is not None and not self._receive.done():
             raise RuntimeError("a version is still being received")
-        layout = Layout.from_update_info(update_info)
+        layout, sums = Layout.from_update_info(update_info), update_info.get("sums")
         if path := update_info.get("shm_path"):
-            self._receive = _Receive(self, layout, shared_stream(path, layout.total), mapped=True)
+            self._receive = _Receive(self, layout, shared_stream(path, layout.total), mapped=True, sums=sums)
             return
         if self.group is None:
             raise RuntimeError("no weight group: call init_weight_transfer_engine first")
         if self._staging is None or self._staging.numel() != layout.total:
             self._staging = None   # the old buffer goes before the new one is allocated
             self._staging = torch.empty(layout.total, dtype=torch.uint8)
-        self._receive = _Receive(self, layout, self._staging)
+        self._receive = _Receive(self, layout, self._staging, sums=sums)
 
     def prefetch_status(self) -> str:
-        """"receiving", "ready" (or "none" when nothing was asked for), or the error that ended the receive: then the
-        group is left, the next version comes over a new one, and the old weights keep serving."""
+        """"receiving", "ready" (or "none" when nothing was asked for), or the error that ended the receive: the old
+        weights keep serving, and (unless the bytes were in shared memory) the group is left: the next version comes
+        over a new one."""
         r = self._receive
         if r is None:
             return "none"
@@ -136,7 +147,8 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
             return "receiving"
         if r.error is not None:
             self._receive = None
-            self.shutdown()
+            if not r.mapped:
+                self.shutdown()   # the group is not to be trusted; a mapped file never touched it
             return f"weight broadcast failed: {r.error}"
         return "ready"
 
@@ -152,16 +164,19 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
 
     def receive_weights(self, update_info: GlooUpdateInfo) -> None:
         """Receive the version (or take the prefetched one), then load it: the model changes only after this point."""
-        layout = Layout.from_update_info(vars(update_info))
+        layout, receive = Layout.from_update_info(vars(update_info)), self._receive
         try:
-            if self._receive is None or self._receive.layout != layout:
-                if self._receive is not None:
-                    self._receive.wait()   # a mismatched prefetch still has to finish before the group is reused
+            if receive is None or receive.layout != layout:
+                if receive is not None:
+                    receive.wait()   # a mismatched prefetch still has to finish before the group is reused
                 self.prefetch(vars(update_info))
-            assert self._receive is not None
-            stream = self._receive.wait()
+                receive = self._receive
+            assert receive is not None
+            stream = receive.wait()
         except RuntimeError:
-            self.shutdown()   # a collective failed: the group is unusable, the next version comes over a new one
+            self._receive = None
+            if receive is None or not receive.mapped:
+                self.shutdown()   # a collective failed: the group is unusable, the next version comes over a new one
             raise
         self._receive = None
         from vllm.model_executor.model_loader.mtp_validation import disable_mtp_completeness_check

@@ -19,6 +19,7 @@ import pytest
 from services.common.config import MediaConfig, RunConfig
 from services.common.media import sample_video
 from services.common.prompts import chat_text
+from services.common.weight_wire import MISMATCH
 from services.rollout.engine import VLLMEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -80,7 +81,9 @@ async def _broadcast_run(tiny_assets, out: Path) -> dict:
         await asyncio.gather(engine.join_weight_group(sender.group), sender.ask_async("connect", "CONNECTED"))
 
         # version 1: received while the engine could generate, then loaded with generation paused
-        r["swap1"], sent = await asyncio.gather(engine.receive_weights(v1["update_info"], 1),
+        # with the sender's sha256 of each tensor (the harness's own hashlib): the worker checks them before loading
+        checked = {**v1["update_info"], "sums": v1["sha256"]}
+        r["swap1"], sent = await asyncio.gather(engine.receive_weights(checked, 1),
                                                 sender.ask_async("send 1", "SENT"))
         r["sent1"] = json.loads(sent)
         r["after1"], r["sums1"] = await _greedy(engine, prompt, frames), await engine.weight_checksums()
@@ -120,7 +123,13 @@ async def _broadcast_run(tiny_assets, out: Path) -> dict:
             shm = f"/dev/shm/videorl-test-{os.getpid()}"
             try:
                 await asyncio.to_thread(again.ask, f"share 2 {shm}", "SHARED")
-                r["swap_shm"] = await engine.receive_weights({**v2_again["update_info"], "shm_path": shm}, 5)
+                shared = {**v2_again["update_info"], "shm_path": shm}
+                name = sorted(v2_again["sha256"])[-1]
+                damaged = {**v2_again["sha256"], name: "0" * 64}   # as if that tensor's bytes had changed
+                with pytest.raises(RuntimeError, match=f"{name} {MISMATCH}"):
+                    await engine.receive_weights({**shared, "sums": damaged}, 5)
+                r["after_damaged"] = await _greedy(engine, prompt, frames)
+                r["swap_shm"] = await engine.receive_weights({**shared, "sums": v2_again["sha256"]}, 5)
             finally:
                 Path(shm).unlink(missing_ok=True)
             r["after_shm"], r["sums_shm"] = await _greedy(engine, prompt, frames), await engine.weight_checksums()
@@ -166,4 +175,5 @@ def test_broadcast_versions_equal_their_disk_copies_and_a_dead_sender_leaves_the
     assert r["after_death"] == r["after2"] and r["sums_death"] == r["sums2"], "the old weights must keep serving"
     assert r["version_after_death"] == "2"
     assert r["after_new_group"] == r["after1"], "the next group delivers a version again"
+    assert r["after_damaged"] == r["after_new_group"], "bytes that fail their checksum are never loaded"
     assert r["after_shm"] == d["disk2"] and r["sums_shm"] == d["disk_sums2"], "shared memory delivers the same bytes"

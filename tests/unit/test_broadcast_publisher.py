@@ -57,7 +57,15 @@ def _actor(control, actor_id: str, versions: int, got: dict) -> threading.Thread
                 stream = torch.empty(layout.total, dtype=torch.uint8)
                 for start, end in layout.spans(info.bucket_bytes):
                     broadcast(pg, stream[start:end], info.timeout_s)
+            try:
+                layout.check(stream, offer.sums)   # as the worker does (rollout/weight_transfer.py)
+            except ValueError as e:
+                got.setdefault("refused", []).append(offer.version)
+                plane.refuse(offer.version, actor_id, str(e))
+                continue
             got[offer.version] = {n: t.clone() for n, t in layout.views(stream)}
+            if offer.sums:
+                got.setdefault("sums", []).append(offer.version)
             if offer.shm:
                 plane.ack_received(offer.version, actor_id)
 
@@ -115,6 +123,27 @@ def test_a_shared_memory_hand_over_fails_fast_when_a_member_dies_before_taking_i
     assert time.monotonic() - t0 < 5, "a member marked dead fails the hand-over at once, not at weights.timeout_s"
     assert m.on_disk and control.manifest(2).transport == "disk" and pub.metrics.failed._value.get() == 1
     assert not list(SHM.glob(f"videorl-{control.run_id}-*")), "a failed hand-over closes the group and frees the files"
+
+
+def test_sampled_versions_carry_the_learners_checksums_and_a_member_that_refuses_them_fails_it_at_once(
+        control, tmp_path, monkeypatch):
+    pub = _publisher(control, tmp_path, timeout_s=30.0, shared_memory=True, checksum_every=2)
+    got: dict = {}
+    t = _actor(control, "rollout-0", 4, got)
+    pub.publish(1, step=1)
+    pub.publish(2, step=2)
+    assert got["sums"] == [2] and got[2]["a.weight"].eq(2.0).all(), "every checksum_every-th version is checked"
+    sent = Layout.digests   # version 4 goes out with a wrong checksum for one tensor, as if its bytes were damaged
+    monkeypatch.setattr(Layout, "digests", lambda self, ts: {**sent(self, ts), "b.bias": "0" * 64})
+    pub.publish(3, step=3)
+    t0 = time.monotonic()
+    m = pub.publish(4, step=4)
+    t.join(10)
+    assert got["refused"] == [4] and 4 not in got
+    assert time.monotonic() - t0 < 5, "a refusal fails the hand-over at once, not at weights.timeout_s"
+    assert m.on_disk and control.manifest(4).transport == "disk" and pub.metrics.failed._value.get() == 1
+    assert WeightPlane(control).refused(4) == {}, "the learner forgets the answers it waited for"
+    pub.close()
 
 
 def test_a_member_that_never_joins_fails_the_broadcast_into_a_disk_copy_and_the_next_goes_to_a_new_group(

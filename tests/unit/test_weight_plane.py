@@ -35,6 +35,21 @@ def test_an_offer_carries_the_metadata_by_its_digest_and_wakes_subscribers(contr
         plane.update_info("def")
     assert ps.get_message(timeout=2.0)["data"] == b"offer:4"
     ps.close()
+    assert offer.sums == {} and offer.shm == ""
+    plane.offer(5, 2, "abc", info, shm="/dev/shm/x", sums={"w": "ab" * 32})
+    assert plane.offered().sums == {"w": "ab" * 32}
+    plane.offer(6, 2, "abc", info)
+    assert plane.offered().sums == {} and plane.offered().shm == "", "an offer never inherits the last one's fields"
+
+
+def test_answers_to_a_shared_memory_offer_expire_and_the_learner_forgets_them(control):
+    plane = WeightPlane(control)
+    plane.ack_received(3, "rollout-0")
+    plane.refuse(3, "rollout-1", "w arrived with other bytes")
+    assert plane.received(3) == {"rollout-0"} and plane.refused(3) == {"rollout-1": "w arrived with other bytes"}
+    assert 0 < control.r.ttl(control.key("weights:refused:3")) <= 3600, "a late answer cannot pile up"
+    plane.forget_answers(3)
+    assert plane.received(3) == set() and plane.refused(3) == {}
 
 
 def test_a_disk_copy_completes_a_broadcast_manifest_and_the_newest_copy_only_rises(control):

@@ -1,13 +1,23 @@
 """The broadcast transport's wire format (services/common/weight_wire.py): what the sender packs, bucket by bucket,
 the receiver unpacks into the same tensors, whatever the bucket size; and its gloo group on loopback."""
 
+import hashlib
 import threading
 import time
 
 import pytest
 import torch
 
-from services.common.weight_wire import ALIGN, GroupInfo, Layout, Packer, broadcast, listen_socket, open_group
+from services.common.weight_wire import (
+    ALIGN,
+    MISMATCH,
+    GroupInfo,
+    Layout,
+    Packer,
+    broadcast,
+    listen_socket,
+    open_group,
+)
 
 
 def _state() -> list[tuple[str, torch.Tensor]]:
@@ -79,6 +89,24 @@ def test_the_wire_dtype_casts_floating_tensors_only():
     assert [e.dtype for e in layout.entries] == ["bfloat16", "int64"]
     got = dict(layout.views(_send(layout, state, 64)))
     assert torch.equal(got["w"], state[0][1].to(torch.bfloat16)) and torch.equal(got["ids"], torch.arange(4))
+
+
+@pytest.mark.parametrize("wire", [None, torch.bfloat16], ids=["own-dtype", "bf16-wire"])
+def test_the_senders_digests_check_the_received_bytes_and_name_a_changed_tensor(wire):
+    state = _state()
+    layout = Layout.of_tensors(state, dtype=wire)
+    sums = layout.digests(state)
+    as_sent = dict(state)["embed.weight"].to(wire or torch.float32)
+    raw = as_sent.contiguous().view(torch.uint8).numpy().tobytes()
+    assert sums["embed.weight"] == hashlib.sha256(raw).hexdigest(), "the bytes on the wire"
+    stream = _send(layout, state, 100)
+    layout.check(stream, sums)
+    e = next(e for e in layout.entries if e.name == "ids")
+    stream[e.offset + 3] ^= 1   # one bit of one tensor
+    with pytest.raises(ValueError, match=f"ids {MISMATCH}"):
+        layout.check(stream, sums)
+    with pytest.raises(ValueError, match="'nope', which is not in the version's layout"):
+        layout.check(stream, {"nope": "0" * 64})
 
 
 def test_an_empty_version_has_no_bucket():
