@@ -56,7 +56,7 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -103,7 +103,7 @@ def _words(text: Any) -> frozenset[str]:
     return frozenset(_WORD.findall(unicodedata.normalize("NFKC", text).casefold()))
 
 
-def _finite(v: Any) -> bool:
+def _finite(v: Any) -> TypeGuard[int | float]:
     """A JSON number a float can hold: not a bool, not inf or nan, and not an integer too large for a float."""
     if isinstance(v, bool) or not isinstance(v, int | float):
         return False
