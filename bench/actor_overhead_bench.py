@@ -78,7 +78,7 @@ def raw_engine(cfg_json: str, model_dir: str, prompts_file: str, warmup: int) ->
     from services.common.pb.videorl.v1 import rollout_pb2 as pb
     from services.common.prompts import chat_text, vision_token_ids
 
-    cfg = RunConfig.model_validate_json(cfg_json)
+    cfg = RunConfig.model_validate_json(cfg_json).resolved()   # kv_cache_mib and the rest as an actor gets them
     r = cfg.rollout
     processor = AutoProcessor.from_pretrained(model_dir)
     frames = FrameCache(max_bytes=256 << 20)

@@ -194,7 +194,7 @@ def learn_child(cfg_json: str, redis_url: str, model_dir: str) -> None:
     from services.common.config import RunConfig
     from services.learner.driver import LearnerDriver
 
-    cfg = RunConfig.model_validate_json(cfg_json)
+    cfg = RunConfig.model_validate_json(cfg_json).resolved()   # as rlctl run gives it to the learner
     # No rows: every group it trains on is in the stream already (see learner_alone).
     records = LearnerDriver(cfg, redis_url, Path(model_dir), [], []).run()
     print("RECORDS " + json.dumps([{"step": r.step, "time": r.time, "groups": len(r.group_ids),
