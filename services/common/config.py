@@ -126,6 +126,7 @@ class SupervisorConfig(_Strict):
 
 
 CPU_KV_CACHE_MIB = 64  # rollout.engine.kv_cache_mib on CPU when unset: room for the default run's prompts in flight
+CPU_SPIN_WAIT_S = 0.05  # rollout.engine.spin_wait_s on CPU when unset: bench/results/profile_loop.md
 
 
 class ClusterConfig(_Strict):
@@ -282,7 +283,8 @@ class RunConfig(_TopLevel):
             raise ValueError("learner.offload_optimizer: the optimizer is in CPU memory already on CPU")
         engine = e.model_copy(update={
             "dtype": e.dtype if e.dtype != "auto" else "bfloat16" if gpu else "float32",
-            "enforce_eager": e.enforce_eager if e.enforce_eager is not None else not gpu})
+            "enforce_eager": e.enforce_eager if e.enforce_eager is not None else not gpu,
+            "spin_wait_s": e.spin_wait_s if e.spin_wait_s is not None or gpu else CPU_SPIN_WAIT_S})
         if not gpu and engine.kv_cache_mib is None:
             engine = engine.model_copy(update={"kv_cache_mib": CPU_KV_CACHE_MIB})  # CPU has no memory share to take
         w = self.weights

@@ -27,6 +27,10 @@ class EngineConfig(_Strict):
         "tokens per engine step (chunked prefill); null = vLLM's default"))
     enable_prefix_caching: bool = Field(True, description=(
         "reuse the KV cache of a shared prompt prefix (the K samples of a prompt share theirs); reset on each swap"))
+    spin_wait_s: float | None = Field(None, ge=0, le=10, description=(
+        "how long vLLM's engine processes busy-wait for their next message before sleeping until woken "
+        "(rollout/vllm_plugin.py); null = 0.05 on CPU, where the spin takes cores the model and learner need "
+        "(bench/results/profile_loop.md), vLLM's own 1 s on GPU; 0 makes every engine step wait for a wake-up"))
 
 
 class ActorFaultsConfig(_Strict):

@@ -21,6 +21,7 @@ import numpy as np
 
 from services.common.config import RunConfig
 from services.common.prompts import ChatTemplater, vision_token_ids
+from services.rollout.vllm_plugin import SPIN_ENV
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,10 @@ class VLLMEngine:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        if (spin := cfg.resolved().rollout.engine.spin_wait_s) is not None:
+            os.environ[SPIN_ENV] = repr(spin)   # for the engine's processes: rollout/vllm_plugin.py
+        else:
+            os.environ.pop(SPIN_ENV, None)
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(model_dir, cfg)))
         return cls(llm, AutoProcessor.from_pretrained(str(model_dir)))
 

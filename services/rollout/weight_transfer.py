@@ -217,6 +217,12 @@ class GlooWorkerExtension:
     def videorl_prefetch_status(self) -> str:
         return _engine(self).prefetch_status()
 
+    def videorl_spin_wait_s(self) -> float | None:
+        """The busy-wait limit rollout/vllm_plugin.py set in this worker's process (None: vLLM's own)."""
+        from vllm.distributed.device_communicators.shm_broadcast import SpinCondition
+
+        return getattr(SpinCondition.wait, "spin_s", None)
+
 
 def _engine(worker: object) -> GlooWeightTransferEngine:
     engine = getattr(worker, "weight_transfer_engine", None)

@@ -76,6 +76,7 @@ async def _broadcast_run(tiny_assets, out: Path) -> dict:
     try:
         prompt = r["prompt"] = chat_text(engine.tokenizer, row.question, list(row.options))
         r["before"], r["sums0"] = await _greedy(engine, prompt, frames), await engine.weight_checksums()
+        r["spin"] = await engine.llm.collective_rpc("videorl_spin_wait_s")   # the plugin, in the spawned worker
         v1, v2, v3 = (json.loads(sender.ask(f"prepare {v}", "LAYOUT")) for v in (1, 2, 3))
         r["sent_sha1"] = v1["sha256"]
         await asyncio.gather(engine.join_weight_group(sender.group), sender.ask_async("connect", "CONNECTED"))
@@ -158,6 +159,7 @@ def test_broadcast_versions_equal_their_disk_copies_and_a_dead_sender_leaves_the
     r = asyncio.run(_broadcast_run(tiny_assets, tmp_path))
     d = asyncio.run(_disk_run(tiny_assets, tmp_path, r["prompt"]))
 
+    assert r["spin"] == [0.05], "the vLLM plugin bounds the worker's busy-wait (rollout.engine.spin_wait_s on CPU)"
     assert r["after1"] != r["before"] and r["after2"] != r["after1"], "each version must change the greedy output"
     assert r["after1"] == d["fresh1"], "version 1 by broadcast must behave like a fresh engine on its disk copy"
     assert r["after2"] == d["disk2"], "version 2 likewise"
