@@ -14,8 +14,9 @@ from services.rollout.vllm_plugin import SPIN_ENV, register
 
 @pytest.fixture
 def original_wait(monkeypatch):
+    """vLLM's own SpinCondition.wait (an engine built earlier in this process may have wrapped it already)."""
     monkeypatch.setattr(SpinCondition, "wait", SpinCondition.wait)   # restored after the test
-    return SpinCondition.wait
+    return getattr(SpinCondition.wait, "__wrapped__", SpinCondition.wait)
 
 
 def test_vllms_own_loader_finds_the_plugin():
@@ -24,8 +25,9 @@ def test_vllms_own_loader_finds_the_plugin():
 
 def test_without_the_variable_vllm_is_left_as_it_is(original_wait, monkeypatch):
     monkeypatch.delenv(SPIN_ENV, raising=False)
+    before = SpinCondition.wait
     register()
-    assert SpinCondition.wait is original_wait
+    assert SpinCondition.wait is before
 
 
 def test_a_reader_busy_waits_at_most_the_limit_then_sleeps_until_notified(original_wait, monkeypatch, tmp_path):
