@@ -70,6 +70,11 @@ def run(config: Path | None, overrides: tuple[str, ...], resume_dir: Path | None
         console.print(f"version pickup by the actors: {min(secs):.2f}-{max(secs):.2f}s after publication; "
                       f"{next_step}/{len(lags)} within the next learner step{rest}", soft_wrap=True)
     (Path(cfg.run_dir) / "summary.json").write_text(summary.model_dump_json(indent=1))
+    if cfg.tracking.backends:
+        from services.learner.tracking_records import look_at
+
+        console.print("trackers (a failed one is named in `rlctl logs --service learner`): " +
+                      "; ".join(look_at(cfg.tracking, Path(cfg.run_dir))), soft_wrap=True)
 
 
 @main.command("eval")

@@ -50,8 +50,14 @@ def sft(config: Path | None, overrides: tuple[str, ...], out_dir: Path | None) -
     console.print(f"[bold]videorl[/] sft: {model_dir} on {', '.join(map(str, data))} -> {out}", soft_wrap=True)
     from services.learner.sft import train_sft
 
+    def tracker():
+        from services.learner.tracking import Tracker
+
+        return Tracker.open(cfg.tracking, Path(cfg.run_dir), cfg.run_id, cfg.model_dump(mode="json"))
+
     try:
-        summary = train_sft(cfg.sft, cfg.media, Path(model_dir), data, out, seed=cfg.seed)
+        summary = train_sft(cfg.sft, cfg.media, Path(model_dir), data, out, seed=cfg.seed,
+                            tracker=tracker if cfg.tracking.backends else None)
     except (DatasetError, FileExistsError) as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
@@ -62,3 +68,7 @@ def sft(config: Path | None, overrides: tuple[str, ...], out_dir: Path | None) -
                   f"loss {summary.loss_first:.4f} -> {summary.loss_last:.4f}, skipped rows {skipped} "
                   f"{summary.skipped_rows or ''}", soft_wrap=True)
     console.print(f"model in {out}; start GRPO from it with: rlctl run CONFIG --set model.path={out}", soft_wrap=True)
+    if cfg.tracking.backends:
+        from services.learner.tracking_records import look_at
+
+        console.print("trackers: " + "; ".join(look_at(cfg.tracking, Path(cfg.run_dir))), soft_wrap=True)

@@ -1,4 +1,5 @@
 import os
+import tempfile
 import uuid
 
 import pytest
@@ -8,6 +9,11 @@ from services.common.redis_server import EmbeddedRedis
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+# W&B keeps settings, a cache and artifact staging under the home directory; tests keep them in a temp dir (set
+# before any test starts Ray, so the learner's process inherits it too).
+_wandb_home = tempfile.mkdtemp(prefix="videorl-tests-wandb-")
+for _var, _sub in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data")):
+    os.environ.setdefault(_var, os.path.join(_wandb_home, _sub))
 
 
 def pytest_collection_modifyitems(config, items):

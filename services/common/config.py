@@ -19,10 +19,11 @@ from services.common.learner_config import LearnerConfig, LossConfig
 from services.common.reward_config import RewardConfig
 from services.common.rollout_config import ActorFaultsConfig, EngineConfig, RolloutConfig
 from services.common.synth_tasks import parse_tasks
+from services.common.tracking_config import TrackingConfig
 
 # The role configs live in modules of their own; their names are importable from here, as every caller does.
 __all__ = ["ActorFaultsConfig", "ClusterConfig", "ConfigError", "EngineConfig", "LearnerConfig", "LossConfig",
-           "RolloutConfig", "RunConfig", "SFTRunConfig", "WeightsConfig", "load_config"]
+           "RolloutConfig", "RunConfig", "SFTRunConfig", "TrackingConfig", "WeightsConfig", "load_config"]
 
 
 class RedisConfig(_Strict):
@@ -231,6 +232,7 @@ class SFTRunConfig(_TopLevel):
     data: DataConfig = DataConfig()
     media: MediaConfig = MediaConfig()
     sft: SFTConfig = SFTConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     moved: ClassVar[dict[str, str]] = {"model.seed": MOVED["model.seed"], "data.seed": MOVED["data.seed"],
                                        "sft.seed": "seed (one seed derives every other)"}
@@ -255,6 +257,7 @@ class RunConfig(_TopLevel):
     supervisor: SupervisorConfig = SupervisorConfig()
     cluster: ClusterConfig = ClusterConfig()
     weights: WeightsConfig = WeightsConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     moved: ClassVar[dict[str, str]] = MOVED
 

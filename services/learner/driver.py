@@ -39,6 +39,7 @@ from services.learner.feeder import PromptFeeder
 
 if TYPE_CHECKING:
     from services.learner.publish import BroadcastPublisher
+    from services.learner.tracking import Tracker
 
 log = logging.getLogger("videorl.learner")
 CONSUMER = "learner-0"
@@ -119,6 +120,9 @@ class LearnerDriver:
         self._pending: list[tuple[str, bytes]] | None = None  # this consumer's unacked groups, read once a step
         self.weights_root = Path(cfg.run_dir) / "weights"
         self.publisher: BroadcastPublisher | None = None   # weights.transport broadcast
+        self.tracker: Tracker | None = None                # tracking.backends
+        self.drops = dict.fromkeys(DROP_REASONS, 0)        # groups not trained on, by reason, by this process
+        self._last_record_time: float | None = None
 
     @contextmanager
     def _phase(self, name: str):
@@ -145,6 +149,11 @@ class LearnerDriver:
         self.version = self.control.current_version() or 0
         self.stats_path.parent.mkdir(parents=True, exist_ok=True)
         records: list[StepRecord] = []
+        if self.cfg.tracking.backends:
+            from services.learner.tracking import Tracker
+
+            self.tracker = Tracker.open(self.cfg.tracking, Path(self.cfg.run_dir), self.cfg.run_id,
+                                        self.cfg.model_dump(mode="json"), resume=self.resume)
         if lc.eval_every and not self.resume:
             self._feed_eval(0)  # the starting point of the held-out curve
         try:
@@ -154,6 +163,8 @@ class LearnerDriver:
             if self.publisher is not None:
                 self.publisher.wait_copy()
                 self.publisher.close()
+            if self.tracker is not None:
+                self.tracker.close()
         return records
 
     def _step(self, step: int) -> StepRecord:
@@ -172,6 +183,7 @@ class LearnerDriver:
             m = self.engine.train_step(batch, k)
         self._mark_trained(groups)
         if mismatched:
+            self.drops["prompt_mismatch"] += mismatched
             self.metrics.dropped.labels("prompt_mismatch").inc(mismatched)
             self.control.incr("groups_dropped:prompt_mismatch", mismatched)
         published = None
@@ -236,6 +248,7 @@ class LearnerDriver:
         return self.control.read_groups(GROUPS, CONSUMER, count, block_ms=200)
 
     def _drop(self, entry_id: str, reason: str) -> None:
+        self.drops[reason] += 1
         self.metrics.dropped.labels(reason).inc()
         self.control.incr(f"groups_dropped:{reason}")
         self.control.ack_group(GROUPS, entry_id)
@@ -353,4 +366,17 @@ class LearnerDriver:
         with open(self.stats_path, "a") as f:
             f.write(rec.model_dump_json() + "\n")
         self.control.record_step(rec)
+        if self.tracker is not None:
+            self._track(rec, [g for _, g in groups])
         return rec
+
+    def _track(self, rec: StepRecord, groups: list[pb.ScoredGroup]) -> None:
+        """The step to the experiment trackers (queued: a slow or failed tracker never holds the step up)."""
+        from services.learner.tracking_records import sample_table, step_scalars
+
+        tc = self.cfg.tracking
+        assert self.tracker is not None
+        self.tracker.scalars(rec.step, step_scalars(rec, groups, self.drops, self._last_record_time))
+        self._last_record_time = rec.time
+        if tc.samples_every and rec.step % tc.samples_every == 0:
+            self.tracker.samples(sample_table(rec.step, groups, tc.samples_prompts))

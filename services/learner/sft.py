@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from services.common.dataset import DatasetError, Row, load_rows, rows_with_reve
 from services.common.media import FrameCache, MediaError
 from services.common.prompts import chat_text
 from services.common.records import SFTSummary
+
+if TYPE_CHECKING:
+    from services.learner.tracking import Tracker
 
 IGNORE = -100  # label of a position that carries no loss
 # Files of a model directory besides the weights and config that save_pretrained writes (as engine.py copies them).
@@ -179,8 +182,9 @@ def total_steps(cfg: SFTConfig, n_rows: int) -> int:
 
 
 def train_sft(cfg: SFTConfig, media: MediaConfig, model_dir: Path, data: list[Path], out_dir: Path, seed: int = 0,
-              progress: bool = True) -> SFTSummary:
-    """Train the model in `model_dir` on `data` and write the result to `out_dir`; returns the summary."""
+              progress: bool = True, tracker: Callable[[], Tracker] | None = None) -> SFTSummary:
+    """Train the model in `model_dir` on `data` and write the result to `out_dir`; returns the summary.
+    `tracker` opens the experiment trackers (tracking.backends), on rank 0 only: every step's loss goes to them."""
     out_dir = Path(out_dir).resolve()
     if (out_dir / "config.json").exists():
         raise FileExistsError(f"{out_dir} already holds a model; remove it or choose another output dir")
@@ -191,10 +195,14 @@ def train_sft(cfg: SFTConfig, media: MediaConfig, model_dir: Path, data: list[Pa
     log: list[dict[str, Any]] = []  # step 1, then every log_every steps: the mean loss since the previous record
     window: list[float] = []
     start = time.perf_counter()
-    with _progress(trainer.steps, progress and trainer.rank == 0) as show:
+    track = tracker() if tracker is not None and trainer.rank == 0 else None
+    with _progress(trainer.steps, progress and trainer.rank == 0) as show, _closing(track):
         for step in range(trainer.steps):
             loss, tokens = trainer.step(stream.take(per_rank), step)
             window.append(loss)
+            if track is not None:
+                track.scalars(step + 1, {"sft/loss": loss, "sft/lr": trainer.lr(step), "sft/tokens": tokens,
+                                         "sft/skipped_rows": sum(stream.skipped.values())})
             record = None
             if step == 0 or (step + 1) % cfg.log_every == 0 or step + 1 == trainer.steps:
                 record = {"step": step + 1, "loss": round(sum(window) / len(window), 5), "lr": trainer.lr(step),
@@ -271,6 +279,15 @@ class _Trainer:
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
         fsync_dir(out_dir.parent)
+
+
+@contextmanager
+def _closing(tracker: Tracker | None) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if tracker is not None:
+            tracker.close()
 
 
 @contextmanager

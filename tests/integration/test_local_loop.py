@@ -13,6 +13,7 @@ from rlctl.local import RunHooks, run_local
 from services.common.config import load_config
 from services.common.control import EVALS, GROUPS, ControlPlane
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
+from tests import tracker_readers
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +35,16 @@ def _listening_addresses():
     return out
 
 
-def test_two_actors_full_loop(tiny_assets, tmp_path):
+@pytest.fixture(scope="module")
+def loop(tiny_assets, tmp_path_factory):
+    """(config, summary, what was seen while the services were up) of one 6-step run with 2 actors, reporting to
+    every experiment tracker (W&B offline)."""
+    run_dir = tmp_path_factory.mktemp("loop") / "run"
     cfg = load_config(None, ["learner.steps=6", "learner.publish_every=2", "learner.eval_every=3",
-                             "rollout.num_actors=2", f"run_dir={tmp_path / 'run'}", "data.synth_eval=4"])
-    seen = {}
+                             "rollout.num_actors=2", f"run_dir={run_dir}", "data.synth_eval=4",
+                             "tracking.backends=[tensorboard,wandb,mlflow]", "tracking.samples_every=3",
+                             "tracking.tags=[loop-test]", "tracking.wandb_mode=offline"])
+    seen: dict = {}
 
     # Every socket while every service is up; the streams once the actors stopped, before the run's Redis goes away.
     def before_stop(run):
@@ -52,7 +59,11 @@ def test_two_actors_full_loop(tiny_assets, tmp_path):
         seen["actors"] = cp.actors()
 
     summary = run_local(cfg, Console(quiet=True), hooks=RunHooks(before_stop, after_stop))
+    return cfg, summary, seen
 
+
+def test_two_actors_full_loop(loop):
+    cfg, summary, seen = loop
     loopback = ("127.", "::ffff:127.", "::1")
     off_loopback = [a for a in seen["listening"] if not a[0].startswith(loopback)]
     assert not off_loopback, f"processes of the run listen beyond loopback: {off_loopback}"
@@ -87,6 +98,30 @@ def test_two_actors_full_loop(tiny_assets, tmp_path):
     assert evals and evals[0].round == 0 and evals[0].fed_at_step == 0      # the curve starts before step 1
     assert set(evals[0].per_task) == {"direction"} and 0.0 <= evals[0].accuracy <= 1.0
     assert evals[0].groups == 4
+
+
+@pytest.mark.parametrize("reader", [tracker_readers.tensorboard, tracker_readers.mlflow, tracker_readers.wandb],
+                         ids=["tensorboard", "mlflow", "wandb"])
+def test_every_tracker_holds_the_steps_the_held_out_curve_and_the_samples(loop, reader):
+    cfg, summary, _ = loop
+    recs, k = summary.records, cfg.group_size
+    got = reader(Path(cfg.run_dir))
+    assert got.finished
+    loss = got.scalars["train/loss"]
+    assert sorted(loss) == [1, 2, 3, 4, 5, 6]
+    assert [loss[r.step] for r in recs] == pytest.approx([r.train.loss for r in recs], rel=1e-6)
+    for key in ("reward/mcq", "reward/answer_format", "train/kl_mean", "train/clip_frac", "train/adv_std",
+                "staleness/max", "drops/stale", "time/train", "actors/version/rollout-0"):
+        assert sorted(got.scalars[key]) == [1, 2, 3, 4, 5, 6], key
+    evals = {r.step: r.eval.per_task["direction"] for r in recs if r.eval}
+    assert evals and got.scalars["eval/direction/accuracy"] == pytest.approx(evals)
+    assert sorted(got.samples) == [3, 6]
+    for step, rows in got.samples.items():   # samples_prompts (2) prompts with their K completions each
+        assert len(rows) == 2 * k and {str(r["step"]) for r in rows} == {str(step)}
+        assert {"completion", "reward", "video", "reward/mcq"} <= set(rows[0])
+        assert all(Path(r["video"]).suffix == ".mp4" for r in rows)
+    learner = got.config.get("learner.steps") or got.config["learner"]["steps"]   # flat in MLflow, nested elsewhere
+    assert str(learner) == "6"
 
 
 def test_rlctl_eval_scores_every_held_out_row_once_through_the_actors(tiny_assets, tmp_path):

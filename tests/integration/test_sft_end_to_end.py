@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,12 +32,23 @@ def sft_run(tmp_path_factory):
                "options": ["up", "down", "left", "right"], "answer": "A", "reasoning": "It cannot be seen."}
     data.write_text(train.read_text() + json.dumps(bad_row) + "\n")
     out = tmp / "sft-out"
+    # Every tracker on; two of them fail as users' do: W&B with a bad key, MLflow at a server nobody runs.
+    closed_port = _free_port()
     cmd = [sys.executable, "-m", "rlctl.cli", "sft", "--set", f"model.path={model_dir}", "--set", f"sft.data={data}",
-           "--set", f"sft.steps={STEPS}", "--set", "sft.batch_size=8", "--set", "sft.lr=0.002", "--out", str(out)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+           "--set", f"sft.steps={STEPS}", "--set", "sft.batch_size=8", "--set", "sft.lr=0.002", "--out", str(out),
+           "--set", f"run_dir={tmp / 'run'}", "--set", "tracking.backends=[tensorboard,wandb,mlflow]",
+           "--set", f"tracking.mlflow_uri=http://127.0.0.1:{closed_port}", "--set", "tracking.close_timeout_s=5"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "WANDB_API_KEY": "not-a-key",
+           "WANDB_BASE_URL": f"http://127.0.0.1:{closed_port}"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return model_dir, eval_, out, done.stdout + done.stderr, cmd, env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _heldout_loss(model_dir: Path, eval_jsonl: Path) -> float:
@@ -79,6 +91,20 @@ def test_sft_output_is_a_complete_model_dir_with_lower_loss(sft_run):
     # An output dir that already holds a model is never overwritten.
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode != 0 and "already holds a model" in again.stdout + again.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_sft_reports_each_step_to_the_trackers_and_failing_ones_leave_it_finishing(sft_run):
+    from tests import tracker_readers
+
+    _, _, out, output, *_ = sft_run
+    tb = tracker_readers.tensorboard(out.parent / "run")
+    assert sorted(tb.scalars["sft/loss"]) == list(range(1, STEPS + 1))
+    assert tb.scalars["sft/skipped_rows"][STEPS] == 1 and tb.config["sft"]["steps"] == STEPS
+    assert "tracking: wandb failed" in output and "API key" in output
+    assert "tracking: mlflow could not start" in output
+    assert (out / "sft_info.json").exists()   # the run finished and wrote its model as without trackers
 
 
 @pytest.mark.integration
