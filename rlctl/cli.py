@@ -114,11 +114,12 @@ def eval_cmd(config: Path | None, model_dir: Path | None, overrides: tuple[str, 
 
 @main.group()
 def data() -> None:
-    """Prepare datasets: convert published annotation formats, render the synthetic task suite."""
+    """Prepare datasets: convert published annotation formats, look inside a dataset, render the synthetic task
+    suite."""
 
 
 def _register_subcommands() -> None:
-    from rlctl.data_convert import convert
+    from rlctl.data_convert import convert, inspect
     from rlctl.data_synth import synth
     from rlctl.operate import logs, scale, status
     from rlctl.plan_cmd import plan
@@ -127,6 +128,7 @@ def _register_subcommands() -> None:
     from rlctl.submit import submit
 
     data.add_command(convert)
+    data.add_command(inspect)
     data.add_command(synth)
     main.add_command(rewards)
     main.add_command(sft)

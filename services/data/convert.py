@@ -1,395 +1,88 @@
-"""Converters from published video-QA annotation formats to videorl dataset rows (services/common/dataset.py).
+"""`rlctl data convert`'s driver: reads a published annotation file record by record, converts each with its
+format's converter (services/data/formats.py, which documents every format), validates every row against the
+dataset schema and writes OUT with its report (OUT.report.json, services/data/convert_report.py).
 
-Formats read (field names as the datasets publish them; where a publication left a detail open, the
-assumption is named):
-
-ego-st      Ego-ST Bench / ST-R1 (github.com/WPR001/Ego-ST). Two shapes, told apart by content:
-            (a) the benchmark JSON: an object keyed by sample id, each value with "video" (a file name under the
-                part's video folder), route QA "question" + "forward_answer" and/or "reverse_answer", and MCQ
-                blocks "forward_mcq" / "reverse_mcq" = {"question", "options": ["A. ...", ...], "answer"}.
-                Assumed: the MCQ block's correct letter is under "answer" (the published inference scripts
-                never read it); an answer given as a list of steps is joined with ", ".
-                Each block becomes its own row: <stem>-<key>-route / -route-back (task route, the answer also
-                as the judge's reference) and -mcq / -mcq-back (task mcq). Ego-ST's "reverse" questions ask
-                for the way back on the unreversed video, so they are plain rows, not reverse-time variants.
-            (b) the ST-R1 training JSONL (ST-R1/r1_data/*.jsonl): "problem" (question, then "Options: A. x, B. y"
-                and "Instructions: ..."), "solution" ("<think>..</think> <answer>D</answer>"), "video",
-                "original_question", "original_answer". Options are split out of the problem text.
-vsi-bench   VSI-Bench (huggingface nyu-visionx/VSI-Bench, test parquet or its JSON/JSONL export): "id",
-            "dataset", "scene_name", "question_type", "question", "options" (["A. chair", ...] or null),
-            "ground_truth". The video is <dataset>/<scene_name>.mp4 under --video-root, as in the published
-            zips. Rows with options are mcq (ground_truth a letter, or an option's text, mapped to its letter);
-            rows without are numeric.
-sti-bench   STI-Bench (huggingface MINT-SJTU/STI-Bench qa.parquet, as read by its opensource_test.py): "ID",
-            "Video" (file under the video folder), "Task", "Question", "Candidates" ({"A": ..., ...} or that as
-            a JSON string), "Answer" (a letter), "time_start", "time_end" (seconds the question is about;
-            put in front of the question as the published script does, and kept in extra["window"]).
-video-r1    Video-R1-260k (huggingface Video-R1/Video-R1-data, Video-R1-260k.json): a JSON list of "problem_id",
-            "problem", "data_type" (image rows are ignored, not errors), "problem_type" (multiple choice -> mcq,
-            numerical/regression -> numeric, OCR/free-form -> open with the answer as reference), "options"
-            (["A. ...", ...]), "solution" ("<answer>..</answer>"), "path" (relative to the data folder),
-            "data_source". Ids are video-r1-<index in the list>: published problem_ids repeat across sources.
-charades-sta Charades-STA (github.com/jiyanggao/TALL) charades_sta_{train,test}.txt: lines
-            "VIDEOID start end##sentence". The txt carries no video length, so task temporal needs --durations
-            (Charades_v1_{train,test}.csv with columns id and length, or a JSON {video id: seconds}) or else
-            the video <VIDEOID>.mp4 under --video-root is probed with PyAV. Assumed: an end past the video's
-            length (the annotations have some) is clipped to the length.
-
-Invariants: JSONL, txt and parquet input is read record by record (a .json file is parsed whole, then
-converted one record at a time); OUT is written to a temporary file and renamed, so it is complete or absent;
-every row written passes dataset.parse_row; an error names the input file, line / index / key, and field.
-With skip_bad a bad record is counted and skipped (the first reasons are kept for the report), otherwise
-it stops the conversion.
+Invariants: JSONL, txt and parquet input is read record by record (a .json file is parsed whole, then converted
+one record at a time); OUT is written to a temporary file and renamed, so it is complete or absent; every row
+written passes dataset.parse_row; every record read is counted once (converted, skipped or ignored); an error
+names the input file, line / index / key, and field. With skip_bad a bad record is counted by reason and skipped,
+otherwise it stops the conversion; with strict, every warning (an end clipped, a video found nowhere, a column not
+understood) is an error.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from services.common.dataset import LETTERS, DatasetError, parse_row
-from services.data.records import ConvertError, Record, read_records
+from services.common.dataset import DatasetError, parse_row
+from services.data.convert_report import ConvertError, Report
+from services.data.formats import CONVERTERS, SOURCES, Context, read_durations
+from services.data.records import Record, read_records
 
-SOURCES = ("ego-st", "vsi-bench", "sti-bench", "video-r1", "charades-sta")
-MAX_REASONS = 20
-
-
-@dataclass(frozen=True)
-class Context:
-    stem: str
-    video_root: Path | None
-    split: str
-    durations: dict[str, float] = field(default_factory=dict)
+__all__ = ["SOURCES", "ConvertError", "Report", "convert", "split_of"]
 
 
-@dataclass
-class Report:
-    source: str
-    written: int = 0
-    skipped: int = 0
-    ignored: int = 0
-    missing_videos: int = 0
-    reasons: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        lines = [f"{self.source}: wrote {self.written} rows, skipped {self.skipped} bad records, "
-                 f"ignored {self.ignored} non-video records"]
-        if self.missing_videos:
-            lines.append(f"warning: {self.missing_videos} rows point at videos that do not exist under --video-root")
-        lines += [f"  skipped: {r}" for r in self.reasons]
-        if self.skipped > len(self.reasons):
-            lines.append(f"  ... and {self.skipped - len(self.reasons)} more")
-        return "\n".join(lines)
+IGNORED = {"video-r1": "image rows (videorl trains on video)", "vsi-bench": "pruned rows (--debiased)"}
 
 
-# ---- field helpers -----------------------------------------------------------------------------------
+def split_of(path: Path) -> str:
+    """The split a file's name says: eval for *test* / *val* / *eval* / *dev*, else train.
 
-
-def _bad(rec: Record, name: str, msg: str) -> ConvertError:
-    return ConvertError(f"{rec.where}: field {name!r}: {msg}")
-
-
-def _obj(rec: Record) -> dict:
-    if not isinstance(rec.value, dict):
-        raise ConvertError(f"{rec.where}: expected an object, got {type(rec.value).__name__}")
-    return rec.value
-
-
-def _text(rec: Record, obj: dict, name: str) -> str:
-    v = obj.get(name)
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return str(v)
-    if not isinstance(v, str) or not v.strip():
-        raise _bad(rec, name, "missing or not a non-empty string" if v is None else f"expected a string, got {v!r}")
-    return v.strip()
-
-
-def _seconds(rec: Record, obj: dict, name: str) -> float:
-    v = obj.get(name)
-    try:
-        return float(v if isinstance(v, (int, float, str)) else "")
-    except ValueError:
-        raise _bad(rec, name, f"expected seconds, got {v!r}") from None
-
-
-_LABEL = re.compile(r"^\s*\(?([A-Z])\s*[.):]\s*")
-
-
-def _bare_options(rec: Record, name: str, options: object) -> list[str]:
-    """Option texts without their "A. " / "(A) " labels. Labels are stripped only when every option has one,
-    so an unlabelled text that happens to start like "D.C. ..." is kept; labels must then run A, B, C ..."""
-    if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
-        raise _bad(rec, name, f"expected a list of strings, got {options!r}")
-    if len(options) > len(LETTERS):
-        raise _bad(rec, name, f"{len(options)} options, more than the {len(LETTERS)} letters")
-    marks = [_LABEL.match(o) for o in options]
-    if not all(marks):
-        return [o.strip() for o in options]
-    for i, m in enumerate(marks):
-        if m and m.group(1) != LETTERS[i]:
-            raise _bad(rec, name, f"option {i} is labelled {m.group(1)!r}, expected {LETTERS[i]!r}")
-    return [o[m.end():].strip() for o, m in zip(options, marks, strict=True) if m]
-
-
-def _letter(rec: Record, name: str, answer: str, options: list[str]) -> str:
-    """The answer as an option letter: "B", "(B)", "B. text", or an option's own text."""
-    m = re.match(r"^\s*\(?([A-Z])\)?(?:[.:)\s]|$)", answer)
-    if m and m.group(1) in LETTERS[: len(options)]:
-        return m.group(1)
-    if answer.strip() in options:
-        return LETTERS[options.index(answer.strip())]
-    raise _bad(rec, name, f"{answer!r} is neither an option letter A..{LETTERS[len(options) - 1]} nor an option")
-
-
-def _tagged_answer(text: str) -> str:
-    m = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
-    return (m.group(1) if m else text).strip()
-
-
-def _video(ctx: Context, rel: str) -> str:
-    if "://" in rel or Path(rel).is_absolute() or ctx.video_root is None:
-        return rel
-    return str(ctx.video_root / rel)
-
-
-def _row(ctx: Context, **fields: Any) -> dict:
-    return {"split": ctx.split, **{k: v for k, v in fields.items() if v not in (None, {}, [])}}
-
-
-# ---- one function per source: (record, context) -> rows ([] = not applicable, counted as ignored) -------
-
-
-def from_vsi_bench(rec: Record, ctx: Context) -> list[dict]:
-    o = _obj(rec)
-    qtype = _text(rec, o, "question_type")
-    video = _video(ctx, f"{_text(rec, o, 'dataset')}/{_text(rec, o, 'scene_name')}.mp4")
-    common = dict(id=f"vsi-{_text(rec, o, 'id')}", video=video, question=_text(rec, o, "question"),
-                  extra={"question_type": qtype, "source": o["dataset"]})
-    truth = _text(rec, o, "ground_truth")
-    if o.get("options"):
-        options = _bare_options(rec, "options", o["options"])
-        return [_row(ctx, task="mcq", options=options, answer=_letter(rec, "ground_truth", truth, options), **common)]
-    try:
-        float(truth)
-    except ValueError:
-        raise _bad(rec, "ground_truth", f"{qtype} has no options, so it needs a number, got {truth!r}") from None
-    return [_row(ctx, task="numeric", answer=truth, **common)]
-
-
-def from_sti_bench(rec: Record, ctx: Context) -> list[dict]:
-    o = _obj(rec)
-    cands = o.get("Candidates")
-    if isinstance(cands, str):
-        try:
-            cands = json.loads(cands)
-        except json.JSONDecodeError:
-            raise _bad(rec, "Candidates", "not a JSON object") from None
-    if not isinstance(cands, dict) or sorted(cands) != list(LETTERS[: len(cands)]):
-        raise _bad(rec, "Candidates", f"expected an object keyed A, B, C ..., got {cands!r}")
-    options = [str(cands[k]).strip() for k in LETTERS[: len(cands)]]
-    question = _text(rec, o, "Question")
-    extra: dict[str, Any] = {"task_name": _text(rec, o, "Task")}
-    if o.get("time_start") is not None and o.get("time_end") is not None:
-        start, end = _seconds(rec, o, "time_start"), _seconds(rec, o, "time_end")
-        question, extra["window"] = f"From {start:g} s to {end:g} s. {question}", [start, end]
-    ident = _text(rec, o, "ID") if o.get("ID") is not None else rec.key
-    return [_row(ctx, id=f"sti-{ident}", video=_video(ctx, _text(rec, o, "Video")), task="mcq", question=question,
-                 options=options, answer=_letter(rec, "Answer", _text(rec, o, "Answer"), options), extra=extra)]
-
-
-_R1_TYPES = {"multiple choice": "mcq", "numerical": "numeric", "regression": "numeric", "OCR": "open",
-             "free-form": "open"}
-
-
-def from_video_r1(rec: Record, ctx: Context) -> list[dict]:
-    o = _obj(rec)
-    if o.get("data_type") != "video":
-        if o.get("data_type") == "image":
-            return []
-        raise _bad(rec, "data_type", f"expected 'video' or 'image', got {o.get('data_type')!r}")
-    ptype = _text(rec, o, "problem_type")
-    if ptype not in _R1_TYPES:
-        raise _bad(rec, "problem_type", f"{ptype!r} is not one of {', '.join(_R1_TYPES)}")
-    answer = _tagged_answer(_text(rec, o, "solution"))
-    row = _row(ctx, id=f"video-r1-{rec.key}", video=_video(ctx, _text(rec, o, "path").removeprefix("./")),
-               task=_R1_TYPES[ptype], question=_text(rec, o, "problem"), answer=answer,
-               extra={"problem_id": o.get("problem_id"), "source": o.get("data_source"), "problem_type": ptype})
-    if ptype == "multiple choice":
-        row["options"] = _bare_options(rec, "options", o.get("options"))
-        row["answer"] = _letter(rec, "solution", answer, row["options"])
-    elif _R1_TYPES[ptype] == "open":
-        row["reference"] = answer
-    return [row]
-
-
-def from_charades_sta(rec: Record, ctx: Context) -> list[dict]:
-    head, sep, sentence = str(rec.value).partition("##")
-    parts = head.split()
-    if not sep or len(parts) != 3 or not sentence.strip():
-        raise ConvertError(f"{rec.where}: field 'line': expected 'VIDEOID start end##sentence', got {rec.value!r}")
-    vid = parts[0]
-    try:
-        start, end = float(parts[1]), float(parts[2])
-    except ValueError:
-        raise ConvertError(f"{rec.where}: field 'start/end': not numbers: {parts[1]!r} {parts[2]!r}") from None
-    if not 0 <= start <= end:
-        raise ConvertError(f"{rec.where}: field 'start/end': need 0 <= start <= end, got {start} {end}")
-    duration = ctx.durations.get(vid) or _probe_duration(rec, ctx, vid)
-    if start >= duration:
-        raise ConvertError(f"{rec.where}: field 'start': {start} is not before the video's end ({duration} s)")
-    end = min(end, duration)
-    sentence = sentence.strip().rstrip(".")
-    return [_row(ctx, id=f"charades-{vid}-{rec.key}", video=_video(ctx, f"{vid}.mp4"), task="temporal",
-                 question=f'During which seconds of the video does this happen: "{sentence}"?',
-                 answer=f"{start:g}-{end:g}", segment=[start, end], duration=duration)]
-
-
-def _probe_duration(rec: Record, ctx: Context, vid: str) -> float:
-    if ctx.video_root is None:
-        raise ConvertError(f"{rec.where}: field 'duration': no --durations entry for {vid!r} and no --video-root "
-                           "to probe the video")
-    path = ctx.video_root / f"{vid}.mp4"
-    import av  # only this source needs it, and only without --durations
-
-    try:
-        with av.open(str(path)) as c:
-            if c.duration:
-                return c.duration / 1_000_000  # av.time_base
-            s = c.streams.video[0]
-            if s.duration and s.time_base:
-                return float(s.duration * s.time_base)
-    except (av.error.FFmpegError, OSError, IndexError) as e:
-        raise ConvertError(f"{rec.where}: field 'duration': cannot probe {path}: {e}") from None
-    raise ConvertError(f"{rec.where}: field 'duration': {path} states no duration")
-
-
-def read_durations(path: Path) -> dict[str, float]:
-    """Video lengths from a Charades_v1_*.csv (columns id, length) or a JSON object {video id: seconds}."""
-    try:
-        if path.suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(data, dict):
-                raise ConvertError(f"{path}: expected a JSON object of video id -> seconds")
-            return {str(k): float(v) for k, v in data.items()}
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"id", "length"} <= set(reader.fieldnames):
-                raise ConvertError(f"{path}: expected CSV columns 'id' and 'length', got {reader.fieldnames}")
-            return {r["id"]: float(r["length"]) for r in reader}
-    except (OSError, ValueError, TypeError) as e:
-        if isinstance(e, ConvertError):
-            raise
-        raise ConvertError(f"{path}: cannot read durations: {e}") from None
-
-
-_R1_OPTIONS = re.compile(r"(?:^|,\s*)([A-Z])\.\s")
-
-
-def from_ego_st(rec: Record, ctx: Context) -> list[dict]:
-    o = _obj(rec)
-    if "problem" in o:
-        return [_ego_st_r1(rec, o, ctx)]
-    base = f"{ctx.stem}-{rec.key}"
-    video = _video(ctx, _text(rec, o, "video"))
-    rows = []
-    for answer_field, suffix in (("forward_answer", "route"), ("reverse_answer", "route-back")):
-        if o.get(answer_field):
-            answer = _steps(rec, answer_field, o[answer_field])
-            rows.append(_row(ctx, id=f"{base}-{suffix}", video=video, task="route", question=_text(rec, o, "question"),
-                             answer=answer, reference=answer, extra={"direction": suffix}))
-    for block, suffix in (("forward_mcq", "mcq"), ("reverse_mcq", "mcq-back")):
-        mcq = o.get(block)
-        if mcq is None or (isinstance(mcq, dict) and not mcq.get("options")):
-            continue  # the published files hold blocks with empty options; their own scripts skip them too
-        if not isinstance(mcq, dict):
-            raise _bad(rec, block, "expected an object with question, options and answer")
-        sub = Record(rec.where, rec.key, mcq)
-        options = _bare_options(sub, f"{block}.options", mcq["options"])
-        rows.append(_row(ctx, id=f"{base}-{suffix}", video=video, task="mcq", question=_text(sub, mcq, "question"),
-                         options=options, answer=_letter(sub, f"{block}.answer", _text(sub, mcq, "answer"), options),
-                         extra={"direction": suffix}))
-    if not rows:
-        raise ConvertError(f"{rec.where}: no forward_answer, reverse_answer, forward_mcq or reverse_mcq to convert")
-    return rows
-
-
-def _steps(rec: Record, name: str, v: object) -> str:
-    if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
-        return ", ".join(x.strip() for x in v)
-    if isinstance(v, str) and v.strip():
-        return v.strip()
-    raise _bad(rec, name, f"expected a string or a list of strings, got {v!r}")
-
-
-def _ego_st_r1(rec: Record, o: dict, ctx: Context) -> dict:
-    problem = _text(rec, o, "problem")
-    head, sep, rest = problem.partition("Options:")
-    if not sep:
-        raise _bad(rec, "problem", "no 'Options:' list in the problem text")
-    listing = rest.split("Instructions:", 1)[0].strip()
-    marks = list(_R1_OPTIONS.finditer(listing))
-    if [m.group(1) for m in marks] != list(LETTERS[: len(marks)]) or len(marks) < 2:
-        raise _bad(rec, "problem", f"options are not labelled A., B., C. ...: {listing[:80]!r}")
-    options = [listing[m.end(): marks[i + 1].start() if i + 1 < len(marks) else len(listing)].strip().rstrip(",")
-               for i, m in enumerate(marks)]
-    if o.get("original_answer"):
-        answer, name = _text(rec, o, "original_answer"), "original_answer"
-    else:
-        answer, name = _tagged_answer(_text(rec, o, "solution")), "solution"
-    return _row(ctx, id=f"{ctx.stem}-{rec.key}", video=_video(ctx, _text(rec, o, "video")), task="mcq",
-                question=head.strip(), options=options, answer=_letter(rec, name, answer, options))
-
-
-CONVERTERS: dict[str, Callable[[Record, Context], list[dict]]] = {
-    "ego-st": from_ego_st, "vsi-bench": from_vsi_bench, "sti-bench": from_sti_bench, "video-r1": from_video_r1,
-    "charades-sta": from_charades_sta,
-}
-
-
-# ---- driver ------------------------------------------------------------------------------------------
+    >>> split_of(Path("charades_sta_test.txt")), split_of(Path("Video-R1-260k.json")), split_of(Path("latest.json"))
+    ('eval', 'train', 'train')
+    """
+    words = re.split(r"[^a-z]+", path.stem.lower())
+    return "eval" if {"test", "val", "eval", "dev", "validation"} & set(words) else "train"
 
 
 def convert(source: str, inp: Path, out: Path, *, video_root: Path | None = None, skip_bad: bool = False,
-            durations: Path | None = None, split: str = "train") -> Report:
-    """Convert `inp` (in `source`'s published format) to the videorl JSONL `out`; see the module docstring."""
+            durations: Path | None = None, split: str | None = None, strict: bool = False,
+            debiased: bool = False) -> Report:
+    """Convert `inp` (in `source`'s published format) to the videorl JSONL `out`, with the report beside it
+    (OUT.report.json); see the module docstring. `split` None: from the file's name (split_of)."""
     if source not in CONVERTERS:
         raise ConvertError(f"unknown source {source!r}; one of {', '.join(SOURCES)}")
     inp, out = Path(inp), Path(out)
-    ctx = Context(stem=inp.stem, video_root=Path(video_root).resolve() if video_root else None, split=split,
-                  durations=read_durations(Path(durations)) if durations else {})
-    report = Report(source)
+    report = Report(source, str(inp), str(out), split or split_of(inp), "--split" if split else "from the file name")
+    ctx = Context(stem=inp.stem, video_root=Path(video_root).resolve() if video_root else None, split=report.split,
+                  durations=read_durations(Path(durations)) if durations else {}, report=report, strict=strict,
+                  debiased=debiased)
     seen: set[str] = set()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         with tmp.open("w", encoding="utf-8") as f:
             for rec in read_records(inp, text_lines=source == "charades-sta"):
+                report.records += 1
                 try:
                     rows = _checked(CONVERTERS[source](rec, ctx), rec, out, seen)
+                    for row in rows:
+                        if ctx.video_root is not None and not Path(row["video"]).exists():
+                            ctx.warn(rec, "pointing at no video", f"{row['video']} does not exist")
                 except ConvertError as e:
                     if not skip_bad:
                         raise
-                    report.skipped += 1
-                    if len(report.reasons) < MAX_REASONS:
-                        report.reasons.append(str(e))
+                    report.skip(e)
                     continue
-                report.ignored += not rows
+                if not rows:
+                    report.ignore(IGNORED[source])
+                report.converted += bool(rows)
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
                     seen.add(row["id"])
                     report.written += 1
-                    report.missing_videos += ctx.video_root is not None and not Path(row["video"]).exists()
+                    report.remapped += row["video"] in ctx.remapped
         if not report.written:
-            raise ConvertError(f"{inp}: no rows converted ({report.skipped} skipped, {report.ignored} ignored)")
+            raise ConvertError(f"{inp}: no rows converted ({report.records} records: "
+                               f"{sum(report.skipped.values())} skipped, {sum(report.ignored.values())} ignored)"
+                               + (f"\n{report.reasons()}" if report.skipped else ""))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+    out.with_name(out.name + ".report.json").write_text(report.to_json() + "\n")
     return report
 
 
@@ -400,8 +93,8 @@ def _checked(rows: list[dict], rec: Record, out: Path, seen: set[str]) -> list[d
         try:
             parse_row(row, rec.where, out.parent)
         except DatasetError as e:
-            raise ConvertError(f"converted row is invalid: {e}") from None
+            raise ConvertError(f"converted row is invalid: {e}", "invalid row") from None
         if row["id"] in seen or row["id"] in ids:
-            raise ConvertError(f"{rec.where}: field 'id': duplicate id {row['id']!r}")
+            raise ConvertError(f"{rec.where}: field 'id': duplicate id {row['id']!r}", "duplicate id")
         ids.add(row["id"])
     return rows

@@ -8,9 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-
-class ConvertError(ValueError):
-    pass
+from services.data.convert_report import ConvertError
 
 
 class Record(NamedTuple):

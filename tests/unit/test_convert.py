@@ -58,7 +58,7 @@ def test_vsi_bench(tmp_path):
     out = tmp_path / "out" / "vsi.jsonl"
     report = convert("vsi-bench", jsonl(tmp_path / "test.jsonl", *VSI), out, video_root=tmp_path / "videos",
                      split="eval")
-    assert (report.written, report.skipped, report.missing_videos) == (4, 0, 4)
+    assert (report.written, report.skipped, report.warnings) == (4, {}, {"pointing at no video": 4})
     rows = load_rows(out)
     assert [(r.id, r.task, r.answer) for r in rows] == [
         ("vsi-1", "mcq", "B"), ("vsi-2", "numeric", "4"), ("vsi-3", "mcq", "B"), ("vsi-4", "numeric", "23.5")]
@@ -108,10 +108,26 @@ def test_sti_bench(tmp_path):
     out = tmp_path / "sti.jsonl"
     convert("sti-bench", jsonl(tmp_path / "qa.jsonl", *STI), out, video_root=tmp_path)
     a, b = load_rows(out)
-    assert (a.id, a.task, a.options, a.answer) == ("sti-0", "mcq", ("1.2 m", "2.5 m", "4.0 m"), "B")
+    assert (a.id, a.task, a.options, a.answer) == ("sti-scene0000_00-0", "mcq", ("1.2 m", "2.5 m", "4.0 m"), "B")
     assert a.question == "From 0 s to 12.5 s. How far did the camera move?"
-    assert a.extra == {"task_name": "Displacement & Path Length", "window": [0.0, 12.5]}
+    assert a.extra == {"task_name": "Displacement & Path Length", "window": [0.0, 12.5], "ID": 0}
     assert (b.options[-1], b.answer, b.video) == ("both", "D", str(tmp_path / "camera_front_000.mp4"))
+
+
+def test_sti_bench_ids_are_per_video_and_null_candidates_are_left_out(tmp_path):
+    """STI-Bench numbers ID per video: the same ID in two videos is two rows. Candidates may end in nulls."""
+    rows = [STI[0], {**STI[0], "Video": "scene0001_00.mp4", "Candidates": {"A": "1 m", "B": "2 m", "C": None,
+                                                                           "D": None}}]
+    report = convert("sti-bench", jsonl(tmp_path / "qa.jsonl", *rows), tmp_path / "sti.jsonl")
+    a, b = load_rows(tmp_path / "sti.jsonl")
+    assert (a.id, b.id) == ("sti-scene0000_00-0", "sti-scene0001_00-0") and report.written == 2
+    assert b.options == ("1 m", "2 m") and b.answer == "B"
+    for cands, answer, pattern in (({"A": "1 m", "B": "2 m", "C": None}, "C", r"'C' names a candidate that is null"),
+                                   ({"A": "1 m", "B": None, "C": "3 m"}, "A", r"candidate B is null but a later"),
+                                   ({"A": "1 m", "B": None}, "A", r"1 non-null candidates; .* at least 2")):
+        bad = jsonl(tmp_path / "bad.jsonl", {**STI[0], "Candidates": cands, "Answer": answer})
+        with pytest.raises(ConvertError, match=pattern):
+            convert("sti-bench", bad, tmp_path / "o.jsonl")
 
 
 VIDEO_R1 = [
@@ -136,7 +152,7 @@ VIDEO_R1 = [
 def test_video_r1(tmp_path):
     (tmp_path / "Video-R1-260k.json").write_text(json.dumps(VIDEO_R1))
     report = convert("video-r1", tmp_path / "Video-R1-260k.json", tmp_path / "r1.jsonl", video_root=tmp_path)
-    assert (report.written, report.ignored, report.skipped) == (4, 1, 0)
+    assert (report.written, report.ignored, report.skipped) == (4, {"image rows (videorl trains on video)": 1}, {})
     rows = load_rows(tmp_path / "r1.jsonl")
     assert [(r.id, r.task, r.answer) for r in rows] == [
         ("video-r1-0", "mcq", "B"), ("video-r1-1", "numeric", "3"), ("video-r1-3", "open", "A man opens a door."),
@@ -145,6 +161,8 @@ def test_video_r1(tmp_path):
     assert rows[0].video == str(tmp_path / "LLaVA-Video-178K/liwei_youtube_videos/videos/youtube_video_2024/ytb_x.mp4")
     assert rows[2].reference == "A man opens a door."
     assert rows[1].extra == {"problem_id": 1, "source": "STAR", "problem_type": "numerical"}
+    # The CoT release's chain of thought becomes the row's reasoning (rlctl sft trains on it).
+    assert rows[0].reasoning == "..." and rows[1].reasoning == ""
 
 
 EGO_ST_BENCH = {
@@ -213,13 +231,16 @@ def test_charades_sta_with_durations_csv(tmp_path):
         "id,subject,scene,quality,relevance,verified,script,objects,descriptions,actions,length\n"
         'AO8RW,S1,Kitchen,6,7,Yes,"a script","book;shelf","d","c092 0.0 6.9",33.67\n'
         'Y6R7T,S2,Hall,5,6,Yes,"s","door","d","",12.0\n')
-    convert("charades-sta", tmp_path / "charades_sta_test.txt", tmp_path / "c.jsonl", video_root=tmp_path,
-            durations=tmp_path / "Charades_v1_test.csv")
+    report = convert("charades-sta", tmp_path / "charades_sta_test.txt", tmp_path / "c.jsonl", video_root=tmp_path,
+                     durations=tmp_path / "Charades_v1_test.csv")
     a, b, c = load_rows(tmp_path / "c.jsonl")
     assert (a.id, a.task, a.segment, a.duration, a.answer) == ("charades-AO8RW-1", "temporal", (0.0, 6.9), 33.67,
                                                                "0-6.9")
     assert 'a person is putting a book on a shelf' in a.question
-    assert b.segment == (2.5, 33.67)  # the end past the video's length is clipped to it
+    assert b.segment == (2.5, 33.67)  # the end past the video's length is clipped to it, and said so
+    assert report.warnings["clipped to the video's length"] == 1
+    assert "end 40 s is past AO8RW's length 33.67 s" in report.examples["clipped to the video's length"][0]
+    assert report.split == "eval" and report.split_from == "from the file name"   # charades_sta_test.txt
     assert c.id == "charades-Y6R7T-4" and c.video == str(tmp_path / "Y6R7T.mp4")
 
 
@@ -304,11 +325,16 @@ def test_skip_bad_counts_and_reports(tmp_path):
     bad = [{**VSI[0], "id": 10 + i, "ground_truth": "Z"} for i in range(25)]
     path = jsonl(tmp_path / "t.jsonl", VSI[0], *bad, VSI[1])
     report = convert("vsi-bench", path, tmp_path / "o.jsonl", skip_bad=True)
-    assert (report.written, report.skipped) == (2, 25) and len(report.reasons) == conv.MAX_REASONS
-    assert "t.jsonl:2: field 'ground_truth'" in report.reasons[0]
-    assert "... and 5 more" in report.summary()
+    assert (report.written, report.skipped) == (2, {"field 'ground_truth'": 25}) and report.accounted
+    examples = report.examples["field 'ground_truth'"]
+    assert len(examples) == 3 and "t.jsonl:2: field 'ground_truth'" in examples[0]
+    assert "skipped 25 x field 'ground_truth', e.g.:" in report.summary()
     assert [r.id for r in load_rows(tmp_path / "o.jsonl")] == ["vsi-1", "vsi-2"]
-    with pytest.raises(ConvertError, match="no rows converted"):
+    saved = json.loads((tmp_path / "o.jsonl.report.json").read_text())
+    assert saved["records"] == 27 and saved["skipped"] == {"field 'ground_truth'": 25} and saved["accounted"]
+    # Everything bad: the error itself says why, with examples, instead of only a count.
+    with pytest.raises(ConvertError, match=r"no rows converted \(25 records: 25 skipped, 0 ignored\)\n"
+                                           r"  skipped 25 x field 'ground_truth', e.g.:\n    .*all_bad\.jsonl:1"):
         convert("vsi-bench", jsonl(tmp_path / "all_bad.jsonl", *bad), tmp_path / "o2.jsonl", skip_bad=True)
 
 
@@ -329,8 +355,9 @@ def test_cli_converts_and_reports(tmp_path):
     assert result.exit_code == 1 and "vsi.jsonl:2: field 'ground_truth'" in result.output
     result = runner.invoke(data_convert.convert, [*args, "--skip-bad"])
     assert result.exit_code == 0, result.output
-    assert "wrote 2 rows, skipped 1 bad records" in result.output and "vsi.jsonl:2" in result.output
-    assert "2 rows point at videos that do not exist" in result.output
+    assert "3 records read: 2 converted into 2 rows, 1 skipped, 0 ignored; split eval (--split)" in result.output
+    assert "vsi.jsonl:2" in result.output and "warning: 2 rows pointing at no video" in result.output
+    assert (tmp_path / "o.jsonl.report.json").exists() and "report: " in result.stdout
     assert {r.split for r in load_rows(tmp_path / "o.jsonl")} == {"eval"}
 
 
@@ -349,3 +376,69 @@ def test_cli_module_is_light():
 
     code = "import sys, rlctl.data_convert; assert not any(m.startswith('services.data') for m in sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+# ---- what the published files hold that hand-written ones did not ---------------------------------
+
+
+def test_charades_sta_four_column_variant_is_read_and_the_extra_column_named(tmp_path):
+    (tmp_path / "sta.txt").write_text("3MSZA 24.3 30.4 0##person turn a light on.\n"
+                                      "3MSZA 24.3 30.4##person flipped the light switch.\n")
+    (tmp_path / "d.json").write_text(json.dumps({"3MSZA": 31.0}))
+    report = convert("charades-sta", tmp_path / "sta.txt", tmp_path / "c.jsonl", durations=tmp_path / "d.json")
+    assert report.written == 2 and report.warnings == {"with a 4th column (ignored)": 1}
+    assert [r.segment for r in load_rows(tmp_path / "c.jsonl")] == [(24.3, 30.4)] * 2
+    with pytest.raises(ConvertError, match=r"sta\.txt:1: column 4 '0' ignored \(--strict\)"):
+        convert("charades-sta", tmp_path / "sta.txt", tmp_path / "s.jsonl", durations=tmp_path / "d.json",
+                strict=True)
+
+
+def test_strict_refuses_a_clipped_end_and_a_video_found_nowhere(tmp_path):
+    (tmp_path / "sta.txt").write_text("AO8RW 2.5 40.0##person plays on a phone.\n")
+    (tmp_path / "d.json").write_text(json.dumps({"AO8RW": 33.67}))
+    with pytest.raises(ConvertError, match=r"end 40 s is past AO8RW's length 33.67 s.*\(--strict\)"):
+        convert("charades-sta", tmp_path / "sta.txt", tmp_path / "o.jsonl", durations=tmp_path / "d.json",
+                strict=True)
+    with pytest.raises(ConvertError, match=r"vsi\.jsonl:1: .*41069025\.mp4 does not exist \(--strict\)"):
+        convert("vsi-bench", jsonl(tmp_path / "vsi.jsonl", VSI[0]), tmp_path / "o.jsonl", video_root=tmp_path,
+                strict=True)
+
+
+def test_absolute_video_paths_are_found_under_video_root_by_their_tail(tmp_path):
+    root = tmp_path / "ego"
+    (root / "r1_video").mkdir(parents=True)
+    (root / "r1_video" / "sun3d_15.mp4").write_bytes(b"")
+    rows = [EGO_ST_R1, {**EGO_ST_R1, "video": "/vi-lab/Ego-ST-bench/r1_video/sun3d_99.mp4"}]
+    report = convert("ego-st", jsonl(tmp_path / "r1.jsonl", *rows), tmp_path / "o.jsonl", video_root=root)
+    a, b = load_rows(tmp_path / "o.jsonl")
+    assert a.video == str(root / "r1_video" / "sun3d_15.mp4") and b.video == rows[1]["video"]
+    assert report.remapped == 1 and report.warnings == {"pointing at no video": 1}
+    assert "1 rows: absolute video path remapped under --video-root" in report.summary()
+
+
+def test_a_single_option_question_is_named_as_such(tmp_path):
+    one = {**EGO_ST_R1, "problem": "Which landmarks did you pass? Options: A. wooden door wooden door\n\n"
+                                   "Instructions: Please select the most appropriate answer."}
+    with pytest.raises(ConvertError, match=r"field 'problem': the question lists a single option \('A\. wooden door"):
+        convert("ego-st", jsonl(tmp_path / "r1.jsonl", one), tmp_path / "o.jsonl")
+
+
+def test_vsi_bench_debiased_leaves_the_pruned_rows_out(tmp_path):
+    """VSI-Bench's debiased release marks the questions it removed with `pruned` (its dataset card)."""
+    path = jsonl(tmp_path / "test_debiased.jsonl", {**VSI[0], "pruned": True}, {**VSI[1], "pruned": False})
+    everything = convert("vsi-bench", path, tmp_path / "all.jsonl")
+    assert everything.written == 2 and load_rows(tmp_path / "all.jsonl")[0].extra["pruned"] is True
+    debiased = convert("vsi-bench", path, tmp_path / "d.jsonl", debiased=True)
+    assert debiased.written == 1 and debiased.ignored == {"pruned rows (--debiased)": 1} and debiased.accounted
+    with pytest.raises(ConvertError, match=r"field 'pruned': expected true or false, got 'yes'"):
+        convert("vsi-bench", jsonl(tmp_path / "p.jsonl", {**VSI[0], "pruned": "yes"}), tmp_path / "o.jsonl")
+
+
+def test_the_split_follows_the_file_name_unless_given(tmp_path):
+    for name, split in (("charades_sta_test.txt", "eval"), ("total_val_mcq.jsonl", "eval"), ("train.jsonl", "train"),
+                        ("Video-R1-260k.jsonl", "train"), ("latest.jsonl", "train")):
+        assert conv.split_of(Path(name)) == split, name
+    report = convert("vsi-bench", jsonl(tmp_path / "vsi_test.jsonl", VSI[0]), tmp_path / "o.jsonl")
+    assert (report.split, load_rows(tmp_path / "o.jsonl")[0].split) == ("eval", "eval")
+    report = convert("vsi-bench", jsonl(tmp_path / "vsi_test.jsonl", VSI[0]), tmp_path / "o.jsonl", split="train")
+    assert (report.split, report.split_from) == ("train", "--split")
