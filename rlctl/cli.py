@@ -121,7 +121,7 @@ def data() -> None:
 def _register_subcommands() -> None:
     from rlctl.data_convert import convert, inspect
     from rlctl.data_synth import synth
-    from rlctl.operate import logs, scale, status
+    from rlctl.operate import logs, scale, status, stop
     from rlctl.plan_cmd import plan
     from rlctl.rewards_cmd import rewards
     from rlctl.sft_cmd import sft
@@ -135,6 +135,7 @@ def _register_subcommands() -> None:
     main.add_command(submit)
     main.add_command(status)
     main.add_command(scale)
+    main.add_command(stop)
     main.add_command(logs)
     main.add_command(plan)
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich.console import Console
 
@@ -30,6 +30,9 @@ from services.common.control import ControlPlane
 from services.common.records import ActorStats, RunSummary, StepRecord, SwapLag
 from services.common.redis_server import EmbeddedRedis, RedisKeeper
 from services.common.weights import manifest_for_dir, newest_version
+
+if TYPE_CHECKING:
+    from rlctl.api import ApiServer
 
 log = logging.getLogger("videorl.rlctl")
 
@@ -78,6 +81,7 @@ class LocalRun:
         self.learner_records: list[StepRecord] = []    # steps recorded by learners that died (in Redis)
         self.supervisor = Supervisor(self, cfg.supervisor)
         self.launched = False                          # start() finished: later (re)starts update run.json
+        self.api: ApiServer | None = None               # the run's control API (rlctl/api.py)
 
     def start(self) -> ControlPlane:
         cfg = self.cfg
@@ -93,6 +97,10 @@ class LocalRun:
             self.redis_keeper = RedisKeeper(self.redis, lambda: self.control.incr("redis_restarted"),
                                             limit=cfg.supervisor.redis.max_restarts).start()
         self.control.ensure_streams()
+        self.control.clear_stop()
+        from rlctl.api import ApiServer
+
+        self.api = ApiServer(self.url, cfg.run_id, Path(cfg.run_dir))   # rlctl status|scale|stop talk to it
         self.assets = prepare_assets(cfg, self.console)
         if self.assets.skipped and not self.resume:
             self.control.incr("rows_skipped", len(self.assets.skipped))
@@ -156,6 +164,7 @@ class LocalRun:
 
         write_record(Path(self.cfg.run_dir), run_id=self.cfg.run_id, redis_url=self.url, pid=os.getpid(),
                      started=time.time(), finished=None, heartbeat_s=self.cfg.rollout.heartbeat_s, pids=self.pids,
+                     api=self.api.url if self.api else None,
                      ray_logs=ray._private.worker._global_node.get_logs_dir_path())  # type: ignore[attr-defined]
 
     def _resume_version(self) -> None:
@@ -348,6 +357,9 @@ class LocalRun:
                 ray.shutdown()
                 self.ray_started = False
         finally:
+            if self.api is not None:
+                self.api.stop()
+                self.api = None
             if self.redis_keeper is not None:
                 self.redis_keeper.stop()
             if self.redis is not None:

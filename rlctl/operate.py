@@ -1,11 +1,14 @@
-"""Operating a running local run from another terminal: `rlctl status`, `rlctl scale rollout N`, `rlctl logs`.
+"""Operating a running local run from another terminal: `rlctl status`, `rlctl scale rollout N`, `rlctl stop`,
+`rlctl logs`.
 
 Invariants this module keeps:
 - A run is found by its run record, RUN_DIR/run.json, which `rlctl run` writes once every service has started
   (run id, Redis URL, the pid of the `rlctl run` process, each service's pid and the Ray logs folder) and marks
   finished when it stops. Without RUN_DIR, the newest record under ./runs is used.
-- Read-only except `scale`, which only sets the desired actor count in Redis: the run's own process starts and
-  stops actors (rlctl.local.LocalRun.scale), so there is one owner of every process.
+- status, scale and stop go through the run's control API (rlctl/api.py; its URL in run.json, its token in
+  RUN_DIR/api-token), which only records the operator's intent (the desired actor count, a stop request) in Redis:
+  the run's own process starts and stops actors (rlctl.local.LocalRun.scale), so there is one owner of every
+  process.
 - A finished run (its embedded Redis gone) still gets a status, from stats.jsonl and summary.json.
 """
 
@@ -21,6 +24,7 @@ import click
 from rich.console import Console, Group
 from rich.table import Table
 
+from rlctl.api_client import ApiClient, client_for
 from services.common.records import StepRecord, read_stats
 
 RECORD = "run.json"
@@ -78,24 +82,27 @@ def _live_run(run_dir: Path | None) -> tuple[Path, dict]:
 
 
 # -- status ---------------------------------------------------------------------------------------------------------
-def status_view(record: dict, control, heartbeat_s: float) -> Group:
-    """Versions per actor, queue depths, throughput, staleness and recent rewards of a live run."""
-    from rlctl.progress import actors_table, queues_line
-
-    records = control.step_records()
-    lines = [f"run [cyan]{record['run_id']}[/] pid {record['pid']}  policy v{control.current_version()}  "
-             f"desired rollout actors {control.desired_actors()}", queues_line(control)]
-    if records:
-        lines.append(_learner_line(records))
-    return Group(*lines, actors_table(control, heartbeat_s))
-
-
-def status_json(control) -> dict:
-    """The live state scripts need: versions, desired count, queues, and each actor with its host and state."""
-    return {"policy_version": control.current_version(), "desired_actors": control.desired_actors(),
-            "prompts_queued": control.prompts_queued(), "groups_queued": control.groups_queued(),
-            "actors": [{"actor_id": a.actor_id, "state": a.state, "loaded_version": a.loaded_version,
-                        "host": a.fields.get("host"), "heartbeat": a.heartbeat} for a in control.actors()]}
+def status_view(st: dict, heartbeat_s: float) -> Group:
+    """Versions per actor, queue depths, throughput, staleness and recent rewards of a live run (GET /v1/status)."""
+    lines = [f"run [cyan]{st['run_id']}[/]  policy v{st['policy_version']}  desired rollout actors "
+             f"{st['desired_actors']}" + ("  [yellow]stopping[/]" if st["stop_requested"] else ""),
+             f"prompts queued {st['prompts_queued']}  groups written {st['groups_written']} (queued for the learner "
+             f"{st['groups_queued']})  completions {st['completions']}"]
+    if (lv := st.get("learner")) is not None:
+        rate = f"{lv['steps_per_s']:.2f} steps/s" if lv["steps_per_s"] else "-"
+        acc = f"  held-out {lv['eval_accuracy']:.3f} (round {lv['eval_round']})" if lv["eval_accuracy"] is not None \
+            else ""
+        lines.append(f"learner step {lv['step']}  {rate}  staleness max {lv['staleness_max']}  recent rewards "
+                     + " ".join(f"{r:.2f}" for r in lv["recent_rewards"]) + acc)
+    t = Table(box=None, show_header=True, header_style="bold")
+    for col in ("actor", "state", "version", "tok/s", "groups"):
+        t.add_column(col)
+    now = time.time()
+    for a in st["actors"]:
+        state = a["state"] if now - a["heartbeat"] <= 5 * heartbeat_s else "silent"
+        t.add_row(a["actor_id"], state, str(a["loaded_version"]), str(a["tokens_per_s"] or "-"),
+                  str(a["groups_sent"] if a["groups_sent"] is not None else "-"))
+    return Group(*lines, t)
 
 
 def _learner_line(records: list[StepRecord]) -> str:
@@ -120,35 +127,55 @@ def finished_view(run_dir: Path, record: dict) -> Group:
     return Group(*lines)
 
 
+def _api_options(f):
+    f = click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="File holding the API's bearer token (default: RUN_DIR/api-token, or VIDEORL_API_TOKEN "
+                          "with --api).")(f)
+    return click.option("--api", default=None, metavar="URL",
+                        help="The run's control API (default: the one in the run's record, run.json).")(f)
+
+
+def _api(run_dir: Path | None, api: str | None, token_file: Path | None) -> tuple[ApiClient, dict | None]:
+    """The client of the live run's API: --api as given, else through the run's record."""
+    if api is not None:
+        return client_for(None, None, api, token_file), None
+    run_dir, record = _live_run(run_dir)
+    return client_for(record, run_dir, None, token_file), record
+
+
 @click.command()
 @click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--watch", "watch_s", type=float, default=None, metavar="SECONDS",
               help="Refresh every SECONDS until Ctrl-C.")
 @click.option("--json", "as_json", is_flag=True, help="Print the live run's state as one JSON object (for scripts).")
-def status(run_dir: Path | None, watch_s: float | None, as_json: bool) -> None:
+@_api_options
+def status(run_dir: Path | None, watch_s: float | None, as_json: bool, api: str | None,
+           token_file: Path | None) -> None:
     """Show a run: policy version per actor, queue depths, learner throughput, staleness, recent rewards and
-    held-out accuracy. RUN_DIR defaults to the newest run under ./runs."""
+    held-out accuracy, through the run's control API (GET /v1/status). RUN_DIR defaults to the newest run under
+    ./runs; a finished run is shown from its files."""
     console = Console()
-    run_dir, record = find_run(run_dir)
-    if not is_live(record):
-        if as_json:
-            raise click.ClickException(f"run {record.get('run_id')} in {run_dir} is not running")
-        console.print(finished_view(run_dir, record))
-        return
-    control = _control(record)
+    if api is None:
+        run_dir, record = find_run(run_dir)
+        if not is_live(record):
+            if as_json:
+                raise click.ClickException(f"run {record.get('run_id')} in {run_dir} is not running")
+            console.print(finished_view(run_dir, record))
+            return
+    client, found = _api(run_dir, api, token_file)
+    heartbeat_s = float((found or {}).get("heartbeat_s", 2.0))
     if as_json:
-        click.echo(json.dumps(status_json(control)))
+        click.echo(json.dumps(client.get("/v1/status")))
         return
-    heartbeat_s = float(record.get("heartbeat_s", 2.0))
     if watch_s is None:
-        console.print(status_view(record, control, heartbeat_s))
+        console.print(status_view(client.get("/v1/status"), heartbeat_s))
         return
     from rich.live import Live
 
     with Live(console=console, refresh_per_second=2) as live:
         try:
             while True:
-                live.update(status_view(record, control, heartbeat_s))
+                live.update(status_view(client.get("/v1/status"), heartbeat_s))
                 time.sleep(watch_s)
         except KeyboardInterrupt:
             pass
@@ -171,14 +198,16 @@ def scale() -> None:
 @click.option("-n", "--namespace", default=None,
               help="Scale a run on Kubernetes (started by `rlctl submit`) in this namespace; needs --run-id.")
 @click.option("--run-id", default=None, help="The run_id of the Kubernetes run (its config's run_id).")
+@_api_options
 def scale_rollout(n: int, run_dir: Path | None, wait: bool, timeout_s: float, namespace: str | None,
-                  run_id: str | None) -> None:
+                  run_id: str | None, api: str | None, token_file: Path | None) -> None:
     """Set the number of rollout actors of a running run to N. New actors load the current policy version
     before they take a prompt; removed actors finish and send the prompts they hold first, so no prompt is lost
     or generated twice, and the learner keeps training meanwhile.
 
-    Locally (default) through the run's Redis; on Kubernetes (--namespace, --run-id) also through the RayCluster's
-    `rollout` worker group: pods are added before actors, and removed after their actors retired.
+    Locally (default) through the run's control API (POST /v1/scale); on Kubernetes (--namespace, --run-id) also
+    through the RayCluster's `rollout` worker group: pods are added before actors, and removed after their actors
+    retired.
 
     An actor adds throughput only with compute of its own (a GPU, or cores nothing else uses). Locally every actor
     shares the machine: on 2 cores one actor and the learner already use both, and 3 actors give fewer groups/s."""
@@ -189,29 +218,53 @@ def scale_rollout(n: int, run_dir: Path | None, wait: bool, timeout_s: float, na
 
         connect_k8s(namespace, run_id).scale(n, timeout_s, click.echo)
         return
-    run_dir, record = _live_run(run_dir)
-    control = _control(record)
-    before = control.desired_actors()
-    control.set_desired_actors(n)
-    click.echo(f"run {record['run_id']}: rollout actors {before} -> {n}")
+    client, _ = _api(run_dir, api, token_file)
+    answer = client.post("/v1/scale", {"rollout": n})
+    st = client.get("/v1/status")
+    click.echo(f"run {st['run_id']}: {answer['detail']}")
     if not wait:
         return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        serving = _serving(control)
+        serving = _serving(st)
         if len(serving) == n:
-            click.echo(f"{n} actors serve v{control.current_version()}: {', '.join(sorted(serving))}")
+            click.echo(f"{n} actors serve v{st['policy_version']}: {', '.join(sorted(serving))}")
             return
         time.sleep(0.5)
-    raise click.ClickException(f"after {timeout_s:.0f}s, {len(_serving(control))} of {n} actors serve the current "
-                               f"version; see `rlctl status {run_dir}` and `rlctl logs {run_dir}`")
+        st = client.get("/v1/status")
+    raise click.ClickException(f"after {timeout_s:.0f}s, {len(_serving(st))} of {n} actors serve the current "
+                               f"version; see `rlctl status` and `rlctl logs`")
 
 
-def _serving(control) -> set[str]:
-    """Actors that are running (not stopped, heartbeat fresh) with a loaded policy."""
+def _serving(st: dict) -> set[str]:
+    """Actors that are running (heartbeat fresh) with a loaded policy."""
     now = time.time()
-    return {a.actor_id for a in control.actors()
-            if a.state == "running" and a.loaded_version >= 0 and now - a.heartbeat < 30}
+    return {a["actor_id"] for a in st["actors"]
+            if a["state"] == "running" and a["loaded_version"] >= 0 and now - a["heartbeat"] < 30}
+
+
+# -- stop -----------------------------------------------------------------------------------------------------------
+@click.command()
+@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the run has stopped.")
+@click.option("--timeout", "timeout_s", type=float, default=600.0, show_default=True,
+              help="Seconds to wait with --wait.")
+@_api_options
+def stop(run_dir: Path | None, wait: bool, timeout_s: float, api: str | None, token_file: Path | None) -> None:
+    """Stop a running run gracefully (POST /v1/stop): the learner finishes its step and writes a checkpoint, the
+    actors finish and send what they hold, every process ends. `rlctl run CONFIG --resume RUN_DIR` continues it."""
+    client, record = _api(run_dir, api, token_file)
+    click.echo(client.post("/v1/stop")["detail"])
+    if not wait or record is None:
+        return
+    run_dir, _ = find_run(run_dir)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not is_live(find_run(run_dir)[1]):
+            click.echo(f"stopped; resume with: rlctl run CONFIG --resume {run_dir}")
+            return
+        time.sleep(0.5)
+    raise click.ClickException(f"after {timeout_s:.0f}s the run is still stopping; see `rlctl logs {run_dir}`")
 
 
 # -- logs -----------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ Keys:
   weights:*               the broadcast transport's epoch, group and offer (services/common/weight_plane.py)
   swaps:<id>              hash: version -> unix time actor <id> started serving it
   desired:rollout         the number of rollout actors an operator asked for
+  stop                    unix time an operator asked the run to stop (the learner checkpoints and ends)
   stream:prompts          prompts for the actors (consumer group `rollout`)
   stream:groups           scored train groups (consumer group `learner`)
   stream:evals            scored held-out groups (consumer group `learner`)
@@ -229,6 +230,18 @@ class ControlPlane:
     def desired_actors(self) -> int | None:
         v = self.r.get(self.key("desired:rollout"))
         return None if v is None else int(v)
+
+    def request_stop(self) -> None:
+        """Ask the run to stop gracefully (the first request's time is kept)."""
+        self.r.set(self.key("stop"), time.time(), nx=True)
+
+    def clear_stop(self) -> None:
+        """A run that starts (or resumes) is not stopping."""
+        self.r.delete(self.key("stop"))
+
+    def stop_requested(self) -> float | None:
+        v = self.r.get(self.key("stop"))
+        return None if v is None else float(v)
 
     # -- prompts -----------------------------------------------------------------------------------
     def add_prompt(self, payload: bytes) -> str:

@@ -159,6 +159,9 @@ class LearnerDriver:
         try:
             for step in range(first, lc.steps + 1):
                 records.append(self._step(step))
+                if step < lc.steps and self.control.stop_requested() is not None:
+                    self._stop_early(step)
+                    break
         finally:
             if self.publisher is not None:
                 self.publisher.wait_copy()
@@ -196,6 +199,14 @@ class LearnerDriver:
             with self._phase("checkpoint"):
                 self._checkpoint(step)
         return self._record(step, groups, m, published)
+
+    def _stop_early(self, step: int) -> None:
+        """An operator asked the run to stop (`rlctl stop`, POST /v1/stop): checkpoint this step (unless it just
+        was), so `rlctl run --resume` continues from it, and end."""
+        lc = self.cfg.learner
+        log.info("stop requested: ending after step %d of %d", step, lc.steps)
+        if not (lc.checkpoint_every and step % lc.checkpoint_every == 0):
+            self._checkpoint(step)
 
     # -- phases ----------------------------------------------------------------------------------
     def _collect(self, n: int) -> list[tuple[str, pb.ScoredGroup]]:

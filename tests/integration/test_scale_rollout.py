@@ -1,5 +1,5 @@
 """`rlctl scale rollout N` on a real local run (Redis, Ray, gRPC reward service, vLLM actors, DeepSpeed learner):
-1 -> 3 -> 1 actors while the learner trains.
+1 -> 3 -> 1 actors while the learner trains, then `rlctl stop`; every command goes through the run's control API.
 
 The scenario runs once (a module fixture, ~2 min); each test asserts one part of it: the new actors generate
 nothing with a policy older than the one current when they were asked for (they load it before their first
@@ -10,6 +10,7 @@ with 1. The last needs cores for 3 engines besides the learner and the reward se
 skipped, and the skip reason carries the rates measured.
 """
 
+import json
 import os
 import time
 
@@ -24,19 +25,20 @@ from services.common.config import load_config
 from services.common.control import EVALS, GROUPS, PROMPTS, ROLLOUT_GROUP
 from services.common.pb.videorl.v1 import rollout_pb2 as pb
 from services.common.weight_plane import WeightPlane
+from services.learner import checkpoint
 
 pytestmark = pytest.mark.integration
 SPARE_CORES = 6   # learner, reward service and 3 engines each with a core to themselves
 
 
-class Done(Exception):
-    """Raised from the tick hook once the scenario has played out: the test stops the run itself."""
+def _rlctl(*args):
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r.output
 
 
 def _scale(run_dir, n):
-    r = CliRunner().invoke(main, ["scale", "rollout", str(n), "--run", str(run_dir), "--no-wait"])
-    assert r.exit_code == 0, r.output
-    return r.output
+    return _rlctl("scale", "rollout", n, "--run", run_dir, "--no-wait")
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +75,7 @@ def scaled(tiny_assets, tmp_path_factory):
             state["steps_when_serving"] = steps
             state["phase"] = "three"
             state["three_from"] = steps
+            state["status"] = json.loads(_rlctl("status", run_dir, "--json"))
         elif phase == "three" and steps >= state["three_from"] + 12:
             _scale(run_dir, 1)
             state["phase"] = "stopping"
@@ -80,14 +83,15 @@ def scaled(tiny_assets, tmp_path_factory):
             state["phase"] = "one again"
             state["again_from"] = steps
         elif phase == "one again" and steps >= state["again_from"] + 4:
-            raise Done
+            assert "stopping" in _rlctl("stop", run_dir, "--no-wait")
+            state["phase"] = "stop requested"
+            state["stop_at"] = steps
 
     try:
         control = run.start()
         _, record = find_run(run_dir)
         assert record["redis_url"] == run.url and record["pids"].keys() == {"reward", "learner"}
-        with pytest.raises(Done):
-            run.wait(on_tick=tick, tick_s=0.2)
+        records = run.wait(on_tick=tick, tick_s=0.2)   # ends when the learner stopped, as asked
         groups = [pb.ScoredGroup.FromString(f[b"group"]) for _, f in control.r.xrange(control.key(GROUPS))]
         evals = [pb.ScoredGroup.FromString(f[b"group"]) for _, f in control.r.xrange(control.key(EVALS))]
         pending = {c["name"].decode(): c["pending"]
@@ -95,11 +99,12 @@ def scaled(tiny_assets, tmp_path_factory):
         counters = control.counters()
         retired = list(run.retired)
         transports = [control.manifest(v).transport for v in range(1, (control.current_version() or 0) + 1)]
+        last = checkpoint.latest(run_dir / "checkpoints")
     finally:
         run.close()
 
     return dict(groups=groups, evals=evals, pending=pending, counters=counters, retired=retired, state=state, log=log,
-                transports=transports)
+                transports=transports, records=records, checkpoint=last and checkpoint.load_state(last))
 
 
 def test_new_actors_load_the_current_version_before_generating(scaled):
@@ -152,3 +157,17 @@ def test_versions_are_broadcast_to_a_group_rebuilt_as_actors_come_and_go(scaled)
     assert "broadcast" in scaled["transports"], scaled["transports"]
     print(f"\nweight groups by epoch: {groups}; versions by transport: {scaled['transports']}; broadcasts failed: "
           f"{scaled['counters'].get('weight_broadcasts_failed', 0)}")
+
+
+def test_status_through_the_api_shows_the_three_actors(scaled):
+    st = scaled["state"]["status"]
+    assert st["desired_actors"] == 3 and {a["actor_id"] for a in st["actors"]} >= {"rollout-0", "rollout-1",
+                                                                                    "rollout-2"}
+    assert st["learner"]["step"] >= scaled["state"]["steps_at_scale_up"]
+
+
+def test_stop_ends_the_learner_after_its_step_with_a_checkpoint_to_resume_from(scaled):
+    steps = [r.step for r in scaled["records"]]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) < 1000      # stopped, not finished
+    assert len(steps) <= scaled["state"]["stop_at"] + 3                        # within the steps in flight
+    assert scaled["checkpoint"]["step"] == steps[-1]

@@ -6,6 +6,7 @@ import time
 from click.testing import CliRunner
 from step_records import step_record
 
+from rlctl.api import ApiServer
 from rlctl.cli import main
 from rlctl.operate import find_run, is_live, service_logs, write_record
 from services.common.control import ControlPlane
@@ -49,7 +50,8 @@ def test_scale_sets_the_desired_count_and_status_reads_the_live_run(tmp_path):
         control.record_step(step_record(4, reward_mean=0.25, staleness_max=1))
         run = tmp_path / "run"
         run.mkdir()
-        write_record(run, run_id="r1", redis_url=redis.url, pid=os.getpid(), heartbeat_s=2.0)
+        api = ApiServer(redis.url, "r1", run)   # as `rlctl run` serves it: the CLI goes through it
+        write_record(run, run_id="r1", redis_url=redis.url, pid=os.getpid(), heartbeat_s=2.0, api=api.url)
         r = CliRunner().invoke(main, ["scale", "rollout", "3", "--run", str(run), "--no-wait"])
         assert r.exit_code == 0 and "rollout actors 1 -> 3" in r.output
         assert control.desired_actors() == 3
@@ -59,6 +61,9 @@ def test_scale_sets_the_desired_count_and_status_reads_the_live_run(tmp_path):
         assert r.exit_code == 0, r.output
         for text in ("r1", "rollout-0", "learner step 4", "desired rollout actors 3", "prompts queued 0"):
             assert text in r.output, text
+        r = CliRunner().invoke(main, ["stop", str(run), "--no-wait"])
+        assert r.exit_code == 0 and "stopping" in r.output and control.stop_requested() is not None
+        api.stop()
         control.close()
 
 
