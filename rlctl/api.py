@@ -212,7 +212,9 @@ class ApiServer:
         self.sock.bind((host, port))
         self.sock.listen(128)   # connections wait in the backlog until uvicorn accepts: none is refused at start
         self.url = f"http://{host}:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(make_app(self.control, self.token), log_level="warning", access_log=False)
+        # An open event stream never ends by itself: at the run's end it is cut after 2 s instead of holding the stop.
+        config = uvicorn.Config(make_app(self.control, self.token), log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name="control-api",
                                        daemon=True)

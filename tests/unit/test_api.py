@@ -129,3 +129,13 @@ def test_scale_and_stop_record_the_operators_intent_and_the_cli_reaches_a_given_
     code, _, answer = call(api, "POST", "/v1/stop", {})
     assert code == 202 and "checkpoint" in answer["detail"] and control.stop_requested() is not None
     control.clear_stop()
+
+
+def test_the_server_stops_even_while_an_event_stream_is_open(tmp_path):
+    with EmbeddedRedis() as redis:
+        api = ApiServer(redis.url, "r2", tmp_path)
+        req = urllib.request.Request(api.url + "/v1/events", headers={"Authorization": f"Bearer {api.token}"})
+        with urllib.request.urlopen(req, timeout=10) as stream:
+            assert stream.status == 200
+            api.stop()                    # the run ends while an operator still follows its events
+            assert not api.thread.is_alive()
