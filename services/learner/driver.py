@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("videorl.learner")
 CONSUMER = "learner-0"
 DROP_REASONS = ("stale", "already_trained", "zero_variance", "prompt_mismatch")
+PHASES = ("wait", "prepare", "train", "publish", "checkpoint")   # each timed by LearnerDriver._phase
 
 
 def zero_variance(rewards: list[float], tol: float) -> bool:
@@ -85,6 +86,8 @@ class LearnerMetrics:
                                    registry=registry, buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16))
         for reason in DROP_REASONS:  # 0 from the start: a clean run shows no drops, not "no data"
             self.dropped.labels(reason)
+        for phase in PHASES:  # from the first scrape too: steps that all fall between two scrapes still have a rate
+            self.phase.labels(phase)
 
     def step(self, m: TrainStats) -> None:
         """The last step's training statistics."""
