@@ -33,8 +33,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
+from rlctl.api_client import LearnerView, learner_view
 from services.common.control import ControlPlane
-from services.common.records import StepRecord
 
 TOKEN_FILE = "api-token"
 PROBLEM = "application/problem+json"
@@ -57,15 +57,6 @@ class ActorView(BaseModel):
     groups_sent: int | None
 
 
-class LearnerView(BaseModel):
-    step: int
-    steps_per_s: float | None = Field(description="over the last 10 steps")
-    staleness_max: int
-    recent_rewards: list[float] = Field(description="mean reward of the last 5 steps")
-    eval_accuracy: float | None = Field(description="held-out accuracy of the newest finished round")
-    eval_round: int | None
-
-
 class RunStatus(BaseModel):
     run_id: str
     policy_version: int | None
@@ -82,18 +73,6 @@ class RunStatus(BaseModel):
 class Accepted(BaseModel):
     detail: str
     desired_actors: int | None = None
-
-
-def learner_view(records: list[StepRecord]) -> LearnerView | None:
-    if not records:
-        return None
-    recent = records[-10:]
-    span = recent[-1].time - recent[0].time if len(recent) > 1 else 0.0
-    ev = next((r.eval for r in reversed(records) if r.eval), None)
-    return LearnerView(step=records[-1].step, steps_per_s=(len(recent) - 1) / span if span > 0 else None,
-                       staleness_max=records[-1].staleness_max,
-                       recent_rewards=[r.train.reward_mean for r in records[-5:]],
-                       eval_accuracy=ev.accuracy if ev else None, eval_round=ev.round if ev else None)
 
 
 def _number(v: str | None, kind: type) -> float | int | None:

@@ -1,6 +1,7 @@
-"""The client side of a run's control API (rlctl/api.py) for `rlctl status|scale|stop`: found through the run's
-record (run.json `api`, token in RUN_DIR/api-token) or given (`--api URL`, token from --token-file or
-VIDEORL_API_TOKEN). Standard library only: the CLI stays light."""
+"""The client side of a run's control API (rlctl/api.py) for `rlctl status|scale|stop`, and the learner's view
+that both sides share (`learner_view`, `learner_text`). The API is found through the run's record (run.json `api`,
+token in RUN_DIR/api-token) or given (`--api URL`, token from --token-file or VIDEORL_API_TOKEN). No web framework
+is imported here: the CLI stays light."""
 
 from __future__ import annotations
 
@@ -13,8 +14,41 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import BaseModel, Field
+
+from services.common.records import StepRecord
 
 TOKEN_ENV = "VIDEORL_API_TOKEN"
+
+
+class LearnerView(BaseModel):
+    step: int
+    steps_per_s: float | None = Field(description="over the last 10 steps")
+    staleness_max: int
+    recent_rewards: list[float] = Field(description="mean reward of the last 5 steps")
+    eval_accuracy: float | None = Field(description="held-out accuracy of the newest finished round")
+    eval_round: int | None
+
+
+def learner_view(records: list[StepRecord]) -> LearnerView | None:
+    if not records:
+        return None
+    recent = records[-10:]
+    span = recent[-1].time - recent[0].time if len(recent) > 1 else 0.0
+    ev = next((r.eval for r in reversed(records) if r.eval), None)
+    return LearnerView(step=records[-1].step, steps_per_s=(len(recent) - 1) / span if span > 0 else None,
+                       staleness_max=records[-1].staleness_max,
+                       recent_rewards=[r.train.reward_mean for r in records[-5:]],
+                       eval_accuracy=ev.accuracy if ev else None, eval_round=ev.round if ev else None)
+
+
+def learner_text(lv: dict) -> str:
+    """One line of a LearnerView (as JSON) for `rlctl status`."""
+    rate = f"{lv['steps_per_s']:.2f} steps/s" if lv["steps_per_s"] else "-"
+    acc = f"  held-out {lv['eval_accuracy']:.3f} (round {lv['eval_round']})" if lv["eval_accuracy"] is not None \
+        else ""
+    return (f"learner step {lv['step']}  {rate}  staleness max {lv['staleness_max']}  recent rewards "
+            + " ".join(f"{r:.2f}" for r in lv["recent_rewards"]) + acc)
 
 
 @dataclass(frozen=True)

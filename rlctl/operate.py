@@ -24,8 +24,8 @@ import click
 from rich.console import Console, Group
 from rich.table import Table
 
-from rlctl.api_client import ApiClient, client_for
-from services.common.records import StepRecord, read_stats
+from rlctl.api_client import ApiClient, client_for, learner_text, learner_view
+from services.common.records import read_stats
 
 RECORD = "run.json"
 
@@ -89,11 +89,7 @@ def status_view(st: dict, heartbeat_s: float) -> Group:
              f"prompts queued {st['prompts_queued']}  groups written {st['groups_written']} (queued for the learner "
              f"{st['groups_queued']})  completions {st['completions']}"]
     if (lv := st.get("learner")) is not None:
-        rate = f"{lv['steps_per_s']:.2f} steps/s" if lv["steps_per_s"] else "-"
-        acc = f"  held-out {lv['eval_accuracy']:.3f} (round {lv['eval_round']})" if lv["eval_accuracy"] is not None \
-            else ""
-        lines.append(f"learner step {lv['step']}  {rate}  staleness max {lv['staleness_max']}  recent rewards "
-                     + " ".join(f"{r:.2f}" for r in lv["recent_rewards"]) + acc)
+        lines.append(learner_text(lv))
     t = Table(box=None, show_header=True, header_style="bold")
     for col in ("actor", "state", "version", "tok/s", "groups"):
         t.add_column(col)
@@ -105,25 +101,13 @@ def status_view(st: dict, heartbeat_s: float) -> Group:
     return Group(*lines, t)
 
 
-def _learner_line(records: list[StepRecord]) -> str:
-    last = records[-1]
-    recent = records[-10:]
-    span = recent[-1].time - recent[0].time if len(recent) > 1 else 0.0
-    rate = f"{(len(recent) - 1) / span:.2f} steps/s" if span > 0 else "-"
-    rewards = " ".join(f"{r.train.reward_mean:.2f}" for r in records[-5:])
-    ev = next((r.eval for r in reversed(records) if r.eval), None)
-    acc = f"  held-out {ev.accuracy:.3f} (round {ev.round})" if ev else ""
-    return (f"learner step {last.step}  {rate}  staleness max {last.staleness_max}  "
-            f"recent rewards {rewards}{acc}")
-
-
 def finished_view(run_dir: Path, record: dict) -> Group:
     stats = run_dir / "stats.jsonl"
     recs = read_stats(stats) if stats.exists() else []
     state = "finished" if record.get("finished") else "not running (its process is gone)"
     lines = [f"run [cyan]{record['run_id']}[/] {state}; {len(recs)} learner steps in {stats}"]
-    if recs:
-        lines.append(_learner_line(recs))
+    if (lv := learner_view(recs)) is not None:
+        lines.append(learner_text(lv.model_dump()))
     return Group(*lines)
 
 
