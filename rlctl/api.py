@@ -8,8 +8,12 @@ talk to, and what an operator's own scripts can use (OpenAPI at /docs).
   POST /v1/stop        graceful: the learner finishes its step and checkpoints, the actors finish what they hold
 
 Invariants kept here:
-- every /v1 route needs `Authorization: Bearer <token>` (401 otherwise, compared in constant time); locally the
-  server listens on loopback only and the token is in RUN_DIR/api-token (mode 0600), its URL in run.json;
+- every /v1 route needs the run's token, as `Authorization: Bearer <token>` or as `X-Videorl-Token: <token>` (the
+  Kubernetes API server's service proxy consumes the Authorization header: kubernetes/kubernetes#38775); 401
+  otherwise, compared in constant time;
+- locally the server listens on loopback only, a fresh token is in RUN_DIR/api-token (mode 0600) and the URL in
+  run.json; in a pod, VIDEORL_API_HOST/VIDEORL_API_PORT put it on the pod network (behind a ClusterIP Service and a
+  NetworkPolicy, deploy/k8s/base/api.yaml) and VIDEORL_API_TOKEN (from a Secret) is the token, never written;
 - the API only writes the run's intent to Redis (desired actor count, stop request): the run's process stays the one
   owner of every process;
 - errors are problem JSON (RFC 9457): {"type", "title", "status", "detail"}; bad bodies are 422 naming the field.
@@ -27,16 +31,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from rlctl.api_client import LearnerView, learner_view
+from rlctl.api_client import TOKEN_ENV, TOKEN_HEADER, LearnerView, learner_view
 from services.common.control import ControlPlane
 
 TOKEN_FILE = "api-token"
+HOST_ENV, PORT_ENV = "VIDEORL_API_HOST", "VIDEORL_API_PORT"
 PROBLEM = "application/problem+json"
 EVENT_POLL_S = 0.5
 KEEPALIVE_S = 15.0
@@ -107,9 +112,12 @@ def make_app(control: ControlPlane, token: str) -> FastAPI:
                               "bearer token (RUN_DIR/api-token).")
     bearer = Depends(HTTPBearer(auto_error=False))
 
-    def authorised(creds: HTTPAuthorizationCredentials | None = bearer) -> None:
-        if creds is None or not secrets.compare_digest(creds.credentials.encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong bearer token (the run's token is in RUN_DIR/api-token)",
+    def authorised(creds: HTTPAuthorizationCredentials | None = bearer,
+                   x_token: str | None = Header(None, alias=TOKEN_HEADER, include_in_schema=False)) -> None:
+        given = creds.credentials if creds is not None else x_token
+        if given is None or not secrets.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong token (the run's token: RUN_DIR/api-token; on Kubernetes the "
+                                     "Secret videorl-<run>-api-token)",
                                 headers={"WWW-Authenticate": "Bearer"})
 
     @app.exception_handler(HTTPException)
@@ -173,24 +181,30 @@ async def _step_events(control: ControlPlane, since: int):
 
 
 class ApiServer:
-    """The app on 127.0.0.1 (a free port unless given) in a thread of this process; `url`, `token`, `stop()`.
-    It has a Redis client of its own that gives up after 3 s: an operator's request answers, or fails, promptly."""
+    """The app in a thread of this process; `url`, `token`, `stop()`. Where it listens and its token: the arguments,
+    else VIDEORL_API_HOST / VIDEORL_API_PORT / VIDEORL_API_TOKEN, else 127.0.0.1, a free port and a fresh token
+    written to RUN_DIR/api-token. It has a Redis client of its own that gives up after 3 s: an operator's request
+    answers, or fails, promptly."""
 
-    def __init__(self, redis_url: str, run_id: str, run_dir: Path, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, redis_url: str, run_id: str, run_dir: Path, host: str | None = None, port: int | None = None,
+                 token: str | None = None):
         import uvicorn
 
+        host = host or os.environ.get(HOST_ENV) or "127.0.0.1"
+        port = int(os.environ.get(PORT_ENV) or 0) if port is None else port
+        token = token or os.environ.get(TOKEN_ENV, "").strip() or None
         self.control = ControlPlane(redis_url, run_id, reconnect_s=3)
-
-        self.token = secrets.token_urlsafe(32)
-        path = Path(run_dir) / TOKEN_FILE
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.token + "\n")
+        self.token = token or secrets.token_urlsafe(32)
+        if token is None:   # a token of its own: the operator's copy; a given one (a Secret's) is never written
+            path = Path(run_dir) / TOKEN_FILE
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.token + "\n")
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.sock.listen(128)   # connections wait in the backlog until uvicorn accepts: none is refused at start
-        self.url = f"http://{host}:{self.sock.getsockname()[1]}"
+        self.url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{self.sock.getsockname()[1]}"
         # An open event stream never ends by itself: at the run's end it is cut after 2 s instead of holding the stop.
         config = uvicorn.Config(make_app(self.control, self.token), log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=2)

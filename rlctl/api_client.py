@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field
 from services.common.records import StepRecord
 
 TOKEN_ENV = "VIDEORL_API_TOKEN"
+TOKEN_HEADER = "X-Videorl-Token"   # the token where a proxy in between consumes the Authorization header
 
 
 class LearnerView(BaseModel):
@@ -53,6 +55,9 @@ def learner_text(lv: dict) -> str:
 
 @dataclass(frozen=True)
 class ApiClient:
+    """A run's API at `url`. `_send` is the transport (plain HTTP here; rlctl.k8s_api goes through the Kubernetes
+    API server); the answers and errors are the same whatever carries them."""
+
     url: str
     token: str
     timeout_s: float = 10.0
@@ -64,25 +69,56 @@ class ApiClient:
         return self._call("POST", path, body or {})
 
     def _call(self, method: str, path: str, body: dict | None) -> Any:
+        try:
+            status, data = self._send(method, path, body)
+        except OSError as e:
+            raise click.ClickException(f"{method} {self.url}{path}: the run's control API does not answer ({e}); "
+                                       "is the run still going? (`rlctl status`)") from None
+        if status >= 400:
+            raise click.ClickException(f"{method} {self.url}{path}: {status} {problem_text(data)}")
+        return json.loads(data or b"null")
+
+    def _send(self, method: str, path: str, body: dict | None) -> tuple[int, bytes]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url.rstrip("/") + path, data=data, method=method, headers={
             "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
-                return json.loads(r.read() or b"null")
+                return r.status, r.read()
         except urllib.error.HTTPError as e:
-            raise click.ClickException(f"{method} {self.url}{path}: {e.code} {_problem(e)}") from None
-        except OSError as e:
-            raise click.ClickException(f"{method} {self.url}{path}: the run's control API does not answer ({e}); "
-                                       "is the run still going? (`rlctl status RUN_DIR`)") from None
+            return e.code, e.read()
 
 
-def _problem(e: urllib.error.HTTPError) -> str:
+def serving(st: dict) -> set[str]:
+    """The actors of a /v1/status answer that serve: running (heartbeat fresh) with a loaded policy. An actor retired
+    by a scale-down runs until it has sent what it held, then stops."""
+    now = time.time()
+    return {a["actor_id"] for a in st["actors"]
+            if a["state"] == "running" and a["loaded_version"] >= 0 and now - a["heartbeat"] < 30}
+
+
+def wait_serving(client: ApiClient, n: int, timeout_s: float) -> dict:
+    """Poll the run's status until exactly `n` actors serve; that status. Fails after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    st = client.get("/v1/status")
+    while len(serving(st)) != n:
+        if time.monotonic() >= deadline:
+            raise click.ClickException(f"after {timeout_s:.0f}s, {len(serving(st))} of {n} actors serve the current "
+                                       "version; see `rlctl status` and `rlctl logs`")
+        time.sleep(0.5)
+        st = client.get("/v1/status")
+    return st
+
+
+def problem_text(data: bytes) -> str:
+    """The reason in an error body: a problem's detail (each field of a 422), a Kubernetes Status' message."""
     try:
-        body = json.loads(e.read())
-    except (ValueError, OSError):
-        return e.reason
-    detail = body.get("detail") if isinstance(body, dict) else body
+        body = json.loads(data)
+    except ValueError:
+        return data.decode(errors="replace").strip()[:300] or "(no body)"
+    if not isinstance(body, dict):
+        return str(body)
+    detail = body.get("detail", body.get("message", body))
     if isinstance(detail, list):
         return "; ".join(f"{d.get('field')}: {d.get('error')}" for d in detail if isinstance(d, dict))
     return str(detail)

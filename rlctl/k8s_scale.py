@@ -4,28 +4,26 @@ Two things change together: the pods of the RayCluster's `rollout` worker group 
 `videorl_rollout` Ray resource) and the run's desired actor count in its Redis (the driver, `rlctl run` on the Ray
 head, starts and retires actors to match it: rlctl.local.LocalRun.scale). The order keeps every prompt safe:
 - up: raise the worker group's replicas first, then the desired count; the driver's new actors wait for pods;
-- down: lower the desired count first and wait, on the head, until only N actors serve; the retired actors have
-  finished and sent what they held. Then lower the replicas naming the pods to delete (`scaleStrategy.
-  workersToDelete`): pods that host no serving actor, so KubeRay never removes a pod whose actor still holds prompts.
-The desired count is set from inside the head pod (`rlctl scale rollout N --run /data/runs/<run_id>` through the pod
-exec API), because the run's Redis is reachable only from the run's pods (NetworkPolicy) and its password lives in a
-Secret; nothing here reads or prints the password.
+- down: lower the desired count first and wait until only N actors serve; the retired actors have finished and
+  sent what they held. Then lower the replicas naming the pods to delete (`scaleStrategy.workersToDelete`): pods
+  that host no serving actor, so KubeRay never removes a pod whose actor still holds prompts.
+The desired count is set, and the actors watched, through the run's control API (POST /v1/scale, GET /v1/status;
+rlctl/k8s_api.py: the API server's service proxy to the run's API Service). The run's Redis stays reachable only
+from the run's pods; nothing here reads its password.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import click
 
-from rlctl.submit import DATA_MOUNT, run_name, run_slug
+from rlctl.api_client import ApiClient, serving, wait_serving
+from rlctl.submit import run_name, run_slug
 
 GROUP = "rollout"
-HEAD_CONTAINER = "ray-head"
 
 
 class ScaleError(click.ClickException):
@@ -35,17 +33,13 @@ class ScaleError(click.ClickException):
 @dataclass
 class K8sRun:
     """One submitted run's objects. `custom`/`core` are kubernetes CustomObjectsApi/CoreV1Api (or fakes in tests);
-    `exec_in` runs a command in a pod's container and returns its stdout (raising on failure)."""
+    `api` is the run's control API (rlctl.k8s_api.ServiceProxyClient)."""
 
     namespace: str
     run_id: str
     custom: Any       # kubernetes.client.CustomObjectsApi (or a fake of it in tests)
     core: Any         # kubernetes.client.CoreV1Api
-    exec_in: Callable[[str, str, list[str]], str]
-
-    @property
-    def run_dir(self) -> Path:
-        return DATA_MOUNT / "runs" / self.run_id    # rlctl submit sets run_dir there
+    api: ApiClient
 
     def cluster(self) -> dict:
         job_name = run_name("videorl-run", run_slug(self.run_id))
@@ -59,21 +53,10 @@ class K8sRun:
                              f"{(job.get('status') or {}).get('jobDeploymentStatus', 'unknown')}); try again shortly")
         return self.custom.get_namespaced_custom_object("ray.io", "v1", self.namespace, "rayclusters", name)
 
-    def head_pod(self, cluster_name: str) -> str:
-        pods = self.core.list_namespaced_pod(self.namespace,
-                                             label_selector=f"ray.io/cluster={cluster_name},ray.io/node-type=head")
-        running = [p.metadata.name for p in pods.items if p.status.phase == "Running"]
-        if not running:
-            raise ScaleError(f"the Ray head of {cluster_name} is not running")
-        return running[0]
-
     def rollout_pods(self, cluster_name: str) -> list[str]:
         pods = self.core.list_namespaced_pod(self.namespace,
                                              label_selector=f"ray.io/cluster={cluster_name},ray.io/group={GROUP}")
         return sorted(p.metadata.name for p in pods.items)
-
-    def on_head(self, head: str, *args: str) -> str:
-        return self.exec_in(head, HEAD_CONTAINER, ["rlctl", *args])
 
     def patch_replicas(self, cluster: dict, n: int, delete: list[str]) -> None:
         groups = cluster["spec"]["workerGroupSpecs"]
@@ -94,20 +77,19 @@ class K8sRun:
         name = cluster["metadata"]["name"]
         group = next(g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == GROUP)
         before = int(group.get("replicas", 0))
-        head = self.head_pod(name)
-        run = ["--run", str(self.run_dir)]
         if n >= before:
             self.patch_replicas(cluster, n, [])
             echo(f"{name}: rollout pods {before} -> {n}")
-            self.on_head(head, "scale", "rollout", str(n), *run, "--timeout", str(timeout_s))
-            echo(f"{n} rollout actors serve the current policy")
+        echo(f"run {self.run_id}: {self.api.post('/v1/scale', {'rollout': n})['detail']}")
+        st = wait_serving(self.api, n, timeout_s)   # down: until the retired actors have sent what they held
+        if n >= before:
+            echo(f"{n} rollout actors serve v{st['policy_version']}")
             return
-        self.on_head(head, "scale", "rollout", str(n), *run, "--timeout", str(timeout_s))   # waits for retirement
-        state = json.loads(self.on_head(head, "status", str(self.run_dir), "--json"))
-        busy = {a["host"] for a in state["actors"] if a["state"] != "stopped"}
+        busy = {a["host"] for a in st["actors"] if a["state"] != "stopped"}
         idle = [p for p in self.rollout_pods(name) if p not in busy][: before - n]
         self.patch_replicas(cluster, n, idle)
-        echo(f"{name}: rollout pods {before} -> {n}, removing {', '.join(idle) or 'none'}")
+        echo(f"{name}: rollout pods {before} -> {n}, removing {', '.join(idle) or 'none'}; "
+             f"serving: {', '.join(sorted(serving(st)))}")
 
 
 def _status(e: Exception) -> str:
@@ -118,20 +100,8 @@ def _status(e: Exception) -> str:
 def connect_k8s(namespace: str, run_id: str) -> K8sRun:
     """A K8sRun on the current kubeconfig context (or the pod's service account)."""
     from kubernetes import client
-    from kubernetes.stream import stream
 
-    from rlctl.submit import connect
+    from rlctl.k8s_api import connect_api
 
-    connect()   # loads the configuration, with submit's clear errors when there is none
-    core = client.CoreV1Api()
-
-    def exec_in(pod: str, container: str, command: list[str]) -> str:
-        resp = stream(core.connect_get_namespaced_pod_exec, pod, namespace, container=container, command=command,
-                      stderr=True, stdout=True, stdin=False, tty=False, _preload_content=False)
-        resp.run_forever()
-        out, err = resp.read_stdout(), resp.read_stderr()
-        if resp.returncode:
-            raise ScaleError(f"`{' '.join(command)}` in {pod} failed ({resp.returncode}): {err.strip() or out.strip()}")
-        return out
-
-    return K8sRun(namespace, run_id, client.CustomObjectsApi(), core, exec_in)
+    api = connect_api(namespace, run_id)   # loads the configuration first
+    return K8sRun(namespace, run_id, client.CustomObjectsApi(), api.core, api)

@@ -24,7 +24,7 @@ import click
 from rich.console import Console, Group
 from rich.table import Table
 
-from rlctl.api_client import ApiClient, client_for, learner_text, learner_view
+from rlctl.api_client import ApiClient, client_for, learner_text, learner_view, serving, wait_serving
 from services.common.records import read_stats
 
 RECORD = "run.json"
@@ -112,6 +112,10 @@ def finished_view(run_dir: Path, record: dict) -> Group:
 
 
 def _api_options(f):
+    f = click.option("--run-id", default=None, help="The run_id of the Kubernetes run (its config's run_id).")(f)
+    f = click.option("-n", "--namespace", default=None,
+                     help="A run on Kubernetes (started by `rlctl submit`) in this namespace, reached through the API "
+                          "server's service proxy with the current kubeconfig; needs --run-id.")(f)
     f = click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="File holding the API's bearer token (default: RUN_DIR/api-token, or VIDEORL_API_TOKEN "
                           "with --api).")(f)
@@ -119,12 +123,25 @@ def _api_options(f):
                         help="The run's control API (default: the one in the run's record, run.json).")(f)
 
 
-def _api(run_dir: Path | None, api: str | None, token_file: Path | None) -> tuple[ApiClient, dict | None]:
-    """The client of the live run's API: --api as given, else through the run's record."""
+def _api(run_dir: Path | None, api: str | None, token_file: Path | None, namespace: str | None = None,
+         run_id: str | None = None) -> tuple[ApiClient, dict | None]:
+    """The client of the live run's API: on Kubernetes (--namespace and --run-id), --api as given, else through the
+    run's record."""
+    if (k8s := _on_k8s(namespace, run_id)) is not None:
+        from rlctl.k8s_api import connect_api
+
+        return connect_api(*k8s), None
     if api is not None:
         return client_for(None, None, api, token_file), None
     run_dir, record = _live_run(run_dir)
     return client_for(record, run_dir, None, token_file), record
+
+
+def _on_k8s(namespace: str | None, run_id: str | None) -> tuple[str, str] | None:
+    """(namespace, run_id) of a run on Kubernetes, None for a local one."""
+    if (namespace is None) != (run_id is None):
+        raise click.UsageError("a run on Kubernetes is named by both --namespace and --run-id")
+    return (namespace, run_id) if namespace is not None and run_id is not None else None
 
 
 @click.command()
@@ -133,20 +150,20 @@ def _api(run_dir: Path | None, api: str | None, token_file: Path | None) -> tupl
               help="Refresh every SECONDS until Ctrl-C.")
 @click.option("--json", "as_json", is_flag=True, help="Print the live run's state as one JSON object (for scripts).")
 @_api_options
-def status(run_dir: Path | None, watch_s: float | None, as_json: bool, api: str | None,
-           token_file: Path | None) -> None:
+def status(run_dir: Path | None, watch_s: float | None, as_json: bool, api: str | None, token_file: Path | None,
+           namespace: str | None, run_id: str | None) -> None:
     """Show a run: policy version per actor, queue depths, learner throughput, staleness, recent rewards and
     held-out accuracy, through the run's control API (GET /v1/status). RUN_DIR defaults to the newest run under
     ./runs; a finished run is shown from its files."""
     console = Console()
-    if api is None:
+    if api is None and _on_k8s(namespace, run_id) is None:
         run_dir, record = find_run(run_dir)
         if not is_live(record):
             if as_json:
                 raise click.ClickException(f"run {record.get('run_id')} in {run_dir} is not running")
             console.print(finished_view(run_dir, record))
             return
-    client, found = _api(run_dir, api, token_file)
+    client, found = _api(run_dir, api, token_file, namespace, run_id)
     heartbeat_s = float((found or {}).get("heartbeat_s", 2.0))
     if as_json:
         click.echo(json.dumps(client.get("/v1/status")))
@@ -179,52 +196,29 @@ def scale() -> None:
               help="Wait until N actors serve the current policy version.")
 @click.option("--timeout", "timeout_s", type=float, default=300.0, show_default=True,
               help="Seconds to wait with --wait.")
-@click.option("-n", "--namespace", default=None,
-              help="Scale a run on Kubernetes (started by `rlctl submit`) in this namespace; needs --run-id.")
-@click.option("--run-id", default=None, help="The run_id of the Kubernetes run (its config's run_id).")
 @_api_options
-def scale_rollout(n: int, run_dir: Path | None, wait: bool, timeout_s: float, namespace: str | None,
-                  run_id: str | None, api: str | None, token_file: Path | None) -> None:
+def scale_rollout(n: int, run_dir: Path | None, wait: bool, timeout_s: float, api: str | None,
+                  token_file: Path | None, namespace: str | None, run_id: str | None) -> None:
     """Set the number of rollout actors of a running run to N. New actors load the current policy version
     before they take a prompt; removed actors finish and send the prompts they hold first, so no prompt is lost
     or generated twice, and the learner keeps training meanwhile.
 
-    Locally (default) through the run's control API (POST /v1/scale); on Kubernetes (--namespace, --run-id) also
-    through the RayCluster's `rollout` worker group: pods are added before actors, and removed after their actors
-    retired.
+    Through the run's control API (POST /v1/scale); on Kubernetes (--namespace, --run-id) also through the
+    RayCluster's `rollout` worker group: pods are added before actors, and removed after their actors retired.
 
     An actor adds throughput only with compute of its own (a GPU, or cores nothing else uses). Locally every actor
     shares the machine: on 2 cores one actor and the learner already use both, and 3 actors give fewer groups/s."""
-    if namespace is not None or run_id is not None:
-        if namespace is None or run_id is None:
-            raise click.UsageError("scaling a Kubernetes run needs both --namespace and --run-id")
+    if (k8s := _on_k8s(namespace, run_id)) is not None:
         from rlctl.k8s_scale import connect_k8s
 
-        connect_k8s(namespace, run_id).scale(n, timeout_s, click.echo)
+        connect_k8s(*k8s).scale(n, timeout_s, click.echo)
         return
     client, _ = _api(run_dir, api, token_file)
     answer = client.post("/v1/scale", {"rollout": n})
-    st = client.get("/v1/status")
-    click.echo(f"run {st['run_id']}: {answer['detail']}")
-    if not wait:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        serving = _serving(st)
-        if len(serving) == n:
-            click.echo(f"{n} actors serve v{st['policy_version']}: {', '.join(sorted(serving))}")
-            return
-        time.sleep(0.5)
-        st = client.get("/v1/status")
-    raise click.ClickException(f"after {timeout_s:.0f}s, {len(_serving(st))} of {n} actors serve the current "
-                               f"version; see `rlctl status` and `rlctl logs`")
-
-
-def _serving(st: dict) -> set[str]:
-    """Actors that are running (heartbeat fresh) with a loaded policy."""
-    now = time.time()
-    return {a["actor_id"] for a in st["actors"]
-            if a["state"] == "running" and a["loaded_version"] >= 0 and now - a["heartbeat"] < 30}
+    click.echo(f"run {client.get('/v1/status')['run_id']}: {answer['detail']}")
+    if wait:
+        st = wait_serving(client, n, timeout_s)
+        click.echo(f"{n} actors serve v{st['policy_version']}: {', '.join(sorted(serving(st)))}")
 
 
 # -- stop -----------------------------------------------------------------------------------------------------------
@@ -234,10 +228,11 @@ def _serving(st: dict) -> set[str]:
 @click.option("--timeout", "timeout_s", type=float, default=600.0, show_default=True,
               help="Seconds to wait with --wait.")
 @_api_options
-def stop(run_dir: Path | None, wait: bool, timeout_s: float, api: str | None, token_file: Path | None) -> None:
+def stop(run_dir: Path | None, wait: bool, timeout_s: float, api: str | None, token_file: Path | None,
+         namespace: str | None, run_id: str | None) -> None:
     """Stop a running run gracefully (POST /v1/stop): the learner finishes its step and writes a checkpoint, the
     actors finish and send what they hold, every process ends. `rlctl run CONFIG --resume RUN_DIR` continues it."""
-    client, record = _api(run_dir, api, token_file)
+    client, record = _api(run_dir, api, token_file, namespace, run_id)
     click.echo(client.post("/v1/stop")["detail"])
     if not wait or record is None:
         return

@@ -47,6 +47,8 @@ SECRET = "videorl-redis-auth"                  # referenced by the manifests, cr
 REWARD_TOKEN_SECRET = "videorl-reward-token"   # key `token`: VIDEORL_REWARD_TOKEN of the reward and rollout pods
 REWARD_TLS_SECRET = "videorl-reward-tls"       # tls.crt, tls.key, ca.crt; mounted at TLS_DIR (rollout: ca.crt only)
 REWARD_SERVICE = "videorl-reward"              # the Service the rollout actors dial (VIDEORL_REWARD_ADDRESS)
+API_TOKEN_SECRET = "videorl-api-token"         # key `token`: VIDEORL_API_TOKEN of the head (the run's control API)
+API_SERVICE = "videorl-api"                    # its ClusterIP Service, port `http` (base/api.yaml)
 CONFIG_MAP = "videorl-config"
 SHARED = frozenset({"videorl-grafana-dashboards"})
 OPTIONAL_KINDS = frozenset({"PodMonitor"})    # skipped, with a warning, where the cluster lacks the operator
@@ -57,6 +59,7 @@ REWARD_PORT = 50051
 REWARD_HEALTH_PORT = 50052                     # plaintext gRPC health only: the probes speak neither TLS nor tokens
 TLS_DIR = Path("/etc/videorl/tls")
 CERT_DAYS = 365                                # a longer run: delete the TLS Secret, submit again, restart the pods
+API_PORT = 8300
 DATA_MOUNT = Path("/data")
 FIELD_MANAGER = "rlctl"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -134,8 +137,10 @@ def cluster_reward(slug: str) -> dict:
             "require_token": True}
 
 
-def customize(docs: list[dict], cfg: RunConfig, namespace: str, image: str | None) -> list[dict]:
-    """The rendered overlay made into this run's manifests (see the module docstring for the full list)."""
+def customize(docs: list[dict], cfg: RunConfig, namespace: str, image: str | None,
+              api_from: tuple[str, ...] = ()) -> list[dict]:
+    """The rendered overlay made into this run's manifests (see the module docstring for the full list); `api_from`:
+    CIDRs admitted to the control API besides the operator's pods (the API server's, for its service proxy)."""
     slug = run_slug(cfg.run_id)
     names = {d["metadata"]["name"] for d in docs} | {s.name for s in SECRETS}
     renames = {n: run_name(n, slug) for n in names - SHARED if n.startswith(PREFIX)}
@@ -159,6 +164,9 @@ def customize(docs: list[dict], cfg: RunConfig, namespace: str, image: str | Non
             doc["data"]["config.yaml"] = cluster_config(cfg)
         if doc["kind"] == "RayJob":
             _set_worker_groups(doc, cfg)
+        if doc["kind"] == "NetworkPolicy" and meta["name"] == renames[API_SERVICE] and api_from:
+            doc["spec"]["ingress"].append({"from": [{"ipBlock": {"cidr": c}} for c in api_from],
+                                           "ports": [{"port": API_PORT, "protocol": "TCP"}]})
         out.append(doc)
     return out
 
@@ -231,11 +239,10 @@ def path_warnings(cfg: RunConfig) -> list[str]:
             for field, p in paths.items() if p is not None and not Path(p).is_relative_to(DATA_MOUNT)]
 
 
-def connect():
-    """A dynamic client for the current kubeconfig context (or the pod's service account)."""
-    from kubernetes import client, config
+def load_kube() -> None:
+    """Make the current kubeconfig context (or the pod's service account) the Kubernetes client's default."""
+    from kubernetes import config
     from kubernetes.config.config_exception import ConfigException
-    from kubernetes.dynamic import DynamicClient
 
     try:
         config.load_kube_config(os.environ.get("KUBECONFIG"))  # read now: the library's default froze at import
@@ -245,6 +252,14 @@ def connect():
         except ConfigException:
             raise SubmitError(f"no Kubernetes cluster configured ({e}): set KUBECONFIG or write ~/.kube/config, "
                               "or run inside a pod; `--dry-run` prints the manifests without a cluster") from None
+
+
+def connect():
+    """A dynamic client for the current kubeconfig context (or the pod's service account)."""
+    from kubernetes import client
+    from kubernetes.dynamic import DynamicClient
+
+    load_kube()
     api = client.ApiClient()
     try:
         return DynamicClient(api)
@@ -299,6 +314,7 @@ SECRETS = (
     RunSecret(SECRET, "a random Redis password", lambda slug, ns: {"password": secrets.token_hex(24)}),
     RunSecret(REWARD_TOKEN_SECRET, "a random reward service token",
               lambda slug, ns: {"token": secrets.token_urlsafe(32)}),
+    RunSecret(API_TOKEN_SECRET, "a random control API token", lambda slug, ns: {"token": secrets.token_urlsafe(32)}),
     RunSecret(REWARD_TLS_SECRET, "a fresh CA and a reward server certificate for its Service names",
               lambda slug, ns: reward_tls(reward_dns_names(slug, ns), run_name(REWARD_TLS_SECRET, slug)),
               type="kubernetes.io/tls"),
@@ -340,6 +356,15 @@ def apply(docs: list[dict], dyn, namespace: str, slug: str, echo: Callable[[str]
         echo(f"{doc['kind'].lower()}/{doc['metadata']['name']}: applied")
 
 
+def _cidr(value: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a CIDR (like 10.0.0.0/24)", param_hint="--api-from") from None
+
+
 def _why(e: Exception) -> str:
     """A failure in one line, without response bodies (they can echo what was sent)."""
     status, reason = getattr(e, "status", None), getattr(e, "reason", None)
@@ -359,8 +384,13 @@ def _why(e: Exception) -> str:
               help="deploy/k8s overlay: dev-cpu (small CPU cluster) or gpu (GPU requests on rollout and learner).")
 @click.option("--image", default=None, metavar="IMAGE",
               help="Image of every videorl pod (default: the overlay's, videorl:cpu or videorl:gpu).")
+@click.option("--api-from", "api_from", multiple=True, metavar="CIDR",
+              callback=lambda c, p, v: tuple(_cidr(x) for x in v),
+              help="Admit this CIDR to the run's control API (port 8300), e.g. the control plane's addresses where "
+                   "the CNI enforces policies on the API server's service proxy. Repeatable.")
 @click.option("--dry-run", is_flag=True, help="Print the manifests as multi-document YAML; apply nothing.")
-def submit(config: Path, namespace: str, overlay: str, image: str | None, dry_run: bool) -> None:
+def submit(config: Path, namespace: str, overlay: str, image: str | None, api_from: tuple[str, ...],
+           dry_run: bool) -> None:
     """Run CONFIG on Kubernetes: render deploy/k8s/overlays/OVERLAY with `kubectl kustomize`, make it this run's
     (objects named videorl-<run_id>-*, the config in a ConfigMap, the image, rollout.num_actors rollout pods and
     learner.ranks learner pods, with the gpu overlay tensor_parallel_size GPUs per rollout pod) and apply it with
@@ -369,8 +399,10 @@ def submit(config: Path, namespace: str, overlay: str, image: str | None, dry_ru
 
     Needs kubectl (rendering), openssl (the reward service's certificate), a kubeconfig (or a pod's service
     account) and, on the cluster, the KubeRay operator. The Redis password, the reward service's token and its
-    TLS certificate and key live only in the Secrets videorl-<run_id>-redis-auth, -reward-token and -reward-tls:
-    submit creates each one that is missing (random password and token, a fresh CA) and never prints them.
+    TLS certificate and key, and the control API's token live only in the Secrets videorl-<run_id>-redis-auth,
+    -reward-token, -reward-tls and -api-token: submit creates each one that is missing (random password and tokens,
+    a fresh CA) and never prints them. `rlctl status|scale|stop -n NS --run-id RUN` reach the run's control API
+    through the API server's service proxy.
     Paths in CONFIG are read inside the pods, so data and models belong on the data volume (/data)."""
     if not _DNS_LABEL.match(namespace):
         raise click.BadParameter(f"{namespace!r} is not a namespace name (a DNS label)", param_hint="--namespace")
@@ -382,7 +414,7 @@ def submit(config: Path, namespace: str, overlay: str, image: str | None, dry_ru
         raise click.ClickException(str(e)) from None
     for warning in path_warnings(cfg):
         click.echo(f"warning: {warning}", err=True)
-    docs = customize(render_overlay(overlay), cfg, namespace, image)
+    docs = customize(render_overlay(overlay), cfg, namespace, image, api_from)
     if dry_run:
         sys.stdout.write(yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False))
         return

@@ -22,18 +22,18 @@ from ledger_checks import assert_exactly_once, pending, scored_groups
 from ray_nodes import RayCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-STEPS = 8
+STEPS = 12   # the steps after the first version go fast (~0.7 s each): 8 left too short a window to catch it
 RUN_S = 900
 WAITING = "waiting for a node offering videorl_rollout: 2 rollout actors cannot be placed"
 
 
-def _poll(what: str, check, run: ClusterRun, timeout_s: float):
-    """check() until it returns something true, while `rlctl run` is alive; fails naming `what`."""
+def _poll(what: str, check, run: ClusterRun, timeout_s: float, every_s: float = 0.5):
+    """check() every `every_s` until it returns something true, while `rlctl run` is alive; fails naming `what`."""
     deadline = time.monotonic() + timeout_s
     while not (found := check()):
         assert run.proc is not None and run.proc.poll() is None, f"rlctl run exited:\n{run.output()[-6000:]}"
         assert time.monotonic() < deadline, f"no {what} after {timeout_s:.0f}s:\n{run.output()[-6000:]}"
-        time.sleep(0.5)
+        time.sleep(every_s)
     return found
 
 
@@ -49,7 +49,7 @@ def test_losing_the_rollout_node_mid_run_waits_for_a_new_one_and_loses_nothing(t
             run.start_run()
             # after a published version, with steps left, while the actors hold prompts (taken, not yet scored)
             _poll("published version and prompts held", lambda: any(r.published for r in control.step_records())
-                  and pending(control), run, RUN_S)
+                  and pending(control), run, RUN_S, every_s=0.1)
             at_step, at_version = len(control.step_records()), control.current_version()
             lost_processes = lost.processes()
             lost.kill()

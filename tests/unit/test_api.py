@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 from step_records import step_record
 
-from rlctl.api import PROBLEM, ApiServer
+from rlctl.api import HOST_ENV, PROBLEM, ApiServer
+from rlctl.api_client import TOKEN_ENV, TOKEN_HEADER
 from rlctl.cli import main
 from services.common.control import ControlPlane
 from services.common.redis_server import EmbeddedRedis
@@ -67,6 +68,23 @@ def test_the_token_file_is_private_and_every_route_refuses_a_missing_or_wrong_to
             assert problem["status"] == 401 and problem["title"] == "Unauthorized" and "token" in problem["detail"]
     assert call(api, "GET", "/health", token=None)[0] == 200
     assert api.url.startswith("http://127.0.0.1:")
+    # Behind the Kubernetes API server's proxy (which consumes Authorization), the token comes as X-Videorl-Token.
+    assert call(api, "GET", "/v1/status", token=None, headers={TOKEN_HEADER: api.token})[0] == 200
+    assert call(api, "GET", "/v1/status", token=None, headers={TOKEN_HEADER: "wrong-token"})[0] == 401
+
+
+def test_in_a_pod_the_token_comes_from_the_environment_and_is_never_written(tmp_path, monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, "the-secrets-token\n")
+    monkeypatch.setenv(HOST_ENV, "0.0.0.0")
+    with EmbeddedRedis() as redis:
+        ControlPlane(redis.url, "r3").ensure_streams()
+        api = ApiServer(redis.url, "r3", tmp_path)
+        try:
+            assert api.token == "the-secrets-token" and not (tmp_path / "api-token").exists()
+            assert api.sock.getsockname()[0] == "0.0.0.0" and api.url.startswith("http://127.0.0.1:")
+            assert call(api, "GET", "/v1/status")[0] == 200
+        finally:
+            api.stop()
 
 
 @pytest.mark.parametrize("body, field", [({"rollout": 0}, "rollout"), ({"rollout": "many"}, "rollout"),
@@ -124,7 +142,7 @@ def test_scale_and_stop_record_the_operators_intent_and_the_cli_reaches_a_given_
     assert r.exit_code == 0 and json.loads(r.output)["desired_actors"] == 1
     monkeypatch.setenv("VIDEORL_API_TOKEN", "not-the-token")
     r = CliRunner().invoke(main, ["status", "--api", api.url])
-    assert r.exit_code == 1 and "401 missing or wrong bearer token" in r.output
+    assert r.exit_code == 1 and "401 missing or wrong token" in r.output
     assert control.stop_requested() is None
     code, _, answer = call(api, "POST", "/v1/stop", {})
     assert code == 202 and "checkpoint" in answer["detail"] and control.stop_requested() is not None

@@ -7,6 +7,7 @@ clear message when there is no cluster, no namespace, no KubeRay or no openssl."
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 import subprocess
@@ -76,7 +77,8 @@ def test_dry_run_of_a_shipped_config_is_a_valid_run_with_its_config_embedded(con
 def test_every_reference_follows_the_run_names_and_selectors_pick_only_the_runs_pods():
     out, docs = dry_run(LEARN_CONFIG, "--overlay", "gpu")
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    secrets = {"videorl-learn-redis-auth", "videorl-learn-reward-token", "videorl-learn-reward-tls"}
+    secrets = {"videorl-learn-redis-auth", "videorl-learn-reward-token", "videorl-learn-reward-tls",
+               "videorl-learn-api-token"}
     for where, spec, c in containers(docs):
         assert ("ServiceAccount", spec["serviceAccountName"]) in names, where
         for v in spec.get("volumes", []):
@@ -233,13 +235,16 @@ def test_apply_creates_the_runs_secrets_once_with_random_values_and_never_prints
     fake = FakeDynamic(BUILTIN | {"RayJob", "PodMonitor"}, {("Namespace", "team-a")})
     sub.apply(docs, fake, "team-a", "learn", lines.append)
     created = {s["metadata"]["name"]: s for s in fake.created}
-    assert set(created) == {"videorl-learn-redis-auth", "videorl-learn-reward-token", "videorl-learn-reward-tls"}
+    assert set(created) == {"videorl-learn-redis-auth", "videorl-learn-reward-token", "videorl-learn-reward-tls",
+                            "videorl-learn-api-token"}
     assert all(s["metadata"]["namespace"] == "team-a" and s["metadata"]["labels"] == {sub.RUN_LABEL: "learn"}
                for s in created.values())
     password = created["videorl-learn-redis-auth"]["stringData"]["password"]
     token = created["videorl-learn-reward-token"]["stringData"]["token"]
+    api_token = created["videorl-learn-api-token"]["stringData"]["token"]
     tls = created["videorl-learn-reward-tls"]
-    assert len(password) >= 32 and len(token) >= 32 and tls["type"] == "kubernetes.io/tls"
+    assert len(password) >= 32 and len(token) >= 32 and len(api_token) >= 32 and api_token != token
+    assert tls["type"] == "kubernetes.io/tls"
     assert set(tls["stringData"]) == {"tls.crt", "tls.key", "ca.crt"}
     assert "PRIVATE KEY" in tls["stringData"]["tls.key"]
     names = ["videorl-learn-reward", "videorl-learn-reward.team-a", "videorl-learn-reward.team-a.svc",
@@ -250,13 +255,13 @@ def test_apply_creates_the_runs_secrets_once_with_random_values_and_never_prints
     assert not _verify(tls["stringData"], "videorl-other-reward", tmp_path)
     assert list((tmp_path / "tmp").iterdir()) == []   # the CA key and the rest are deleted
     printed = "\n".join(lines)
-    for value in (password, token, *tls["stringData"].values()):
+    for value in (password, token, api_token, *tls["stringData"].values()):
         assert value not in printed
     assert "-----BEGIN" not in printed
     assert [b["metadata"]["name"] for b, *_ in fake.applied] == [d["metadata"]["name"] for d in docs]
     assert {(ns, manager, force) for _, ns, manager, force in fake.applied} == {("team-a", "rlctl", True)}
     sub.apply(docs, fake, "team-a", "learn", lines.append)   # a second submit keeps them all
-    assert len(fake.created) == 3 and sum("exists" in line for line in lines) == 3
+    assert len(fake.created) == 4 and sum("exists" in line for line in lines) == 4
 
 
 def test_apply_without_openssl_says_so_and_how_to_do_without(tmp_path, monkeypatch):
@@ -337,6 +342,8 @@ def test_help_explains_and_bad_input_is_named(tmp_path):
     assert r.exit_code != 0 and "rollout.num_actors" in r.output
     r = CliRunner().invoke(main, ["submit", str(DEFAULT_CONFIG), "--dry-run", "-n", "Not_A_Namespace"])
     assert r.exit_code != 0 and "--namespace" in r.output
+    r = CliRunner().invoke(main, ["submit", str(DEFAULT_CONFIG), "--dry-run", "--api-from", "10.0.0.300/8"])
+    assert r.exit_code != 0 and "--api-from" in r.output and "'10.0.0.300/8' is not a CIDR" in r.output
 
 
 def test_paths_outside_the_data_volume_are_warned_about(tmp_path):
@@ -365,12 +372,17 @@ def _selects(selector: dict, labels: dict) -> bool:
 
 def _ingress_allowed(policies: list[dict], src: dict, dst: dict, port: int) -> bool:
     """Kubernetes' ingress semantics for pods of one namespace (src["ns"] marks a pod of another namespace, with
-    that namespace's labels): denied when a policy selects dst and no rule of any selecting policy admits src."""
+    that namespace's labels; src["ip"] an address outside the pods, like the API server's): denied when a policy
+    selects dst and no rule of any selecting policy admits src."""
     selecting = [p for p in policies if _selects(p["spec"]["podSelector"], dst)]
     if not selecting:
         return True
 
     def peer_ok(peer: dict) -> bool:
+        if "ipBlock" in peer:
+            return "ip" in src and ipaddress.ip_address(src["ip"]) in ipaddress.ip_network(peer["ipBlock"]["cidr"])
+        if "ip" in src:
+            return False
         if "namespaceSelector" in peer:
             return "ns" in src and _selects(peer["namespaceSelector"], src["ns"])
         return "ns" not in src and _selects(peer["podSelector"], src)
@@ -384,7 +396,7 @@ def _ingress_allowed(policies: list[dict], src: dict, dst: dict, port: int) -> b
 
 
 def test_network_policies_admit_only_the_designed_flows():
-    _, docs = dry_run(LEARN_CONFIG, "--overlay", "gpu", "-n", "ml")
+    _, docs = dry_run(LEARN_CONFIG, "--overlay", "gpu", "-n", "ml", "--api-from", "10.0.0.0/28")
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
     run = policies[0]["spec"]["podSelector"]["matchLabels"]["videorl.io/run"]
 
@@ -397,6 +409,8 @@ def test_network_policies_admit_only_the_designed_flows():
     stranger = {"app": "something-else"}
     prometheus = {"ns": {"videorl.io/scrape": "true"}}
     outsider = {"ns": {"team": "b"}}
+    operator = {"videorl.io/operator": "true", "app": "notebook"}   # any pod of the namespace so labelled
+    api_server, elsewhere = {"ip": "10.0.0.3"}, {"ip": "192.168.1.7"}
     expect = [
         ((rollout, reward, 50051), True), ((learner, reward, 50051), False), ((head, reward, 50051), False),
         ((other_run, reward, 50051), False), ((stranger, reward, 50051), False), ((outsider, reward, 50051), False),
@@ -407,9 +421,14 @@ def test_network_policies_admit_only_the_designed_flows():
         ((submitter, head, 6379), False), ((prometheus, rollout, 9400), True), ((outsider, learner, 9400), False),
         ((reward, redis, 6379), True), ((learner, redis, 6379), True), ((stranger, redis, 6379), False),
         ((other_run, redis, 6379), False), ((head, submitter, 8080), False),
+        # the control API: the operator's pods and the API server's proxy (--api-from), no one else from outside
+        ((operator, head, 8300), True), ((operator, head, 6379), False), ((operator, rollout, 8300), False),
+        ((api_server, head, 8300), True), ((api_server, head, 6379), False), ((elsewhere, head, 8300), False),
+        ((stranger, head, 8300), False), ((outsider, head, 8300), False), ((reward, head, 8300), False),
     ]
     def name(p):
         return f"{p['app.kubernetes.io/component']}@{p['videorl.io/run']}" if "videorl.io/run" in p else str(p)
+
 
     wrong = [(name(s), name(d), port, want) for (s, d, port), want in expect
              if _ingress_allowed(policies, s, d, port) != want]
