@@ -75,3 +75,12 @@ def embedded_model(seed: int, console: Console) -> Path:
     with console.status("building the tiny Qwen2-VL and its format warm start (once, ~1 min)"):
         warm_train, _ = make_direction_dataset(CACHE / f"synth-direction-s{seed}-64-16", 64, 16, seed=seed)
         return build_tiny_qwen2vl(CACHE / f"tiny-qwen2vl-s{seed}", seed=seed, videos_jsonl=warm_train)
+
+
+def embedded_judge(seed: int, console: Console) -> Path:
+    """The embedded tiny judge (services/judge/tiny.py), built once from the embedded model into the cache."""
+    from services.judge.tiny import build_tiny_judge
+
+    base = embedded_model(seed, console)
+    with console.status("building the embedded tiny judge (once)"):
+        return build_tiny_judge(CACHE / f"tiny-judge-s{seed}", base, seed=seed)

@@ -121,6 +121,7 @@ def data() -> None:
 def _register_subcommands() -> None:
     from rlctl.data_convert import convert, inspect
     from rlctl.data_synth import synth
+    from rlctl.judge_cmd import judge
     from rlctl.operate import logs, scale, status, stop
     from rlctl.plan_cmd import plan
     from rlctl.rewards_cmd import rewards
@@ -138,6 +139,7 @@ def _register_subcommands() -> None:
     main.add_command(stop)
     main.add_command(logs)
     main.add_command(plan)
+    main.add_command(judge)
 
 
 _register_subcommands()

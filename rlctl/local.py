@@ -27,7 +27,7 @@ from rlctl.cluster import LOCAL_RAY_ENV, ClusterTarget  # noqa: F401 - importing
 from rlctl.supervisor import Supervisor
 from services.common.config import RunConfig
 from services.common.control import ControlPlane
-from services.common.records import ActorStats, RunSummary, StepRecord, SwapLag
+from services.common.records import ActorStats, RunSummary, StepRecord
 from services.common.redis_server import EmbeddedRedis, RedisKeeper
 from services.common.weights import manifest_for_dir, newest_version
 
@@ -77,6 +77,7 @@ class LocalRun:
         self.groups: dict[str, Any] = {}               # placement groups by actor id (GPU engines over several GPUs)
         self.ray_started = False
         self.reward_run: Any = None                    # the reward service's wait(): fails when its process dies
+        self.judge_served = False                      # reward.judge.serve started (services/judge/serve.py)
         self.redis_keeper: RedisKeeper | None = None
         self.learner_records: list[StepRecord] = []    # steps recorded by learners that died (in Redis)
         self.supervisor = Supervisor(self, cfg.supervisor)
@@ -112,6 +113,13 @@ class LocalRun:
             _ray_init(self.target)
             self.ray_started = True
         self._resolve_accelerator()
+        if (serve := self.cfg.reward.judge.serve) is not None:   # the run's own judge, before the reward service
+            from rlctl.assets import embedded_judge
+            from services.judge.serve import serve_for_run
+
+            model = serve.model or embedded_judge(self.cfg.seed, self.console)
+            with self.console.status("starting the judge on Ray Serve"):
+                self.cfg, self.judge_served = serve_for_run(self.cfg, model), True
         self.start_reward()
         self.control.set_desired_actors(cfg.rollout.num_actors)
         self.scale()
@@ -354,6 +362,10 @@ class LocalRun:
                         ray.get(self.reward.stop.remote(), timeout=10)
                     except Exception as e:  # noqa: BLE001
                         log.warning("reward service did not stop cleanly: %s", e)
+                if self.judge_served:
+                    from services.judge.serve import stop
+
+                    stop()
                 ray.shutdown()
                 self.ray_started = False
         finally:
@@ -369,42 +381,6 @@ class LocalRun:
                 from rlctl.operate import write_record
 
                 write_record(Path(self.cfg.run_dir), finished=time.time())
-
-
-def version_lag(control: ControlPlane, records: list[StepRecord], actor_ids: list[str]) -> list[SwapLag]:
-    """For each published version and actor: seconds from publication to the actor serving it, and in learner
-    steps (0 = before the next step's record, 1 = before the one after, ...)."""
-    step_times = [r.time for r in records]
-    out = []
-    for rec in records:
-        v = rec.published
-        if not v:
-            continue
-        manifest = control.manifest(v)
-        if manifest is None:   # a published version always has one; a record from a reused run dir may not
-            continue
-        published_at = manifest.created_at
-        for a in actor_ids:
-            loaded = control.swaps(a).get(v)
-            later = [t for t in step_times if t > rec.time]
-            if loaded is None:
-                out.append(SwapLag(version=v, actor=a, seconds=None, steps=None))
-                continue
-            out.append(SwapLag(version=v, actor=a, seconds=round(loaded - published_at, 3),
-                               steps=sum(1 for t in later if t < loaded)))
-    return out
-
-
-def _reward_metrics(control: ControlPlane) -> dict[str, float]:
-    from rlctl.summary import scrape
-
-    address = control.exporters().get("reward")
-    try:
-        return scrape(address, ("videorl_reward_score_seconds_sum", "videorl_reward_score_seconds_count",
-                                "videorl_reward_completions_total")) if address else {}
-    except OSError as e:
-        log.warning("cannot read the reward service's metrics at %s: %s", address, e)
-        return {}
 
 
 @dataclass(frozen=True)
@@ -433,8 +409,11 @@ def run_local(cfg: RunConfig, console: Console | None = None, resume: bool = Fal
             final = control.current_version() or 0
             if not run.wait_for_actors_at(final):
                 log.warning("not every actor loaded the final version %d before the run stopped", final)
+        from rlctl.summary import reward_metrics as read_reward_metrics
+        from rlctl.summary import version_lag
+
         swap_lag = version_lag(control, records, list(run.actors))
-        reward_metrics = _reward_metrics(control)
+        reward_metrics = read_reward_metrics(control)
         if hooks.before_stop:
             hooks.before_stop(run)
         actor_stats = run.stop_actors()

@@ -38,6 +38,7 @@ from pathlib import Path
 import click
 import yaml
 
+from rlctl.submit_judge import JUDGE, cluster_judge, customize_judge
 from services.common.config import ConfigError, RunConfig, load_config
 
 K8S_DIR = Path(__file__).resolve().parents[1] / "deploy" / "k8s"
@@ -120,7 +121,10 @@ def cluster_config(cfg: RunConfig) -> str:
     data.pop("redis", None)
     data["run_id"] = cfg.run_id
     data["run_dir"] = str(DATA_MOUNT / "runs" / cfg.run_id)
-    data["reward"] = {**data.get("reward", {}), **cluster_reward(run_slug(cfg.run_id))}
+    slug = run_slug(cfg.run_id)
+    data["reward"] = {**data.get("reward", {}), **cluster_reward(slug)}
+    if judge := cluster_judge(cfg, run_name(JUDGE, slug)):
+        data["reward"]["judge"] = {**data["reward"].get("judge", {}), **judge}
     RunConfig.model_validate(data)  # what the pods read must load
     header = ("# Rendered by `rlctl submit`. redis.url comes from the environment (its Secret), run_dir is on the\n"
               "# shared volume, the reward server listens on the pod network with TLS (certificate and CA from the\n"
@@ -168,7 +172,7 @@ def customize(docs: list[dict], cfg: RunConfig, namespace: str, image: str | Non
             doc["spec"]["ingress"].append({"from": [{"ipBlock": {"cidr": c}} for c in api_from],
                                            "ports": [{"port": API_PORT, "protocol": "TCP"}]})
         out.append(doc)
-    return out
+    return customize_judge(out, cfg, renames[JUDGE])
 
 
 def _map_strings(node, fn: Callable[[str], str]):
@@ -234,7 +238,8 @@ def _set_worker_groups(rayjob: dict, cfg: RunConfig) -> None:
 
 def path_warnings(cfg: RunConfig) -> list[str]:
     """Paths the pods will read that are not on the shared volume (they were probably meant for this machine)."""
-    paths = {"model.path": cfg.model.path, "data.train": cfg.data.train, "data.eval": cfg.data.eval}
+    paths = {"model.path": cfg.model.path, "data.train": cfg.data.train, "data.eval": cfg.data.eval,
+             "reward.judge.serve.model": cfg.reward.judge.serve.model if cfg.reward.judge.serve else None}
     return [f"{field}={p} is read inside the pods; put it on the data volume (under {DATA_MOUNT}/)"
             for field, p in paths.items() if p is not None and not Path(p).is_relative_to(DATA_MOUNT)]
 

@@ -1,13 +1,18 @@
-"""The end-of-run report: where the time of a learner step went, per phase, and per-actor throughput."""
+"""The end-of-run report: where the time of a learner step went, per phase, per-actor throughput, how long each
+version took to reach the actors, and the reward service's scoring metrics."""
 
 from __future__ import annotations
 
+import logging
 import statistics
 import urllib.request
 
 from rich.table import Table
 
-from services.common.records import ActorStats, StepRecord
+from services.common.control import ControlPlane
+from services.common.records import ActorStats, StepRecord, SwapLag
+
+log = logging.getLogger("videorl.rlctl")
 
 
 def scrape(address: str, names: tuple[str, ...]) -> dict[str, float]:
@@ -58,3 +63,38 @@ def actor_table(actors: list[ActorStats]) -> Table:
         t.add_row(a.actor_id, str(a.groups_sent), str(a.tokens), f"{a.tokens_per_s:.0f}", str(a.swaps),
                   str(a.loaded_version))
     return t
+
+
+def version_lag(control: ControlPlane, records: list[StepRecord], actor_ids: list[str]) -> list[SwapLag]:
+    """For each published version and actor: seconds from publication to the actor serving it, and in learner
+    steps (0 = before the next step's record, 1 = before the one after, ...)."""
+    step_times = [r.time for r in records]
+    out = []
+    for rec in records:
+        v = rec.published
+        if not v:
+            continue
+        manifest = control.manifest(v)
+        if manifest is None:   # a published version always has one; a record from a reused run dir may not
+            continue
+        published_at = manifest.created_at
+        for a in actor_ids:
+            loaded = control.swaps(a).get(v)
+            later = [t for t in step_times if t > rec.time]
+            if loaded is None:
+                out.append(SwapLag(version=v, actor=a, seconds=None, steps=None))
+                continue
+            out.append(SwapLag(version=v, actor=a, seconds=round(loaded - published_at, 3),
+                               steps=sum(1 for t in later if t < loaded)))
+    return out
+
+
+def reward_metrics(control: ControlPlane) -> dict[str, float]:
+    """The reward service's scoring time and completion count, from its exporter (empty where it cannot be read)."""
+    address = control.exporters().get("reward")
+    try:
+        return scrape(address, ("videorl_reward_score_seconds_sum", "videorl_reward_score_seconds_count",
+                                "videorl_reward_completions_total")) if address else {}
+    except OSError as e:
+        log.warning("cannot read the reward service's metrics at %s: %s", address, e)
+        return {}

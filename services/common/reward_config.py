@@ -35,8 +35,42 @@ class RewardComponentConfig(_Strict):
         return self
 
 
+class JudgeServeConfig(_Strict):
+    """A judge model served by this project on Ray Serve (services/judge/serve.py): vLLM behind an OpenAI-compatible
+    app, autoscaled between min_replicas and max_replicas on the requests each replica has in flight."""
+
+    model: Path | None = Field(None, description="the judge model's directory (Hugging Face format); None: the "
+                               "embedded tiny judge, which knows the reply format and grades at random")
+    min_replicas: int = Field(1, ge=1, le=64, description="replicas kept however idle")
+    max_replicas: int = Field(1, ge=1, le=64, description="replicas at most; more than min_replicas autoscales")
+    target_ongoing_requests: float = Field(4.0, gt=0, description="requests in flight per replica that Serve aims "
+                                           "at: above it adds replicas, below it removes them")
+    max_ongoing_requests: int = Field(32, ge=1, le=4096, description="requests one replica takes at once; the rest "
+                                      "queue in Serve's proxy")
+    upscale_delay_s: float = Field(10.0, ge=0, description="load above target this long before a replica is added")
+    downscale_delay_s: float = Field(60.0, ge=0, description="load below target this long before one is removed")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves per replica")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (0 on CPU; 1 for a judge on its own GPU)")
+    dtype: str = Field("auto", description="vLLM dtype (auto: the model's; CPU machines want float32 or bfloat16)")
+    max_model_len: int | None = Field(None, ge=256, description="prompt + reply tokens per request (None: the "
+                                      "model's own limit)")
+    kv_cache_mib: int | None = Field(256, ge=16, description="KV cache per replica, MiB (None: vLLM's default, "
+                                     "gpu_memory_utilization of the GPU; on CPU always bound it)")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="GPU share vLLM takes when kv_cache_mib "
+                                          "is None")
+    host: str = Field("127.0.0.1", description="where Serve's HTTP proxy listens")
+    port: int = Field(0, ge=0, le=65535, description="its port; 0 picks a free one")
+
+    @model_validator(mode="after")
+    def _check(self) -> JudgeServeConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas: {self.max_replicas} is below min_replicas ({self.min_replicas})")
+        return self
+
+
 class JudgeConfig(_Strict):
-    """The LLM judge's OpenAI-compatible chat endpoint (`vllm serve`, a hosted API); see services/reward/judge.py."""
+    """The LLM judge's OpenAI-compatible chat endpoint (`vllm serve`, a hosted API, or `serve`: one this run
+    starts on Ray Serve); see services/reward/judge.py."""
 
     base_url: str = Field("http://127.0.0.1:8000/v1", description="requests go to {base_url}/chat/completions")
     model: str | None = Field(None, min_length=1, description="model name sent in each request; needed by the judge")
@@ -49,6 +83,8 @@ class JudgeConfig(_Strict):
     max_tokens: int = Field(64, ge=8, le=4096, description="bound on the judge's reply length")
     max_answer_chars: int = Field(8000, ge=64, description="candidate answers are cut to this many characters")
     cache_size: int = Field(50_000, ge=0, description="scores kept, keyed by (rubric, question, reference, answer)")
+    serve: JudgeServeConfig | None = Field(None, description="serve the judge model on Ray Serve (base_url is then "
+                                           "its address; `model` its served name)")
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

@@ -1,6 +1,6 @@
 """The import graph of services/ and rlctl/ flows one way (docs/architecture.md): `common` <- the service packages
-(`reward`, `rollout`, `learner`, `data`, `embedded`) <- `rlctl`, with no cycle between modules. Every import counts,
-including those inside functions and under TYPE_CHECKING: a lazy import is still an arrow."""
+(`reward`, `rollout`, `learner`, `data`, `embedded`, `judge`) <- `rlctl`, with no cycle between modules. Every
+import counts, including those inside functions and under TYPE_CHECKING: a lazy import is still an arrow."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ ALLOWED = {
     "services.learner": {"services.common"},
     "services.embedded": {"services.common"},
     "services.data": {"services.common", "services.embedded"},
+    "services.judge": {"services.common", "services.reward", "services.embedded"},   # the tiny judge's prompts
     "rlctl": {"services.common", "services.reward", "services.rollout", "services.learner", "services.data",
-              "services.embedded"},
+              "services.embedded", "services.judge"},
 }
 
 

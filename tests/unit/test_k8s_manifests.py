@@ -12,6 +12,8 @@ test_rlctl_submit.py."""
 
 from __future__ import annotations
 
+import functools
+import gzip
 import json
 import shutil
 import subprocess
@@ -39,6 +41,7 @@ K8S_VERSION = "1.30"
 DATA = Path(__file__).resolve().parents[1] / "data"
 DASHBOARDS = K8S_DIR / "base" / "dashboards"
 CR_SCHEMAS = {("ray.io/v1", "RayJob"): "kuberay_rayjob_v1_schema.yaml",
+              ("ray.io/v1", "RayService"): "kuberay/ray.io_rayservices.yaml.gz",   # KubeRay's own CRD, as published
               ("monitoring.coreos.com/v1", "PodMonitor"): "prometheus_podmonitor_v1_schema.yaml"}
 GPU = "nvidia.com/gpu"
 
@@ -60,7 +63,7 @@ def validation_errors(docs: list[dict]) -> list[str]:
             except kubernetes_validate.SchemaNotFoundError as e:
                 errors.append(f"{where}: {e.message}")
             continue
-        schema = yaml.safe_load((DATA / schema_file).read_text())
+        schema = _schema(schema_file)
         errors += [f"{where}: {'.'.join(map(str, e.path))}: {e.message}"
                    for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
         for path, _spec in pod_specs(doc):  # the templates the CR schemas leave open
@@ -71,6 +74,27 @@ def validation_errors(docs: list[dict]) -> list[str]:
             except kubernetes_validate.ValidationError as e:
                 errors.append(f"{where} {path}: {'.'.join(map(str, e.path))}: {e.message}")
     return errors
+
+
+@functools.cache
+def _schema(name: str) -> dict:
+    """A trimmed schema file, or (.gz) a published CRD: its v1 openAPIV3Schema, closed like the trimmed ones (an
+    object that lists its properties refuses others, as an API server with strict field validation does)."""
+    if not name.endswith(".gz"):
+        return yaml.safe_load((DATA / name).read_text())
+    crd = yaml.safe_load(gzip.decompress((DATA / name).read_bytes()))
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return _closed(version["schema"]["openAPIV3Schema"])
+
+
+def _closed(node):
+    if isinstance(node, dict):
+        node = {k: _closed(v) for k, v in node.items()}
+        if "properties" in node and "additionalProperties" not in node \
+                and not node.get("x-kubernetes-preserve-unknown-fields"):
+            node["additionalProperties"] = False
+        return node
+    return [_closed(v) for v in node] if isinstance(node, list) else node
 
 
 def _template_at(doc: dict, path: str) -> dict:
@@ -84,10 +108,11 @@ def pod_specs(doc: dict) -> list[tuple[str, dict]]:
     """(path of the pod template, its pod spec) for every pod an object makes."""
     if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
         return [("spec.template", doc["spec"]["template"]["spec"])]
-    if doc["kind"] == "RayJob":
-        rc = doc["spec"]["rayClusterSpec"]
-        out = [("spec.rayClusterSpec.headGroupSpec.template", rc["headGroupSpec"]["template"]["spec"])]
-        out += [(f"spec.rayClusterSpec.workerGroupSpecs.{i}.template", g["template"]["spec"])
+    if doc["kind"] in ("RayJob", "RayService"):
+        key = "rayClusterSpec" if doc["kind"] == "RayJob" else "rayClusterConfig"
+        rc = doc["spec"][key]
+        out = [(f"spec.{key}.headGroupSpec.template", rc["headGroupSpec"]["template"]["spec"])]
+        out += [(f"spec.{key}.workerGroupSpecs.{i}.template", g["template"]["spec"])
                 for i, g in enumerate(rc["workerGroupSpecs"])]
         if "submitterPodTemplate" in doc["spec"]:
             out.append(("spec.submitterPodTemplate", doc["spec"]["submitterPodTemplate"]["spec"]))
@@ -148,6 +173,16 @@ def test_the_overlay_renders_as_it_is_with_no_flag(overlay):
     assert sorted(cm["data"]) == sorted(p.name for p in DASHBOARDS.glob("*.json"))
 
 
+def test_kuberays_own_rayservice_schema_refuses_what_kuberay_would():
+    (judge,) = [d for d in render_overlay("dev-cpu") if d["kind"] == "RayService"]
+    assert validation_errors([judge]) == []
+    bad = json.loads(json.dumps(judge))
+    bad["spec"]["serveConfig"] = bad["spec"].pop("serveConfigV2")                    # a field KubeRay does not have
+    bad["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] = "one"       # and a wrong type
+    errors = validation_errors([bad])
+    assert any("serveConfig" in e for e in errors) and any("replicas" in e for e in errors), errors
+
+
 @each_overlay
 def test_every_object_of_the_overlay_validates_strictly(rendered, overlay):
     docs = rendered[overlay]
@@ -186,12 +221,15 @@ def test_rollout_and_learner_are_separate_worker_groups_under_a_driver_only_head
     assert groups["rollout"]["replicas"] == expected_rollouts and groups["learner"]["replicas"] == 1
 
 
-def test_gpus_are_requested_only_by_the_gpu_overlay_and_only_for_rollout_and_learner(rendered):
+def test_gpus_are_requested_only_by_the_gpu_overlay_and_only_for_rollout_learner_and_judge(rendered):
     assert GPU not in yaml.safe_dump_all(rendered["dev-cpu"])
     docs = rendered["gpu"]
     with_gpu = {where for where, _, c in containers(docs) if GPU in c["resources"].get("limits", {})}
     assert with_gpu == {"RayJob/videorl-run spec.rayClusterSpec.workerGroupSpecs.0.template",
-                        "RayJob/videorl-run spec.rayClusterSpec.workerGroupSpecs.1.template"}
+                        "RayJob/videorl-run spec.rayClusterSpec.workerGroupSpecs.1.template",
+                        "RayService/videorl-judge spec.rayClusterConfig.workerGroupSpecs.0.template"}
+    (app,) = yaml.safe_load(one(docs, "RayService")["spec"]["serveConfigV2"])["applications"]
+    assert app["args"]["accelerator"] == "gpu" and app["args"]["num_gpus"] == 1
     for group in worker_groups(docs).values():
         resources = group["template"]["spec"]["containers"][0]["resources"]
         assert resources["requests"][GPU] == resources["limits"][GPU] == 1
@@ -209,7 +247,14 @@ def test_pods_run_as_non_root_read_only_without_privileges_or_api_tokens(rendere
     for where, spec, c in containers(docs):
         assert spec["securityContext"]["runAsNonRoot"] is True, where
         assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
-        assert spec["automountServiceAccountToken"] is False and spec["serviceAccountName"] in accounts, where
+        if where.startswith("RayService/") and ".headGroupSpec." in where:
+            # the judge's head runs the in-tree autoscaler, which scales its group through the Kubernetes API: it
+            # runs as the ServiceAccount (and Role) KubeRay makes for it, named after the cluster
+            assert "serviceAccountName" not in spec and "automountServiceAccountToken" not in spec, where
+            assert _template_at(next(d for d in docs if d["kind"] == "RayService"),
+                                "spec.rayClusterConfig")["enableInTreeAutoscaling"] is True
+        else:
+            assert spec["automountServiceAccountToken"] is False and spec["serviceAccountName"] in accounts, where
         sc = c["securityContext"]
         assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"], where
         assert sc["readOnlyRootFilesystem"] is True, where
@@ -289,7 +334,7 @@ def test_metrics_are_scraped_with_the_labels_the_dashboards_filter_on(rendered, 
         assert meta["annotations"]["prometheus.io/port"] == str(ports["metrics"]), where
         assert meta["annotations"]["videorl.io/run-id"], where
         assert meta["labels"]["app.kubernetes.io/part-of"] == "videorl", where
-    assert scraped == 4   # reward, Ray head, rollout, learner
+    assert scraped == 6   # reward, Ray head, rollout, learner, the judge's head (Ray's Serve metrics) and workers
     monitor = one(docs, "PodMonitor")["spec"]
     assert monitor["selector"]["matchLabels"]["app.kubernetes.io/part-of"] == "videorl"
     endpoint = monitor["podMetricsEndpoints"][0]

@@ -48,7 +48,7 @@ def test_control_plane_gauges_follow_redis(control):
 
 def test_an_unreachable_redis_skips_the_control_series_not_the_scrape():
     registry = CollectorRegistry()
-    down = ControlPlane("redis://127.0.0.1:1/0", "gone")
+    down = ControlPlane("redis://127.0.0.1:1/0", "gone", reconnect_s=1)   # fail fast: the default retries 60 s
     registry.register(ControlPlaneCollector(down, live_timeout_s=5.0))
     assert list(registry.collect()) == []
 

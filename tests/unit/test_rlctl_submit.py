@@ -8,6 +8,7 @@ clear message when there is no cluster, no namespace, no KubeRay or no openssl."
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import socket
 import subprocess
@@ -433,3 +434,49 @@ def test_network_policies_admit_only_the_designed_flows():
     wrong = [(name(s), name(d), port, want) for (s, d, port), want in expect
              if _ingress_allowed(policies, s, d, port) != want]
     assert not wrong, f"flows the policies get wrong (from, to, port, expected): {wrong}"
+
+
+@pytest.mark.parametrize("overlay", sub.OVERLAYS, ids=[f"{o}-overlay" for o in sub.OVERLAYS])
+def test_a_served_judge_becomes_the_runs_rayservice_that_only_the_reward_pods_reach(tmp_path, overlay):
+    config = tmp_path / "judged.yaml"
+    config.write_text("run_id: jr\nreward:\n  judge:\n    model: route-judge\n    serve:\n      model: /data/models/j\n"
+                      "      min_replicas: 1\n      max_replicas: 3\n      target_ongoing_requests: 2\n")
+    _, docs = dry_run(config, "--overlay", overlay, "-n", "ml")
+    assert validation_errors(docs) == []          # the RayService against KubeRay's own CRD
+    judge = one(docs, "RayService")
+    assert judge["metadata"]["name"] == "videorl-jr-judge"
+    (app,) = yaml.safe_load(judge["spec"]["serveConfigV2"])["applications"]
+    assert app["import_path"] == "services.judge.serve:app_builder"
+    args = app["args"]
+    assert (args["model"], args["name"], args["min_replicas"], args["max_replicas"]) == ("/data/models/j",
+                                                                                     "route-judge", 1, 3)
+    assert args["accelerator"] == ("gpu" if overlay == "gpu" else "cpu") and args["port"] == 8000
+    from services.judge.serve import app_builder
+
+    assert app_builder(args) is not None          # what Serve's controller will build from these args
+    (group,) = judge["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert (group["minReplicas"], group["maxReplicas"]) == (1, 3)
+    reward = yaml.safe_load(config_map(docs, "videorl-jr-config")["data"]["config.yaml"])["reward"]["judge"]
+    assert reward["base_url"] == "http://videorl-jr-judge-serve-svc:8000/v1" and reward["serve"] is None
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    pod = {"app.kubernetes.io/part-of": "videorl", "videorl.io/run": "jr"}
+    reward_pod, judge_pod, rollout_pod = ({**pod, "app.kubernetes.io/component": c}
+                                          for c in ("reward", "judge", "rollout"))
+    assert _ingress_allowed(policies, reward_pod, judge_pod, 8000)
+    assert not _ingress_allowed(policies, rollout_pod, judge_pod, 8000)
+    assert not _ingress_allowed(policies, {**reward_pod, "videorl.io/run": "other"}, judge_pod, 8000)
+    assert _ingress_allowed(policies, judge_pod, judge_pod, 6379)       # the judge's Ray pods among themselves
+    gpus = [c["resources"] for _, _, c in containers([judge]) if GPU in json.dumps(c["resources"])]
+    assert len(gpus) == (1 if overlay == "gpu" else 0)                  # a GPU per judge worker, on gpu only
+
+
+def test_a_run_without_a_served_judge_gets_no_judge_objects_and_the_embedded_judge_stays_local(tmp_path):
+    _, docs = dry_run(LEARN_CONFIG, "--overlay", "gpu")
+    assert not [d for d in docs if "judge" in d["metadata"]["name"]]
+    config = tmp_path / "embedded-judge.yaml"
+    config.write_text("reward:\n  judge:\n    model: j\n    serve: {}\n")
+    r = CliRunner().invoke(main, ["submit", str(config), "--dry-run"])
+    assert r.exit_code == 1 and "reward.judge.serve.model: give the judge model's directory" in r.output
+    config.write_text("reward:\n  judge:\n    model: j\n    serve: {model: /home/me/judge}\n")
+    r = CliRunner().invoke(main, ["submit", str(config), "--dry-run"])
+    assert r.exit_code == 0 and "reward.judge.serve.model=/home/me/judge is read inside the pods" in r.stderr
